@@ -1,0 +1,287 @@
+//! The command line: `run` and `check-config` for the daemon, and the client
+//! subcommands that speak the socket protocol.
+//!
+//! Client subcommands build one request, send it, and print the answer for
+//! people (see [`show`]) or raw with `--json`. The exit status is 0 on
+//! `ok:true`, 1 on `ok:false`, and 2 when the daemon could not be reached or
+//! the command line was wrong.
+
+mod show;
+
+use crate::client::Client;
+use crate::config::{self, Config};
+use crate::daemon::Daemon;
+use crate::time;
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coax-scheduler",
+    version,
+    about = "Client-side delivery daemon for scheduled Coax messages"
+)]
+pub struct Cli {
+    /// Config file [default: $COAX_SCHEDULER_CONFIG or /etc/coax-scheduler/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The daemon's socket, instead of socket.path from the config
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the daemon's raw answer line
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground
+    Run,
+    /// Check a config file and exit
+    CheckConfig,
+    /// Enqueue jobs from FILE or stdin: one object, an array, or NDJSON
+    Enqueue {
+        #[arg(value_name = "FILE|-", default_value = "-")]
+        file: String,
+    },
+    /// Show one job and its attempt history
+    Get {
+        #[arg(required_unless_present = "key")]
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        key: Option<String>,
+    },
+    /// List jobs, oldest scheduled_at first
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Cancel a scheduled job
+    Cancel { id: i64 },
+    /// Move a scheduled job to another time
+    Reschedule {
+        id: i64,
+        /// RFC 3339 time with an offset
+        #[arg(long, conflicts_with = "r#in", required_unless_present = "r#in")]
+        at: Option<String>,
+        /// A duration from now, such as 2h
+        #[arg(long = "in", value_name = "DURATION")]
+        r#in: Option<String>,
+    },
+    /// Put a failed (or held) job back in line, due now
+    Requeue { id: i64 },
+    /// Counts per state and the next due time
+    Stats,
+    /// Check that the daemon answers
+    Ping,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run => report(run_daemon(&cli)),
+        Command::CheckConfig => report(check_config(&cli)),
+        _ => match client_command(&cli) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config.clone().unwrap_or_else(config::default_path)
+}
+
+fn check_config(cli: &Cli) -> anyhow::Result<()> {
+    let path = config_path(cli);
+    let config = Config::load(&path)?;
+    println!(
+        "{}: OK (coax {}, store {}, socket {})",
+        path.display(),
+        config.coax.base_url,
+        config.store.path.display(),
+        config.socket.path.display()
+    );
+    Ok(())
+}
+
+fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
+    let config = Config::load(&config_path(cli))?;
+    crate::logging::init(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let socket_path = config.socket.path.clone();
+        let mode = config.socket.mode;
+        let daemon = Daemon::open(config)?;
+        let listener = crate::socket::bind(&socket_path, mode)?;
+        let signals = termination()?;
+        let result = daemon.run(listener, signals).await;
+        crate::socket::remove(&socket_path);
+        result
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn termination() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use futures_util::StreamExt as _;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])
+        .context("cannot install signal handlers")?;
+    Ok(async move {
+        if let Some(signal) = signals.next().await {
+            let name = if signal == SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+            tracing::info!(signal = name, "stop requested");
+        }
+    })
+}
+
+fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &cli.socket {
+        return Ok(path.clone());
+    }
+    let path = config_path(cli);
+    // The client needs only socket.path; it must not need the API key.
+    let config = Config::load_with_env(&path, &|name| match name {
+        "COAX_API_KEY" => Some("unused-by-the-client".to_owned()),
+        _ => None,
+    })
+    .with_context(|| "cannot find the socket: give --socket PATH, or --config FILE".to_string())?;
+    Ok(config.socket.path)
+}
+
+fn client_command(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let request = build_request(&cli.command)?;
+    let mut client = Client::connect(&socket_path(cli)?)?;
+    let (line, answer) = client.request(&request)?;
+    let ok = answer.get("ok").and_then(Value::as_bool) == Some(true);
+    if cli.json {
+        println!("{line}");
+    } else if ok {
+        show::answer(&cli.command, &answer, time::now());
+    } else {
+        eprintln!("{}", show::error(&answer));
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn build_request(command: &Command) -> anyhow::Result<Value> {
+    Ok(match command {
+        Command::Run | Command::CheckConfig => bail!("not a client command"),
+        Command::Enqueue { file } => enqueue_request(&read_input(file)?)?,
+        Command::Get { id: Some(id), .. } => json!({"op": "get", "id": id}),
+        Command::Get { key, .. } => json!({"op": "get", "key": key}),
+        Command::List { state, limit } => {
+            let mut r = json!({"op": "list"});
+            if let Some(s) = state {
+                r["state"] = json!(s);
+            }
+            if let Some(l) = limit {
+                r["limit"] = json!(l);
+            }
+            r
+        }
+        Command::Cancel { id } => json!({"op": "cancel", "id": id}),
+        Command::Reschedule { id, at, r#in } => {
+            let at = match (at, r#in) {
+                (Some(at), _) => at.clone(),
+                (None, Some(d)) => {
+                    let d = humantime::parse_duration(d)
+                        .with_context(|| format!("--in {d:?} is not a duration such as 2h"))?;
+                    time::format(time::add(time::now(), d))
+                }
+                (None, None) => bail!("give --at TIME or --in DURATION"),
+            };
+            json!({"op": "reschedule", "id": id, "scheduled_at": at})
+        }
+        Command::Requeue { id } => json!({"op": "requeue", "id": id}),
+        Command::Stats => json!({"op": "stats"}),
+        Command::Ping => json!({"op": "ping"}),
+    })
+}
+
+fn read_input(file: &str) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if file == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read jobs from stdin")?;
+    } else {
+        text = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    }
+    Ok(text)
+}
+
+/// One object, an array, or NDJSON (one object per line).
+pub fn enqueue_request(text: &str) -> anyhow::Result<Value> {
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        return Ok(match value {
+            Value::Array(jobs) => json!({"op": "enqueue", "jobs": jobs}),
+            job => json!({"op": "enqueue", "job": job}),
+        });
+    }
+    let jobs = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str::<Value>(l).with_context(|| format!("line {} is not JSON", n + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if jobs.is_empty() {
+        bail!("no jobs given");
+    }
+    Ok(json!({"op": "enqueue", "jobs": jobs}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enqueue_input_forms() {
+        assert_eq!(
+            enqueue_request(r#"{"kind":"message"}"#).unwrap()["job"]["kind"],
+            "message"
+        );
+        assert_eq!(
+            enqueue_request(r#"[{"a":1},{"a":2}]"#).unwrap()["jobs"][1]["a"],
+            2
+        );
+        let nd = enqueue_request("{\"a\":1}\n\n{\"a\":2}\n").unwrap();
+        assert_eq!(nd["jobs"].as_array().unwrap().len(), 2);
+        assert!(enqueue_request("{\"a\":1}\nnope\n").is_err());
+        assert!(enqueue_request("  \n").is_err());
+    }
+}

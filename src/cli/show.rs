@@ -1,0 +1,245 @@
+//! Printing answers for people: aligned tables, local and relative times.
+//! `--json` bypasses all of this.
+
+use super::Command;
+use crate::time::{self, Millis};
+use chrono::{DateTime, Local};
+use serde_json::Value;
+
+pub fn answer(command: &Command, answer: &Value, now: Millis) {
+    match command {
+        Command::Enqueue { .. } => enqueued(answer, now),
+        Command::Get { .. } => job(&answer["job"], now),
+        Command::List { .. } => {
+            let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
+            table(&jobs, now);
+        }
+        Command::Cancel { .. } | Command::Reschedule { .. } | Command::Requeue { .. } => {
+            let j = &answer["job"];
+            println!(
+                "job {} is {}, scheduled at {}",
+                j["id"],
+                text(&j["state"]),
+                when(&j["scheduled_at"], now)
+            );
+        }
+        Command::Stats => stats(answer, now),
+        Command::Ping => println!("the daemon is answering"),
+        Command::Run | Command::CheckConfig => {}
+    }
+}
+
+/// `error (code): message [field …] [job #…]` for stderr.
+pub fn error(answer: &Value) -> String {
+    let e = &answer["error"];
+    let mut out = format!("error ({}): {}", text(&e["code"]), text(&e["message"]));
+    if let Some(field) = e["field"].as_str() {
+        out.push_str(&format!(" [field {field}]"));
+    }
+    if let Some(index) = e["index"].as_u64() {
+        out.push_str(&format!(" [job #{index} of the batch]"));
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// "2026-01-31 10:00:00 (in 4m)" in local time.
+fn when(v: &Value, now: Millis) -> String {
+    let Some(ms) = v.as_str().and_then(|s| time::parse_rfc3339(s).ok()) else {
+        return text(v);
+    };
+    let local = DateTime::from_timestamp_millis(ms)
+        .map(|t| {
+            t.with_timezone(&Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|| text(v));
+    format!("{local} ({})", relative(ms, now))
+}
+
+/// "in 4m", "2h ago", "now".
+pub fn relative(at: Millis, now: Millis) -> String {
+    let delta = at - now;
+    let secs = delta.unsigned_abs() / 1000;
+    if secs == 0 {
+        return "now".into();
+    }
+    let amount = match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    };
+    if delta > 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}
+
+fn enqueued(answer: &Value, now: Millis) {
+    if let Some(results) = answer["results"].as_array() {
+        let duplicates = results.iter().filter(|r| r["duplicate"] == true).count();
+        let ids: Vec<String> = results.iter().map(|r| r["id"].to_string()).collect();
+        println!(
+            "enqueued {} jobs ({} already existed): ids {}",
+            results.len(),
+            duplicates,
+            ids.join(", ")
+        );
+    } else if answer["duplicate"] == true {
+        println!(
+            "job {} already exists with this key; it is {}, scheduled at {}",
+            answer["id"],
+            text(&answer["state"]),
+            when(&answer["scheduled_at"], now)
+        );
+    } else {
+        println!(
+            "job {} scheduled at {}",
+            answer["id"],
+            when(&answer["scheduled_at"], now)
+        );
+    }
+}
+
+fn job(j: &Value, now: Millis) {
+    let rows = [
+        ("id", text(&j["id"])),
+        ("key", text(&j["key"])),
+        ("kind", text(&j["kind"])),
+        ("channel", text(&j["channel"])),
+        ("enquiry_id", text(&j["enquiry_id"])),
+        ("state", text(&j["state"])),
+        ("scheduled_at", when(&j["scheduled_at"], now)),
+        ("attempts", text(&j["attempts"])),
+        ("created_at", when(&j["created_at"], now)),
+        ("updated_at", when(&j["updated_at"], now)),
+        ("last_error", text(&j["last_error"])),
+        ("result", text(&j["result"])),
+        ("payload", text(&j["payload"])),
+    ];
+    for (name, value) in rows {
+        println!("{name:<13} {value}");
+    }
+    let history = j["history"].as_array().cloned().unwrap_or_default();
+    if history.is_empty() {
+        println!("history       none");
+        return;
+    }
+    println!("history");
+    let mut lines = vec![vec![
+        "#".to_string(),
+        "STARTED".into(),
+        "STATUS".into(),
+        "MS".into(),
+        "DECISION".into(),
+        "ERROR".into(),
+    ]];
+    for a in &history {
+        let mut decision = text(&a["decision"]);
+        if a["ambiguous"] == true {
+            decision.push_str(" (ambiguous)");
+        }
+        lines.push(vec![
+            text(&a["attempt"]),
+            when(&a["started_at"], now),
+            text(&a["status"]),
+            text(&a["latency_ms"]),
+            decision,
+            text(&a["error"]),
+        ]);
+    }
+    print_aligned(&lines, "  ");
+}
+
+fn table(jobs: &[Value], now: Millis) {
+    if jobs.is_empty() {
+        println!("no jobs");
+        return;
+    }
+    let mut lines = vec![vec![
+        "ID".to_string(),
+        "STATE".into(),
+        "KIND".into(),
+        "CHANNEL".into(),
+        "SCHEDULED".into(),
+        "TRIES".into(),
+        "KEY".into(),
+        "LAST ERROR".into(),
+    ]];
+    for j in jobs {
+        lines.push(vec![
+            text(&j["id"]),
+            text(&j["state"]),
+            text(&j["kind"]),
+            text(&j["channel"]),
+            when(&j["scheduled_at"], now),
+            text(&j["attempts"]),
+            text(&j["key"]),
+            text(&j["last_error"]),
+        ]);
+    }
+    print_aligned(&lines, "");
+}
+
+fn stats(answer: &Value, now: Millis) {
+    if let Some(counts) = answer["counts"].as_object() {
+        for (state, n) in counts {
+            println!("{state:<10} {n}");
+        }
+    }
+    println!("next due   {}", when(&answer["next_due"], now));
+    let d = &answer["dispatch"];
+    if d["until"].is_null() {
+        println!("dispatch   {}", text(&d["state"]));
+    } else {
+        println!(
+            "dispatch   {} until {}",
+            text(&d["state"]),
+            when(&d["until"], now)
+        );
+    }
+}
+
+fn print_aligned(lines: &[Vec<String>], indent: &str) {
+    let columns = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{indent}{}", cells.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative(1_000_000 + 240_000, 1_000_000), "in 4m");
+        assert_eq!(relative(1_000_000 - 7_200_000, 1_000_000), "2h ago");
+        assert_eq!(relative(1_000_000, 1_000_400), "now");
+        assert_eq!(relative(1_000_000 + 3 * 86_400_000, 1_000_000), "in 3d");
+    }
+}

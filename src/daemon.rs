@@ -1,0 +1,121 @@
+//! Assembles the daemon: store, dispatcher and socket server, and runs them
+//! until told to stop.
+//!
+//! [`Daemon::open`] does everything that can fail before the daemon is
+//! useful (lock, migrate, recover); [`Daemon::run`] takes the listener and a
+//! shutdown future from its caller, so a test can start the daemon on a temp
+//! dir and stop it. Signals and socket binding belong to the caller.
+
+use crate::coax::CoaxClient;
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Handle, Settings};
+use crate::server::{self, Limits, Service};
+use crate::store::{self, Recovered, Store};
+use crate::time;
+use anyhow::Context as _;
+use std::future::Future;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+/// An opened daemon, not yet serving.
+pub struct Daemon {
+    config: Config,
+    store: Store,
+    recovered: Vec<Recovered>,
+}
+
+impl Daemon {
+    /// Opens the store: takes its lock, migrates it, and puts jobs that a
+    /// crash left in `sending` back in line.
+    pub fn open(config: Config) -> Result<Daemon, store::StoreError> {
+        let (store, recovered) = Store::open(&store::Options {
+            path: config.store.path.clone(),
+            on_ambiguous: config.dispatch.on_ambiguous,
+        })?;
+        Ok(Daemon {
+            config,
+            store,
+            recovered,
+        })
+    }
+
+    /// A handle on the store, for callers that embed the daemon.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves `listener` and sends due jobs until `shutdown` completes, then
+    /// finishes the requests in flight (up to `dispatch.shutdown_timeout`).
+    pub async fn run(
+        self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Daemon {
+            config,
+            store,
+            recovered,
+        } = self;
+        for job in &recovered {
+            tracing::warn!(
+                job_id = job.id,
+                key = job.key.as_deref().unwrap_or(""),
+                attempt = job.attempt,
+                held = job.held,
+                "found in 'sending' at start-up: its last request may have reached Coax; a possible duplicate"
+            );
+        }
+        let coax = CoaxClient::new(
+            config.coax.base_url.clone(),
+            &config.coax.api_key,
+            config.coax.request_timeout,
+            config.coax.routes.clone(),
+        )
+        .context("cannot set up the Coax client")?;
+        let handle = Handle::default();
+        let settings = Settings {
+            concurrency: config.dispatch.concurrency,
+            poll_interval: config.dispatch.poll_interval,
+            shutdown_timeout: config.dispatch.shutdown_timeout,
+            auth_pause: config.dispatch.auth_pause,
+            on_ambiguous: config.dispatch.on_ambiguous,
+            retry: config.retry.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let dispatcher = Dispatcher::new(store.clone(), coax, settings, handle.clone());
+        let dispatching = tokio::spawn(dispatcher.run(stopped.clone()));
+        let service = Service {
+            store: store.clone(),
+            dispatch: handle,
+        };
+        let limits = Limits {
+            idle_timeout: config.socket.idle_timeout,
+            max_connections: config.socket.max_connections,
+        };
+        let serving = tokio::spawn(server::serve(listener, service, limits, stopped));
+
+        let summary = store.stats().await.context("cannot read the queue")?;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            socket = %config.socket.path.display(),
+            database = %config.store.path.display(),
+            coax = %config.coax.base_url,
+            scheduled = summary.counts.get(&crate::job::State::Scheduled).copied().unwrap_or(0),
+            recovered = recovered.len(),
+            next_due = %summary.next_due.map(time::format).unwrap_or_else(|| "none".into()),
+            "coax-scheduler started"
+        );
+
+        shutdown.await;
+        tracing::info!("shutting down: no new jobs are claimed");
+        let _ = stop.send(true);
+        if let Err(e) = serving.await {
+            tracing::error!(error = %e, "the socket server failed");
+        }
+        if let Err(e) = dispatching.await {
+            tracing::error!(error = %e, "the dispatcher failed");
+        }
+        tracing::info!("coax-scheduler stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,648 @@
+//! Jobs in the domain's words: their kinds, their states, and the rules a
+//! job must pass before the daemon accepts it.
+//!
+//! This module owns validation of a caller's JOB object, including the
+//! per-route lists of payload fields that Coax documents. It does not know
+//! about SQLite or HTTP: the store keeps a [`NewJob`] and the Coax client
+//! turns one into a request.
+//!
+//! A job moves through these states:
+//!
+//! ```text
+//!             enqueue
+//!                │
+//!                ▼      reschedule
+//!   ┌──────► scheduled ◄────────┐
+//!   │            │ │ cancel     │
+//!   │      claim │ └──────► cancelled
+//!   │            ▼
+//!   │ retry,  sending ──────► sent | skipped
+//!   │ 401/403    │ │
+//!   └────────────┘ └──────► failed ──requeue──► scheduled
+//! ```
+
+use crate::time::{self, Millis};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// What Coax is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Send a message now (routes 1 and 2).
+    Message,
+    /// Send a review request (routes 5 and 6).
+    ReviewRequest,
+    /// Hand a schedule to Coax, which delivers at `payload.scheduled_at` (routes 3 and 4).
+    CoaxSchedule,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Message, Kind::ReviewRequest, Kind::CoaxSchedule];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::ReviewRequest => "review_request",
+            Kind::CoaxSchedule => "coax_schedule",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a job is in its life. See the module documentation for the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Scheduled,
+    Sending,
+    Sent,
+    Skipped,
+    Failed,
+    Cancelled,
+    /// An ambiguous send under `on_ambiguous = "hold"`: waits for a person.
+    Held,
+}
+
+impl State {
+    pub const ALL: [State; 7] = [
+        State::Scheduled,
+        State::Sending,
+        State::Sent,
+        State::Skipped,
+        State::Failed,
+        State::Cancelled,
+        State::Held,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Scheduled => "scheduled",
+            State::Sending => "sending",
+            State::Sent => "sent",
+            State::Skipped => "skipped",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Held => "held",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated job, ready to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub key: Option<String>,
+    pub kind: Kind,
+    pub channel: String,
+    pub enquiry_id: Option<String>,
+    pub scheduled_at: Millis,
+    /// The Coax request body, exactly as it will be sent.
+    pub payload: Map<String, Value>,
+}
+
+/// Why a JOB object was refused, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    pub field: String,
+    pub message: String,
+}
+
+impl JobError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> JobError {
+        JobError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+const JOB_FIELDS: &[&str] = &[
+    "kind",
+    "channel",
+    "enquiry_id",
+    "scheduled_at",
+    "delay",
+    "key",
+    "payload",
+];
+
+const MAX_KEY_LEN: usize = 200;
+const MAX_CHANNEL_LEN: usize = 64;
+const MAX_ENQUIRY_ID_LEN: usize = 20;
+
+/// Body fields of route 2, which every other route's list includes.
+const ENQUIRY_MESSAGE_FIELDS: &[&str] = &[
+    "message",
+    "type",
+    "sub_type",
+    "attachment_ids",
+    "contact_id",
+    "contact_ids",
+    "team_user_id",
+    "business_location_id",
+    "location_id",
+    "createActivity",
+    "activity_type",
+    "activity_description",
+    "is_bot",
+];
+
+/// Fields that route 1 adds to route 2's: the customer to find or create.
+const CUSTOMER_MESSAGE_EXTRA: &[&str] = &[
+    "enquiry_id",
+    "enquiry_status",
+    "campaign_id",
+    "name",
+    "email",
+    "phone",
+    "avatar",
+    "company_name",
+    "address",
+    "do_not_update",
+    "suppress_socket_events",
+];
+
+const ENQUIRY_REVIEW_FIELDS: &[&str] = &[
+    "channel",
+    "message",
+    "review_types",
+    "business_location_id",
+    "location_id",
+    "createActivity",
+    "activity_type",
+    "activity_description",
+];
+
+const CUSTOMER_REVIEW_EXTRA: &[&str] = &[
+    "enquiry_id",
+    "email",
+    "phone",
+    "name",
+    "company_name",
+    "address",
+    "avatar",
+    "do_not_update",
+    "customer_id",
+];
+
+/// At least one of these identifies the customer on a customer route.
+const CUSTOMER_IDS: &[&str] = &["phone", "email", "customer_id", "contact_id", "contact_ids"];
+
+/// Whether `field` may appear in the body of the route for `kind`.
+pub fn payload_field_allowed(kind: Kind, on_enquiry: bool, field: &str) -> bool {
+    let has = |list: &[&str]| list.contains(&field);
+    match (kind, on_enquiry) {
+        (Kind::Message, true) => has(ENQUIRY_MESSAGE_FIELDS),
+        (Kind::Message, false) => has(ENQUIRY_MESSAGE_FIELDS) || has(CUSTOMER_MESSAGE_EXTRA),
+        (Kind::CoaxSchedule, true) => has(ENQUIRY_MESSAGE_FIELDS) || field == "scheduled_at",
+        (Kind::CoaxSchedule, false) => {
+            has(ENQUIRY_MESSAGE_FIELDS)
+                || has(CUSTOMER_MESSAGE_EXTRA)
+                || field == "scheduled_at"
+                || field == "customer_id"
+        }
+        (Kind::ReviewRequest, true) => has(ENQUIRY_REVIEW_FIELDS),
+        (Kind::ReviewRequest, false) => has(ENQUIRY_REVIEW_FIELDS) || has(CUSTOMER_REVIEW_EXTRA),
+    }
+}
+
+/// A channel or enquiry id becomes a URL path segment, so only a safe
+/// alphabet is allowed: nothing that could climb out of the route.
+pub fn is_path_safe(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a caller's JOB object and turns it into a [`NewJob`].
+///
+/// `now` resolves a missing `scheduled_at` or a `delay`.
+pub fn validate(job: &Value, now: Millis) -> Result<NewJob, JobError> {
+    let Value::Object(fields) = job else {
+        return Err(JobError::new("job", "must be a JSON object"));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !JOB_FIELDS.contains(&k.as_str())) {
+        return Err(JobError::new(
+            unknown.as_str(),
+            format!("unknown job field; allowed: {}", JOB_FIELDS.join(", ")),
+        ));
+    }
+
+    let kind = match fields.get("kind") {
+        None => return Err(JobError::new("kind", "is required")),
+        Some(Value::String(s)) => Kind::parse(s).ok_or_else(|| {
+            JobError::new(
+                "kind",
+                format!("{s:?} is not one of message, review_request, coax_schedule"),
+            )
+        })?,
+        Some(_) => return Err(JobError::new("kind", "must be a string")),
+    };
+    let channel = validate_channel(fields.get("channel"))?;
+    let enquiry_id = validate_enquiry_id(fields.get("enquiry_id"))?;
+    let scheduled_at = validate_when(fields.get("scheduled_at"), fields.get("delay"), now)?;
+    let key = validate_key(fields.get("key"))?;
+    let payload = match fields.get("payload") {
+        None => Map::new(),
+        Some(Value::Object(p)) => p.clone(),
+        Some(_) => return Err(JobError::new("payload", "must be a JSON object")),
+    };
+    let payload = validate_payload(kind, &channel, enquiry_id.is_some(), payload)?;
+
+    Ok(NewJob {
+        key,
+        kind,
+        channel,
+        enquiry_id,
+        scheduled_at,
+        payload,
+    })
+}
+
+fn validate_channel(value: Option<&Value>) -> Result<String, JobError> {
+    match value {
+        None => Err(JobError::new("channel", "is required")),
+        Some(Value::String(s)) if s.len() <= MAX_CHANNEL_LEN && is_path_safe(s) => Ok(s.clone()),
+        Some(Value::String(s)) => Err(JobError::new(
+            "channel",
+            format!(
+                "{s:?} is not a channel: use 1 to {MAX_CHANNEL_LEN} letters, digits, '_' or '-'"
+            ),
+        )),
+        Some(_) => Err(JobError::new("channel", "must be a string")),
+    }
+}
+
+fn validate_enquiry_id(value: Option<&Value>) -> Result<Option<String>, JobError> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+        Some(_) => return Err(JobError::new("enquiry_id", "must be a string of digits")),
+    };
+    if text.is_empty()
+        || text.len() > MAX_ENQUIRY_ID_LEN
+        || !text.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(JobError::new(
+            "enquiry_id",
+            format!("{text:?} is not an enquiry id: use digits only"),
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn validate_when(
+    at: Option<&Value>,
+    delay: Option<&Value>,
+    now: Millis,
+) -> Result<Millis, JobError> {
+    match (at, delay) {
+        (Some(_), Some(_)) => Err(JobError::new(
+            "delay",
+            "give scheduled_at or delay, not both",
+        )),
+        (Some(Value::String(s)), None) => {
+            time::parse_rfc3339(s).map_err(|e| JobError::new("scheduled_at", e))
+        }
+        (Some(_), None) => Err(JobError::new(
+            "scheduled_at",
+            "must be an RFC 3339 string such as 2026-01-31T09:00:00Z",
+        )),
+        (None, Some(Value::String(s))) => humantime::parse_duration(s)
+            .map(|d| time::add(now, d))
+            .map_err(|e| {
+                JobError::new(
+                    "delay",
+                    format!("{s:?} is not a duration such as \"90s\" or \"2h\" ({e})"),
+                )
+            }),
+        (None, Some(_)) => Err(JobError::new(
+            "delay",
+            "must be a duration string such as \"2h\"",
+        )),
+        (None, None) => Ok(now),
+    }
+}
+
+fn validate_key(value: Option<&Value>) -> Result<Option<String>, JobError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_KEY_LEN => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(JobError::new(
+            "key",
+            format!("must be 1 to {MAX_KEY_LEN} bytes long"),
+        )),
+        Some(_) => Err(JobError::new("key", "must be a string")),
+    }
+}
+
+fn validate_payload(
+    kind: Kind,
+    channel: &str,
+    on_enquiry: bool,
+    mut payload: Map<String, Value>,
+) -> Result<Map<String, Value>, JobError> {
+    let route = route_name(kind, on_enquiry);
+    if let Some(unknown) = payload
+        .keys()
+        .find(|k| !payload_field_allowed(kind, on_enquiry, k))
+    {
+        return Err(JobError::new(
+            format!("payload.{unknown}"),
+            format!("is not a body field of the {route} route"),
+        ));
+    }
+
+    match payload.get("message") {
+        Some(Value::String(m)) if !m.trim().is_empty() => {}
+        Some(Value::String(_)) => {
+            return Err(JobError::new("payload.message", "must not be empty"));
+        }
+        Some(_) => return Err(JobError::new("payload.message", "must be a string")),
+        None if kind != Kind::ReviewRequest => {
+            return Err(JobError::new("payload.message", "is required"));
+        }
+        None => {}
+    }
+
+    for field in ["phone", "email"] {
+        match payload.get(field) {
+            None | Some(Value::String(_)) => {}
+            Some(_) => {
+                return Err(JobError::new(
+                    format!("payload.{field}"),
+                    "must be a string",
+                ));
+            }
+        }
+    }
+
+    if !on_enquiry && !CUSTOMER_IDS.iter().any(|f| is_given(payload.get(*f))) {
+        let allowed: Vec<&str> = CUSTOMER_IDS
+            .iter()
+            .copied()
+            .filter(|f| payload_field_allowed(kind, false, f))
+            .collect();
+        return Err(JobError::new(
+            "payload",
+            format!(
+                "the {route} route needs a customer: give one of {}",
+                allowed.join(", ")
+            ),
+        ));
+    }
+
+    if kind == Kind::CoaxSchedule && !is_given(payload.get("scheduled_at")) {
+        return Err(JobError::new(
+            "payload.scheduled_at",
+            "is required: it is when Coax delivers the message",
+        ));
+    }
+
+    if kind == Kind::ReviewRequest {
+        // The review routes carry the channel in the body, not the path.
+        match payload.get("channel") {
+            None => {
+                payload.insert("channel".into(), Value::String(channel.to_owned()));
+            }
+            Some(Value::String(c)) if c == channel => {}
+            Some(_) => {
+                return Err(JobError::new(
+                    "payload.channel",
+                    "differs from the job's channel; give it once, as the job's channel",
+                ));
+            }
+        }
+    }
+    Ok(payload)
+}
+
+fn is_given(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.trim().is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn route_name(kind: Kind, on_enquiry: bool) -> String {
+    let target = if on_enquiry { "enquiry" } else { "customer" };
+    format!("{kind} ({target})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: Millis = 1_800_000_000_000;
+
+    fn err(job: Value) -> JobError {
+        validate(&job, NOW).unwrap_err()
+    }
+
+    #[test]
+    fn a_minimal_message_is_due_now() {
+        let job = validate(
+            &json!({"kind":"message","channel":"sms","payload":{"message":"hi","phone":"+15550100"}}),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(job.scheduled_at, NOW);
+        assert_eq!(job.kind, Kind::Message);
+        assert_eq!(job.enquiry_id, None);
+    }
+
+    #[test]
+    fn delay_is_counted_from_now() {
+        let job = validate(
+            &json!({"kind":"message","channel":"sms","delay":"2h","payload":{"message":"hi","email":"a@b.c"}}),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(job.scheduled_at, NOW + 7_200_000);
+    }
+
+    #[test]
+    fn scheduled_at_and_delay_together_are_refused() {
+        let e = err(
+            json!({"kind":"message","channel":"sms","delay":"2h","scheduled_at":"2030-01-01T00:00:00Z","payload":{"message":"hi","phone":"1"}}),
+        );
+        assert_eq!(e.field, "delay");
+    }
+
+    #[test]
+    fn path_injection_is_refused() {
+        for bad in ["../admin", "sms/../../x", "sms?x=1", "", "s s", "%2e%2e"] {
+            let e =
+                err(json!({"kind":"message","channel":bad,"payload":{"message":"hi","phone":"1"}}));
+            assert_eq!(e.field, "channel", "{bad}");
+        }
+        for bad in [
+            json!("../admin"),
+            json!("12a"),
+            json!(-3),
+            json!(1.5),
+            json!(""),
+        ] {
+            let e = err(
+                json!({"kind":"message","channel":"sms","enquiry_id":bad,"payload":{"message":"hi"}}),
+            );
+            assert_eq!(e.field, "enquiry_id");
+        }
+    }
+
+    #[test]
+    fn numeric_enquiry_id_is_accepted() {
+        let job = validate(
+            &json!({"kind":"message","channel":"sms","enquiry_id":77,"payload":{"message":"hi"}}),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(job.enquiry_id.as_deref(), Some("77"));
+    }
+
+    #[test]
+    fn unknown_payload_field_is_named() {
+        let e = err(
+            json!({"kind":"message","channel":"sms","payload":{"message":"hi","phone":"1","colour":"red"}}),
+        );
+        assert_eq!(e.field, "payload.colour");
+        // Route 2 does not take customer fields.
+        let e = err(
+            json!({"kind":"message","channel":"sms","enquiry_id":"5","payload":{"message":"hi","phone":"1"}}),
+        );
+        assert_eq!(e.field, "payload.phone");
+    }
+
+    #[test]
+    fn unknown_job_field_is_named() {
+        let e = err(
+            json!({"kind":"message","channel":"sms","when":"now","payload":{"message":"hi","phone":"1"}}),
+        );
+        assert_eq!(e.field, "when");
+    }
+
+    #[test]
+    fn message_rules() {
+        let e = err(json!({"kind":"message","channel":"sms","payload":{"phone":"1"}}));
+        assert_eq!(e.field, "payload.message");
+        let e =
+            err(json!({"kind":"message","channel":"sms","payload":{"message":"  ","phone":"1"}}));
+        assert_eq!(e.field, "payload.message");
+        let e = err(
+            json!({"kind":"coax_schedule","channel":"sms","payload":{"message":3,"phone":"1","scheduled_at":"x"}}),
+        );
+        assert_eq!(e.field, "payload.message");
+    }
+
+    #[test]
+    fn customer_routes_need_a_customer() {
+        let e = err(json!({"kind":"message","channel":"sms","payload":{"message":"hi"}}));
+        assert_eq!(e.field, "payload");
+        let e = err(json!({"kind":"review_request","channel":"sms","payload":{"phone":""}}));
+        assert_eq!(e.field, "payload");
+        validate(
+            &json!({"kind":"review_request","channel":"email","payload":{"customer_id":9}}),
+            NOW,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn coax_schedule_needs_coax_time() {
+        let e = err(
+            json!({"kind":"coax_schedule","channel":"sms","payload":{"message":"hi","phone":"1"}}),
+        );
+        assert_eq!(e.field, "payload.scheduled_at");
+    }
+
+    #[test]
+    fn review_channel_goes_into_the_body() {
+        let job = validate(
+            &json!({"kind":"review_request","channel":"email","enquiry_id":"12","payload":{}}),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(job.payload.get("channel"), Some(&json!("email")));
+        let e = err(
+            json!({"kind":"review_request","channel":"email","payload":{"channel":"sms","phone":"1"}}),
+        );
+        assert_eq!(e.field, "payload.channel");
+    }
+
+    #[test]
+    fn every_route_has_its_documented_fields() {
+        assert!(payload_field_allowed(
+            Kind::CoaxSchedule,
+            false,
+            "customer_id"
+        ));
+        assert!(!payload_field_allowed(Kind::Message, false, "customer_id"));
+        assert!(payload_field_allowed(
+            Kind::CoaxSchedule,
+            true,
+            "scheduled_at"
+        ));
+        assert!(!payload_field_allowed(
+            Kind::CoaxSchedule,
+            true,
+            "campaign_id"
+        ));
+        assert!(payload_field_allowed(
+            Kind::ReviewRequest,
+            false,
+            "review_types"
+        ));
+        assert!(!payload_field_allowed(
+            Kind::ReviewRequest,
+            true,
+            "customer_id"
+        ));
+        assert!(!payload_field_allowed(
+            Kind::ReviewRequest,
+            false,
+            "contact_id"
+        ));
+    }
+
+    #[test]
+    fn bad_kind_and_key() {
+        assert_eq!(err(json!({"channel":"sms"})).field, "kind");
+        assert_eq!(err(json!({"kind":"fax","channel":"sms"})).field, "kind");
+        assert_eq!(
+            err(json!({"kind":"message","channel":"sms","key":"","payload":{"message":"hi","phone":"1"}})).field,
+            "key"
+        );
+        assert_eq!(err(json!(["not", "an", "object"])).field, "job");
+    }
+}

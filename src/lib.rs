@@ -1,0 +1,23 @@
+//! coax-scheduler: a client-side delivery daemon for scheduled Coax messages
+//! and review requests.
+//!
+//! The daemon keeps a durable SQLite queue ([`store`]), accepts work over a
+//! local Unix socket ([`server`], speaking [`protocol`]), and hands each job
+//! to the Coax API ([`coax`]) when it falls due ([`dispatch`]). What to do
+//! with each answer is decided by the pure functions in [`policy`]. The CLI in
+//! [`cli`] is both the daemon's entry point and a client of its socket.
+
+pub mod cli;
+pub mod client;
+pub mod coax;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod job;
+pub mod logging;
+pub mod policy;
+pub mod protocol;
+pub mod server;
+pub mod socket;
+pub mod store;
+pub mod time;

@@ -1,0 +1,385 @@
+//! The wire types of the control socket, shared by the daemon and the CLI.
+//!
+//! One request is one JSON object on one line; it gets exactly one response
+//! line, in order. This module owns parsing a request line into a
+//! [`Request`] (with the error code a bad line earns) and the shapes of the
+//! answers. It does not validate jobs (see [`crate::job`]) or touch storage.
+//!
+//! ```text
+//! client                                   daemon
+//!   │ {"op":"enqueue","job":{…}}\n           │
+//!   │ ─────────────────────────────────────► │ validate, commit
+//!   │ {"ok":true,"id":7,…,"duplicate":false}\n
+//!   │ ◄───────────────────────────────────── │
+//!   │ {"op":"bogus"}\n                       │
+//!   │ ─────────────────────────────────────► │
+//!   │ {"ok":false,"error":{"code":"unknown_op",…}}\n
+//!   │ ◄───────────────────────────────────── │
+//! ```
+
+use crate::job::{Kind, State};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+
+/// The longest request line the daemon reads, newline included.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// How many jobs `list` returns when no limit is given.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// The most jobs one `list` returns.
+pub const MAX_LIST_LIMIT: u32 = 10_000;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// `job` or `jobs`, still to be validated one by one.
+    Enqueue(Enqueue),
+    Get(Lookup),
+    List {
+        state: Option<State>,
+        limit: u32,
+    },
+    Cancel {
+        id: i64,
+    },
+    Reschedule {
+        id: i64,
+        scheduled_at: String,
+    },
+    Requeue {
+        id: i64,
+    },
+    Stats,
+    Ping,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueue {
+    One(Value),
+    Batch(Vec<Value>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Id(i64),
+    Key(String),
+}
+
+/// The error codes of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownOp,
+    InvalidJob,
+    NotFound,
+    Conflict,
+    Internal,
+}
+
+/// A failure answer: `{"ok":false,"error":{...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub index: Option<usize>,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            code,
+            message: message.into(),
+            field: None,
+            index: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ErrorBody {
+        ErrorBody::new(ErrorCode::BadRequest, message)
+    }
+
+    /// The response line for this error, without the newline.
+    pub fn to_line(&self) -> String {
+        json!({"ok": false, "error": self}).to_string()
+    }
+}
+
+/// One job as `get` and `list` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: i64,
+    pub key: Option<String>,
+    pub kind: Kind,
+    pub channel: String,
+    pub enquiry_id: Option<String>,
+    pub scheduled_at: String,
+    pub state: State,
+    /// Tries counted against `retry.max_attempts`.
+    pub attempts: u32,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_error: Option<String>,
+    /// The final answer: `{"status":…,"message":…,"body":…}`.
+    pub result: Option<Value>,
+    pub payload: Value,
+    pub history: Vec<AttemptView>,
+}
+
+/// One try at delivering a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    /// 1-based sequence number of the try, counting every try.
+    pub attempt: u32,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: Option<u16>,
+    /// What went wrong in transport, or the reason for the decision.
+    pub error: Option<String>,
+    pub decision: Option<String>,
+    /// The request may have reached Coax without its answer being recorded.
+    pub ambiguous: bool,
+    pub latency_ms: Option<u64>,
+}
+
+/// The answer to `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub counts: BTreeMap<String, u64>,
+    pub next_due: Option<String>,
+}
+
+/// The answer to one enqueued job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enqueued {
+    pub id: i64,
+    pub state: State,
+    pub scheduled_at: String,
+    pub duplicate: bool,
+}
+
+/// A success line: `{"ok":true}` merged with `fields`.
+pub fn ok_line(fields: Value) -> String {
+    let mut out = Map::new();
+    out.insert("ok".into(), Value::Bool(true));
+    if let Value::Object(map) = fields {
+        out.extend(map);
+    }
+    Value::Object(out).to_string()
+}
+
+/// Parses one request line (without its newline).
+pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| ErrorBody::bad_request(format!("the line is not JSON: {e}")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ErrorBody::bad_request(
+            "a request must be a JSON object such as {\"op\":\"ping\"}",
+        ));
+    };
+    let op = match fields.remove("op") {
+        Some(Value::String(op)) => op,
+        Some(_) => return Err(ErrorBody::bad_request("\"op\" must be a string")),
+        None => return Err(ErrorBody::bad_request("the request has no \"op\"")),
+    };
+    let mut args = Args { op: &op, fields };
+    let request = match op.as_str() {
+        "enqueue" => Request::Enqueue(args.enqueue()?),
+        "get" => Request::Get(args.lookup()?),
+        "list" => Request::List {
+            state: args.state()?,
+            limit: args.limit()?,
+        },
+        "cancel" => Request::Cancel { id: args.id()? },
+        "reschedule" => Request::Reschedule {
+            id: args.id()?,
+            scheduled_at: args.string("scheduled_at")?,
+        },
+        "requeue" => Request::Requeue { id: args.id()? },
+        "stats" => Request::Stats,
+        "ping" => Request::Ping,
+        _ => {
+            return Err(ErrorBody::new(
+                ErrorCode::UnknownOp,
+                format!(
+                    "unknown op {op:?}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping"
+                ),
+            ));
+        }
+    };
+    args.finish()?;
+    Ok(request)
+}
+
+/// The arguments of one request, taken out field by field so that any
+/// left over can be reported as unknown.
+struct Args<'a> {
+    op: &'a str,
+    fields: Map<String, Value>,
+}
+
+impl Args<'_> {
+    fn finish(self) -> Result<(), ErrorBody> {
+        match self.fields.keys().next() {
+            None => Ok(()),
+            Some(extra) => Err(ErrorBody::bad_request(format!(
+                "op {:?} takes no field {extra:?}",
+                self.op
+            ))),
+        }
+    }
+
+    fn id(&mut self) -> Result<i64, ErrorBody> {
+        match self.fields.remove("id") {
+            Some(Value::Number(n)) => n.as_i64().filter(|id| *id > 0).ok_or_else(|| {
+                ErrorBody::bad_request(format!("\"id\" must be a positive integer, not {n}"))
+            }),
+            Some(_) => Err(ErrorBody::bad_request("\"id\" must be a positive integer")),
+            None => Err(ErrorBody::bad_request(format!(
+                "op {:?} needs an \"id\"",
+                self.op
+            ))),
+        }
+    }
+
+    fn string(&mut self, name: &str) -> Result<String, ErrorBody> {
+        match self.fields.remove(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(ErrorBody::bad_request(format!(
+                "\"{name}\" must be a string"
+            ))),
+            None => Err(ErrorBody::bad_request(format!(
+                "op {:?} needs \"{name}\"",
+                self.op
+            ))),
+        }
+    }
+
+    fn lookup(&mut self) -> Result<Lookup, ErrorBody> {
+        if self.fields.contains_key("key") {
+            if self.fields.contains_key("id") {
+                return Err(ErrorBody::bad_request("give \"id\" or \"key\", not both"));
+            }
+            return self.string("key").map(Lookup::Key);
+        }
+        self.id().map(Lookup::Id)
+    }
+
+    fn state(&mut self) -> Result<Option<State>, ErrorBody> {
+        match self.fields.remove("state") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => State::parse(&s).map(Some).ok_or_else(|| {
+                let known: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+                ErrorBody::bad_request(format!(
+                    "unknown state {s:?}; states are {}",
+                    known.join(", ")
+                ))
+            }),
+            Some(_) => Err(ErrorBody::bad_request("\"state\" must be a string")),
+        }
+    }
+
+    fn limit(&mut self) -> Result<u32, ErrorBody> {
+        match self.fields.remove("limit") {
+            None | Some(Value::Null) => Ok(DEFAULT_LIST_LIMIT),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .filter(|l| (1..=u64::from(MAX_LIST_LIMIT)).contains(l))
+                .and_then(|l| u32::try_from(l).ok())
+                .ok_or_else(|| {
+                    ErrorBody::bad_request(format!(
+                        "\"limit\" must be between 1 and {MAX_LIST_LIMIT}"
+                    ))
+                }),
+            Some(_) => Err(ErrorBody::bad_request("\"limit\" must be a number")),
+        }
+    }
+
+    fn enqueue(&mut self) -> Result<Enqueue, ErrorBody> {
+        match (self.fields.remove("job"), self.fields.remove("jobs")) {
+            (Some(job), None) => Ok(Enqueue::One(job)),
+            (None, Some(Value::Array(jobs))) if !jobs.is_empty() => Ok(Enqueue::Batch(jobs)),
+            (None, Some(Value::Array(_))) => {
+                Err(ErrorBody::bad_request("\"jobs\" must not be empty"))
+            }
+            (None, Some(_)) => Err(ErrorBody::bad_request("\"jobs\" must be an array")),
+            (Some(_), Some(_)) => Err(ErrorBody::bad_request("give \"job\" or \"jobs\", not both")),
+            (None, None) => Err(ErrorBody::bad_request(
+                "op \"enqueue\" needs \"job\" or \"jobs\"",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(line: &str) -> ErrorCode {
+        parse_request(line.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn requests_parse() {
+        assert_eq!(parse_request(br#"{"op":"ping"}"#), Ok(Request::Ping));
+        assert_eq!(
+            parse_request(br#"{"op":"get","key":"k1"}"#),
+            Ok(Request::Get(Lookup::Key("k1".into())))
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"list","state":"failed"}"#),
+            Ok(Request::List {
+                state: Some(State::Failed),
+                limit: DEFAULT_LIST_LIMIT
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"reschedule","id":3,"scheduled_at":"x"}"#),
+            Ok(Request::Reschedule {
+                id: 3,
+                scheduled_at: "x".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_bad_requests() {
+        assert_eq!(code("not json"), ErrorCode::BadRequest);
+        assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"id":1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":7}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":"get","id":"1"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":"get","id":-1}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":"list","limit":0}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"op":"list","state":"lost"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(r#"{"op":"enqueue","jobs":[]}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"op":"ping","extra":1}"#), ErrorCode::BadRequest);
+        assert_eq!(code("\u{0}\u{1}"), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn unknown_op_is_its_own_code() {
+        assert_eq!(code(r#"{"op":"explode"}"#), ErrorCode::UnknownOp);
+    }
+
+    #[test]
+    fn error_lines_carry_field_and_index_only_when_set() {
+        let line = ErrorBody::new(ErrorCode::NotFound, "no job 9").to_line();
+        assert_eq!(
+            line,
+            r#"{"ok":false,"error":{"code":"not_found","message":"no job 9"}}"#
+        );
+        let mut e = ErrorBody::new(ErrorCode::InvalidJob, "bad");
+        e.field = Some("channel".into());
+        e.index = Some(2);
+        let v: Value = serde_json::from_str(&e.to_line()).unwrap();
+        assert_eq!(v["error"]["field"], "channel");
+        assert_eq!(v["error"]["index"], 2);
+    }
+}

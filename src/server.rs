@@ -1,0 +1,302 @@
+//! The control socket server: reads request lines, answers each in order.
+//!
+//! It owns connection handling (line caps, idle time, the connection limit)
+//! and carrying out each [`Request`] against the store. Parsing lines is
+//! [`protocol`]'s job and validating jobs is [`job`]'s. An answer that
+//! reports a change is written only after the store has committed it.
+
+use crate::dispatch::Handle;
+use crate::job::{self, NewJob};
+use crate::protocol::{
+    self, ErrorBody, ErrorCode, MAX_LINE_BYTES, Request, Stats, ok_line, parse_request,
+};
+use crate::store::{Refusal, Store, StoreError};
+use crate::time;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, watch};
+
+/// Limits on clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// What a connection needs to carry out requests.
+#[derive(Clone)]
+pub struct Service {
+    pub store: Store,
+    pub dispatch: Handle,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: UnixListener,
+    service: Service,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection");
+                // Out of descriptors, typically; give the system a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_cred()
+            .map(|c| format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)))
+            .unwrap_or_else(|_| "unknown".into());
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let service = service.clone();
+        let idle = limits.idle_timeout;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tracing::debug!(%peer, "client connected");
+            if let Err(e) = connection(stream, &service, idle, shutdown).await {
+                tracing::info!(%peer, error = %e, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn refuse(mut stream: UnixStream) {
+    let line = ErrorBody::new(
+        ErrorCode::Internal,
+        "too many connections; try again shortly",
+    )
+    .to_line();
+    let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+}
+
+/// Why a connection was closed early.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("idle for longer than {0:?}")]
+    Idle(Duration),
+    #[error("sent a line longer than {MAX_LINE_BYTES} bytes")]
+    LineTooLong,
+}
+
+async fn connection(
+    stream: UnixStream,
+    service: &Service,
+    idle: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
+        let read = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            read = tokio::time::timeout(idle, limited.read_until(b'\n', &mut line)) => read,
+        };
+        let n = read.map_err(|_| ConnectionError::Idle(idle))??;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') && line.len() >= MAX_LINE_BYTES {
+            let e = ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("the line is longer than {MAX_LINE_BYTES} bytes; the connection is closed"),
+            );
+            write
+                .write_all(format!("{}\n", e.to_line()).as_bytes())
+                .await?;
+            return Err(ConnectionError::LineTooLong);
+        }
+        let text = trim_line(&line);
+        if text.is_empty() {
+            continue;
+        }
+        let answer = match parse_request(text) {
+            Ok(request) => service.handle(request).await,
+            Err(e) => e.to_line(),
+        };
+        write.write_all(answer.as_bytes()).await?;
+        write.write_all(b"\n").await?;
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let end = line
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &line[..end]
+}
+
+fn internal(e: &StoreError) -> ErrorBody {
+    tracing::error!(error = %e, "request failed in the store");
+    ErrorBody::new(ErrorCode::Internal, e.to_string())
+}
+
+fn refusal(id: i64, op: &str, r: Refusal) -> ErrorBody {
+    match r {
+        Refusal::NotFound => ErrorBody::new(ErrorCode::NotFound, format!("no job with id {id}")),
+        Refusal::Conflict { state } => ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("cannot {op} job {id}: it is {state}"),
+        ),
+    }
+}
+
+impl Service {
+    /// Carries out one request and returns its answer line (no newline).
+    pub async fn handle(&self, request: Request) -> String {
+        match self.answer(request).await {
+            Ok(line) => line,
+            Err(e) => e.to_line(),
+        }
+    }
+
+    async fn answer(&self, request: Request) -> Result<String, ErrorBody> {
+        match request {
+            Request::Ping => Ok(ok_line(json!({}))),
+            Request::Enqueue(protocol::Enqueue::One(job)) => {
+                let job = validate(&job, None)?;
+                let mut done = self.enqueue(vec![job]).await?;
+                let e = done.pop().ok_or_else(|| {
+                    ErrorBody::new(ErrorCode::Internal, "the store answered nothing")
+                })?;
+                Ok(ok_line(json!({
+                    "id": e.id, "state": e.state, "scheduled_at": e.scheduled_at, "duplicate": e.duplicate
+                })))
+            }
+            Request::Enqueue(protocol::Enqueue::Batch(jobs)) => {
+                let jobs = jobs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, job)| validate(job, Some(i)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let done = self.enqueue(jobs).await?;
+                let results: Vec<Value> = done
+                    .iter()
+                    .map(|e| json!({"id": e.id, "duplicate": e.duplicate}))
+                    .collect();
+                Ok(ok_line(json!({ "results": results })))
+            }
+            Request::Get(lookup) => {
+                let described = match &lookup {
+                    protocol::Lookup::Id(id) => format!("no job with id {id}"),
+                    protocol::Lookup::Key(key) => format!("no job with key {key:?}"),
+                };
+                match self.store.get(lookup).await.map_err(|e| internal(&e))? {
+                    Some(job) => Ok(ok_line(json!({ "job": job }))),
+                    None => Err(ErrorBody::new(ErrorCode::NotFound, described)),
+                }
+            }
+            Request::List { state, limit } => {
+                let jobs = self
+                    .store
+                    .list(state, limit)
+                    .await
+                    .map_err(|e| internal(&e))?;
+                Ok(ok_line(json!({ "jobs": jobs })))
+            }
+            Request::Cancel { id } => {
+                let job = self
+                    .store
+                    .cancel(id)
+                    .await
+                    .map_err(|e| internal(&e))?
+                    .map_err(|r| refusal(id, "cancel", r))?;
+                tracing::info!(job_id = id, "job cancelled");
+                Ok(ok_line(json!({ "job": job })))
+            }
+            Request::Reschedule { id, scheduled_at } => {
+                let at = time::parse_rfc3339(&scheduled_at).map_err(|e| {
+                    let mut err = ErrorBody::new(ErrorCode::BadRequest, e);
+                    err.field = Some("scheduled_at".into());
+                    err
+                })?;
+                let job = self
+                    .store
+                    .reschedule(id, at)
+                    .await
+                    .map_err(|e| internal(&e))?
+                    .map_err(|r| refusal(id, "reschedule", r))?;
+                self.dispatch.wake();
+                tracing::info!(job_id = id, scheduled_at = %job.scheduled_at, "job rescheduled");
+                Ok(ok_line(json!({ "job": job })))
+            }
+            Request::Requeue { id } => {
+                let job = self
+                    .store
+                    .requeue(id)
+                    .await
+                    .map_err(|e| internal(&e))?
+                    .map_err(|r| refusal(id, "requeue", r))?;
+                self.dispatch.wake();
+                tracing::info!(job_id = id, "job requeued");
+                Ok(ok_line(json!({ "job": job })))
+            }
+            Request::Stats => {
+                let summary = self.store.stats().await.map_err(|e| internal(&e))?;
+                let stats = Stats {
+                    counts: summary
+                        .counts
+                        .iter()
+                        .map(|(s, n)| (s.as_str().to_owned(), *n))
+                        .collect(),
+                    next_due: summary.next_due.map(time::format),
+                };
+                let mode = self.dispatch.mode();
+                Ok(ok_line(json!({
+                    "counts": stats.counts,
+                    "next_due": stats.next_due,
+                    "dispatch": {"state": mode.name(), "until": mode.until().map(time::format)},
+                })))
+            }
+        }
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
+        let earliest = jobs.iter().map(|j| j.scheduled_at).min();
+        let done = self.store.enqueue(jobs).await.map_err(|e| internal(&e))?;
+        if earliest.is_some() {
+            self.dispatch.wake();
+        }
+        for e in done.iter().filter(|e| !e.duplicate) {
+            tracing::debug!(job_id = e.id, scheduled_at = %e.scheduled_at, "job enqueued");
+        }
+        Ok(done)
+    }
+}
+
+fn validate(job: &Value, index: Option<usize>) -> Result<NewJob, ErrorBody> {
+    job::validate(job, time::now()).map_err(|e| {
+        let message = match index {
+            Some(i) => format!("job {i}: {e}"),
+            None => e.to_string(),
+        };
+        ErrorBody {
+            code: ErrorCode::InvalidJob,
+            message,
+            field: Some(e.field),
+            index,
+        }
+    })
+}

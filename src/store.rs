@@ -1,0 +1,291 @@
+//! The durable queue. This module is the only one that touches SQLite.
+//!
+//! rusqlite is blocking, so one dedicated thread owns the connection and
+//! everything else talks to it through [`Store`], an async handle. Each call
+//! becomes a closure run on that thread inside a savepoint of a shared
+//! transaction: the thread takes every call that is waiting, runs them all,
+//! commits once, and only then answers each caller. That is group commit:
+//! many enqueues share one fsync, and no caller hears "done" before its
+//! change is durable. A call that fails rolls back its own savepoint and
+//! leaves the others alone; a failed commit fails every call in the group.
+//!
+//! It does not decide what happens to a job; [`crate::dispatch`] and
+//! [`crate::server`] call the operations in [`queries`] with their decisions.
+
+mod queries;
+mod schema;
+
+pub use queries::{Claimed, ClaimedJob, Finish, Lookup, Next, Refusal, Summary};
+pub use schema::SCHEMA_VERSION;
+
+use crate::config::OnAmbiguous;
+use crate::time::Millis;
+use rusqlite::Connection;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use tokio::sync::{mpsc, oneshot};
+
+/// What went wrong with the store, in words an operator can act on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the queue database {path} is in use by another coax-scheduler (lock file {lock} is held); stop the other daemon or point store.path elsewhere"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("cannot open the queue database {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+    #[error(
+        "{path} is not a coax-scheduler queue database ({detail}); it was left untouched. Move it away or point store.path elsewhere"
+    )]
+    Foreign { path: PathBuf, detail: String },
+    #[error(
+        "the queue database {path} has schema version {found}, newer than this build understands ({supported}); run a newer coax-scheduler"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("storage failure while {during}: {detail}")]
+    Sqlite {
+        during: &'static str,
+        detail: String,
+    },
+    #[error("the store has shut down")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn sqlite(during: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        move |e| StoreError::Sqlite {
+            during,
+            detail: describe_sqlite(&e),
+        }
+    }
+}
+
+/// SQLite's own words are terse; the commonest runtime failures get a hint.
+fn describe_sqlite(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => format!("the disk is full ({e})"),
+        Some(ErrorCode::ReadOnly) => format!("the database is read-only ({e})"),
+        Some(ErrorCode::SystemIoFailure) => format!("disk I/O error ({e})"),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            format!("the database is locked by another process ({e})")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// A job found in `sending` at start-up: its last request may have reached Coax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub id: i64,
+    pub key: Option<String>,
+    pub attempt: u32,
+    /// The state it was put back in: `scheduled`, or `held` under `hold`.
+    pub held: bool,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A call: runs on the store thread, says whether it succeeded, and hands
+/// back what answers its caller once the group's commit is known.
+type Work = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Completion) + Send>;
+
+/// How many waiting calls share one transaction at most.
+const MAX_GROUP: usize = 1024;
+
+/// An async handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    work: mpsc::Sender<Work>,
+}
+
+/// Settings for opening the store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub path: PathBuf,
+    pub on_ambiguous: OnAmbiguous,
+}
+
+impl Store {
+    /// Opens (or creates) the database, takes the lock, migrates, and
+    /// recovers jobs left in `sending` by a crash.
+    pub fn open(options: &Options) -> Result<(Store, Vec<Recovered>), StoreError> {
+        let lock = schema::lock(&options.path)?;
+        let conn = schema::open(&options.path)?;
+        let recovered = queries::recover(&conn, crate::time::now(), options.on_ambiguous)?;
+        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || serve(conn, lock, rx))
+            .map_err(|e| StoreError::Open {
+                path: options.path.clone(),
+                detail: format!("cannot start the store thread: {e}"),
+            })?;
+        Ok((Store { work: tx }, recovered))
+    }
+
+    /// Runs `op` on the store thread inside the next group transaction and
+    /// answers once that transaction has committed.
+    pub async fn call<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let work: Work = Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => op(conn),
+                Err(e) => Err(e.clone()),
+            };
+            let succeeded = result.is_ok();
+            let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
+                // The caller may have gone away; its answer is then unneeded.
+                let _ = reply.send(commit.and(result));
+            });
+            (succeeded, completion)
+        });
+        self.work.send(work).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn enqueue(
+        &self,
+        jobs: Vec<crate::job::NewJob>,
+    ) -> Result<Vec<crate::protocol::Enqueued>, StoreError> {
+        self.call(move |c| queries::enqueue(c, &jobs, crate::time::now()))
+            .await
+    }
+
+    pub async fn get(
+        &self,
+        lookup: Lookup,
+    ) -> Result<Option<crate::protocol::JobView>, StoreError> {
+        self.call(move |c| queries::get(c, &lookup)).await
+    }
+
+    pub async fn list(
+        &self,
+        state: Option<crate::job::State>,
+        limit: u32,
+    ) -> Result<Vec<crate::protocol::JobView>, StoreError> {
+        self.call(move |c| queries::list(c, state, limit)).await
+    }
+
+    pub async fn cancel(
+        &self,
+        id: i64,
+    ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+        self.call(move |c| queries::cancel(c, id, crate::time::now()))
+            .await
+    }
+
+    pub async fn reschedule(
+        &self,
+        id: i64,
+        at: Millis,
+    ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+        self.call(move |c| queries::reschedule(c, id, at, crate::time::now()))
+            .await
+    }
+
+    pub async fn requeue(
+        &self,
+        id: i64,
+    ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+        self.call(move |c| queries::requeue(c, id, crate::time::now()))
+            .await
+    }
+
+    pub async fn stats(&self) -> Result<Summary, StoreError> {
+        self.call(queries::summary).await
+    }
+
+    /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
+    pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
+        self.call(move |c| queries::claim(c, now, limit)).await
+    }
+
+    /// Records how an attempt ended and moves its job on.
+    pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
+        self.call(move |c| queries::finish(c, &finish)).await
+    }
+
+    /// The earliest `scheduled_at` among scheduled jobs.
+    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.call(queries::next_due).await
+    }
+}
+
+/// The store thread: group waiting calls into one transaction each.
+fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Work>) {
+    let mut group: Vec<Work> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(work) => group.push(work),
+                Err(_) => break,
+            }
+        }
+        run_group(&conn, &mut group);
+    }
+    tracing::debug!("store thread stopped");
+}
+
+fn run_group(conn: &Connection, group: &mut Vec<Work>) {
+    if let Err(e) = conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(StoreError::sqlite("starting a transaction"))
+    {
+        for work in group.drain(..) {
+            (work(Err(&e)).1)(Err(e.clone()));
+        }
+        return;
+    }
+    let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
+    for work in group.drain(..) {
+        completions.push(run_in_savepoint(conn, work));
+    }
+    let commit = conn
+        .execute_batch("COMMIT")
+        .map_err(StoreError::sqlite("committing"));
+    if commit.is_err() {
+        // A failed COMMIT can leave the transaction open; end it so the next
+        // group starts clean. Nothing of this group was written.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in completions {
+        done(commit.clone());
+    }
+}
+
+/// Runs one call; if it fails, its writes are undone and the group goes on.
+fn run_in_savepoint(conn: &Connection, work: Work) -> Completion {
+    if let Err(e) = conn
+        .execute_batch("SAVEPOINT call")
+        .map_err(StoreError::sqlite("opening a savepoint"))
+    {
+        return work(Err(&e)).1;
+    }
+    let (succeeded, completion) = work(Ok(conn));
+    let end = if succeeded {
+        "RELEASE call"
+    } else {
+        "ROLLBACK TO call; RELEASE call"
+    };
+    if let Err(e) = conn.execute_batch(end) {
+        // The commit that follows reports the failure to every caller.
+        tracing::error!(error = %e, "cannot end a savepoint");
+    }
+    completion
+}
+
+/// The path of the lock file that guards `db`.
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}

@@ -1,0 +1,563 @@
+//! The SQL behind each store operation. Every function here runs on the
+//! store thread inside a savepoint that [`super::Store::call`] opened.
+
+use super::{Recovered, StoreError};
+use crate::config::OnAmbiguous;
+use crate::job::{Kind, NewJob, State};
+use crate::protocol::{AttemptView, Enqueued, JobView};
+use crate::time::{self, Millis};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+pub use crate::protocol::Lookup;
+
+/// Why a change to a job was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    /// The job's state does not allow the change.
+    Conflict {
+        state: State,
+    },
+}
+
+/// Counts per state and the next due time, for `stats` and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub counts: BTreeMap<State, u64>,
+    pub next_due: Option<Millis>,
+}
+
+/// Jobs just moved to `sending`, and when the next one after them is due.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub jobs: Vec<ClaimedJob>,
+    pub next_due: Option<Millis>,
+}
+
+/// A job in `sending`, with what the dispatcher needs to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub key: Option<String>,
+    pub kind: Kind,
+    pub channel: String,
+    pub enquiry_id: Option<String>,
+    pub scheduled_at: Millis,
+    pub payload: Map<String, Value>,
+    /// Tries counted against the retry limit, this one included.
+    pub attempt: u32,
+    /// This try's number in the history, counting every try.
+    pub seq: u32,
+}
+
+/// Where a job goes after an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Sent,
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
+    Retry {
+        at: Millis,
+        reason: String,
+    },
+    /// Back to `scheduled`, giving the attempt back: the key was rejected.
+    Unclaim {
+        reason: String,
+    },
+    Held {
+        reason: String,
+    },
+}
+
+impl Next {
+    fn state(&self) -> State {
+        match self {
+            Next::Sent => State::Sent,
+            Next::Skipped { .. } => State::Skipped,
+            Next::Failed { .. } => State::Failed,
+            Next::Retry { .. } | Next::Unclaim { .. } => State::Scheduled,
+            Next::Held { .. } => State::Held,
+        }
+    }
+
+    fn reason(&self) -> Option<&str> {
+        match self {
+            Next::Sent => None,
+            Next::Skipped { reason }
+            | Next::Failed { reason }
+            | Next::Retry { reason, .. }
+            | Next::Unclaim { reason }
+            | Next::Held { reason } => Some(reason),
+        }
+    }
+
+    /// The word recorded as the attempt's decision.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Next::Sent => "sent",
+            Next::Skipped { .. } => "skipped",
+            Next::Failed { .. } => "failed",
+            Next::Retry { .. } => "retry",
+            Next::Unclaim { .. } => "paused_auth",
+            Next::Held { .. } => "held",
+        }
+    }
+}
+
+/// The record of one finished attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub id: i64,
+    pub seq: u32,
+    pub finished_at: Millis,
+    pub status: Option<u16>,
+    /// The transport error, or the reason for the decision.
+    pub error: Option<String>,
+    pub ambiguous: bool,
+    pub latency_ms: u64,
+    /// `{"status":…,"message":…,"body":…}` when Coax answered.
+    pub result: Option<Value>,
+    pub next: Next,
+}
+
+const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, attempts, \
+     created_at, updated_at, last_error, result, payload";
+
+pub fn enqueue(
+    conn: &Connection,
+    jobs: &[NewJob],
+    now: Millis,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let err = StoreError::sqlite("enqueueing");
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at, updated_at, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7)
+             ON CONFLICT (key) DO NOTHING
+             RETURNING id",
+        )
+        .map_err(StoreError::sqlite("enqueueing"))?;
+    let mut existing = conn
+        .prepare_cached("SELECT id, state, scheduled_at FROM jobs WHERE key = ?1")
+        .map_err(StoreError::sqlite("enqueueing"))?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let payload = Value::Object(job.payload.clone()).to_string();
+        let id: Option<i64> = insert
+            .query_row(
+                params![
+                    job.key,
+                    job.kind.as_str(),
+                    job.channel,
+                    job.enquiry_id,
+                    job.scheduled_at,
+                    now,
+                    payload
+                ],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(StoreError::sqlite("enqueueing"))?;
+        let answer = match (id, &job.key) {
+            (Some(id), _) => Enqueued {
+                id,
+                state: State::Scheduled,
+                scheduled_at: time::format(job.scheduled_at),
+                duplicate: false,
+            },
+            (None, Some(key)) => existing
+                .query_row([key], |r| {
+                    Ok(Enqueued {
+                        id: r.get(0)?,
+                        state: state_column(r, 1)?,
+                        scheduled_at: time::format(r.get(2)?),
+                        duplicate: true,
+                    })
+                })
+                .map_err(StoreError::sqlite("looking up a duplicate key"))?,
+            (None, None) => {
+                return Err(err(rusqlite::Error::QueryReturnedNoRows));
+            }
+        };
+        out.push(answer);
+    }
+    Ok(out)
+}
+
+pub fn get(conn: &Connection, lookup: &Lookup) -> Result<Option<JobView>, StoreError> {
+    let err = StoreError::sqlite("reading a job");
+    let row = match lookup {
+        Lookup::Id(id) => conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+            .and_then(|mut s| s.query_row([id], job_row).optional()),
+        Lookup::Key(key) => conn
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE key = ?1"))
+            .and_then(|mut s| s.query_row([key], job_row).optional()),
+    }
+    .map_err(err)?;
+    match row {
+        None => Ok(None),
+        Some(mut view) => {
+            view.history = history(conn, view.id)?;
+            Ok(Some(view))
+        }
+    }
+}
+
+pub fn list(
+    conn: &Connection,
+    state: Option<State>,
+    limit: u32,
+) -> Result<Vec<JobView>, StoreError> {
+    let mut views = match state {
+        Some(state) => conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY scheduled_at, id LIMIT ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![state.as_str(), limit], job_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            }),
+        None => conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs ORDER BY scheduled_at, id LIMIT ?1"
+            ))
+            .and_then(|mut s| {
+                s.query_map([limit], job_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            }),
+    }
+    .map_err(StoreError::sqlite("listing jobs"))?;
+    for view in &mut views {
+        view.history = history(conn, view.id)?;
+    }
+    Ok(views)
+}
+
+fn current_state(conn: &Connection, id: i64) -> Result<Option<State>, StoreError> {
+    conn.prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| state_column(r, 0)).optional())
+        .map_err(StoreError::sqlite("reading a job"))
+}
+
+/// Applies `sql` (which takes ?1 = id, ?2 = now, ?3 = extra) if the job is
+/// in one of `from`, then returns the job as it now is.
+fn change(
+    conn: &Connection,
+    id: i64,
+    from: &[State],
+    sql: &str,
+    now: Millis,
+    extra: Option<Millis>,
+) -> Result<Result<JobView, Refusal>, StoreError> {
+    let Some(state) = current_state(conn, id)? else {
+        return Ok(Err(Refusal::NotFound));
+    };
+    if !from.contains(&state) {
+        return Ok(Err(Refusal::Conflict { state }));
+    }
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute(params![id, now, extra]))
+        .map_err(StoreError::sqlite("changing a job"))?;
+    match get(conn, &Lookup::Id(id))? {
+        Some(view) => Ok(Ok(view)),
+        None => Ok(Err(Refusal::NotFound)),
+    }
+}
+
+pub fn cancel(
+    conn: &Connection,
+    id: i64,
+    now: Millis,
+) -> Result<Result<JobView, Refusal>, StoreError> {
+    change(
+        conn,
+        id,
+        &[State::Scheduled, State::Held],
+        "UPDATE jobs SET state = 'cancelled', updated_at = ?2 WHERE id = ?1 AND ?3 IS NULL",
+        now,
+        None,
+    )
+}
+
+pub fn reschedule(
+    conn: &Connection,
+    id: i64,
+    at: Millis,
+    now: Millis,
+) -> Result<Result<JobView, Refusal>, StoreError> {
+    change(
+        conn,
+        id,
+        &[State::Scheduled],
+        "UPDATE jobs SET scheduled_at = ?3, updated_at = ?2 WHERE id = ?1",
+        now,
+        Some(at),
+    )
+}
+
+/// Back to `scheduled`, due now, with a fresh set of attempts; the history stays.
+pub fn requeue(
+    conn: &Connection,
+    id: i64,
+    now: Millis,
+) -> Result<Result<JobView, Refusal>, StoreError> {
+    change(
+        conn,
+        id,
+        &[State::Failed, State::Held],
+        "UPDATE jobs SET state = 'scheduled', scheduled_at = ?2, attempts = 0, updated_at = ?2
+         WHERE id = ?1 AND ?3 IS NULL",
+        now,
+        None,
+    )
+}
+
+pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
+    let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
+    let mut stmt = conn
+        .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")
+        .map_err(StoreError::sqlite("counting jobs"))?;
+    let rows = stmt
+        .query_map([], |r| Ok((state_column(r, 0)?, r.get::<_, i64>(1)?)))
+        .map_err(StoreError::sqlite("counting jobs"))?;
+    for row in rows {
+        let (state, n) = row.map_err(StoreError::sqlite("counting jobs"))?;
+        counts.insert(state, u64::try_from(n).unwrap_or(0));
+    }
+    drop(stmt);
+    Ok(Summary {
+        counts,
+        next_due: next_due(conn)?,
+    })
+}
+
+pub fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
+    conn.prepare_cached("SELECT min(scheduled_at) FROM jobs WHERE state = 'scheduled'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(StoreError::sqlite("finding the next due job"))
+}
+
+pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
+    let err = || StoreError::sqlite("claiming due jobs");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut due = conn
+        .prepare_cached(
+            "SELECT id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload FROM jobs
+             WHERE state = 'scheduled' AND scheduled_at <= ?1
+             ORDER BY scheduled_at, id LIMIT ?2",
+        )
+        .map_err(err())?;
+    let rows = due
+        .query_map(params![now, limit], |r| {
+            let payload: String = r.get(7)?;
+            let payload = match serde_json::from_str(&payload) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            };
+            Ok(ClaimedJob {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                kind: kind_column(r, 2)?,
+                channel: r.get(3)?,
+                enquiry_id: r.get(4)?,
+                scheduled_at: r.get(5)?,
+                attempt: r.get::<_, u32>(6)?.saturating_add(1),
+                seq: 0,
+                payload,
+            })
+        })
+        .map_err(err())?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(err())?;
+    drop(due);
+
+    let mut mark = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'sending', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+        )
+        .map_err(err())?;
+    let mut open = conn
+        .prepare_cached(
+            "INSERT INTO attempts (job_id, seq, started_at)
+             VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM attempts WHERE job_id = ?1), ?2)
+             RETURNING seq",
+        )
+        .map_err(err())?;
+    let mut jobs = rows;
+    for job in &mut jobs {
+        mark.execute(params![job.id, now]).map_err(err())?;
+        job.seq = open
+            .query_row(params![job.id, now], |r| r.get(0))
+            .map_err(err())?;
+    }
+    Ok(Claimed {
+        jobs,
+        next_due: next_due(conn)?,
+    })
+}
+
+pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
+    let err = || StoreError::sqlite("recording an attempt");
+    conn.prepare_cached(
+        "UPDATE attempts SET finished_at = ?3, status = ?4, error = ?5, decision = ?6,
+                ambiguous = ?7, latency_ms = ?8
+         WHERE job_id = ?1 AND seq = ?2",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            f.id,
+            f.seq,
+            f.finished_at,
+            f.status,
+            f.error.as_deref().or(f.next.reason()),
+            f.next.label(),
+            f.ambiguous,
+            i64::try_from(f.latency_ms).unwrap_or(i64::MAX),
+        ])
+    })
+    .map_err(err())?;
+
+    let retry_at = match &f.next {
+        Next::Retry { at, .. } => Some(*at),
+        _ => None,
+    };
+    let give_back = matches!(f.next, Next::Unclaim { .. });
+    let result = f.result.as_ref().map(Value::to_string);
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, scheduled_at = coalesce(?3, scheduled_at),
+                attempts = attempts - ?4, last_error = coalesce(?5, last_error),
+                result = coalesce(?6, result), updated_at = ?7
+         WHERE id = ?1 AND state = 'sending'",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            f.id,
+            f.next.state().as_str(),
+            retry_at,
+            i64::from(give_back),
+            f.next.reason(),
+            result,
+            f.finished_at,
+        ])
+    })
+    .map_err(err())?;
+    Ok(())
+}
+
+/// Puts jobs left in `sending` by a crash back in line, marking their open
+/// attempts as ambiguous: the request may have reached Coax.
+pub fn recover(
+    conn: &Connection,
+    now: Millis,
+    policy: OnAmbiguous,
+) -> Result<Vec<Recovered>, StoreError> {
+    let err = || StoreError::sqlite("recovering interrupted sends");
+    let (state, decision) = match policy {
+        OnAmbiguous::Retry => (State::Scheduled, "retry"),
+        OnAmbiguous::Hold => (State::Held, "held"),
+    };
+    let reason = "interrupted: the daemon stopped before Coax answered, so it may have been sent";
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err())?;
+    let result = (|| {
+        let recovered = conn
+            .prepare(
+                "UPDATE jobs SET state = ?1, last_error = ?2, updated_at = ?3
+                 WHERE state = 'sending' RETURNING id, key, attempts",
+            )?
+            .query_map(params![state.as_str(), reason, now], |r| {
+                Ok(Recovered {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    attempt: r.get(2)?,
+                    held: state == State::Held,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?1, error = ?2, decision = ?3, ambiguous = 1
+             WHERE finished_at IS NULL",
+            params![now, reason, decision],
+        )?;
+        Ok(recovered)
+    })();
+    match result {
+        Ok(recovered) => {
+            conn.execute_batch("COMMIT").map_err(err())?;
+            Ok(recovered)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(err()(e))
+        }
+    }
+}
+
+fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, StoreError> {
+    conn.prepare_cached(
+        "SELECT seq, started_at, finished_at, status, error, decision, ambiguous, latency_ms
+         FROM attempts WHERE job_id = ?1 ORDER BY seq",
+    )
+    .and_then(|mut s| {
+        s.query_map([id], |r| {
+            Ok(AttemptView {
+                attempt: r.get(0)?,
+                started_at: time::format(r.get(1)?),
+                finished_at: r.get::<_, Option<Millis>>(2)?.map(time::format),
+                status: r.get(3)?,
+                error: r.get(4)?,
+                decision: r.get(5)?,
+                ambiguous: r.get(6)?,
+                latency_ms: r
+                    .get::<_, Option<i64>>(7)?
+                    .and_then(|ms| u64::try_from(ms).ok()),
+            })
+        })?
+        .collect()
+    })
+    .map_err(StoreError::sqlite("reading attempt history"))
+}
+
+fn job_row(r: &Row<'_>) -> rusqlite::Result<JobView> {
+    let json = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    Ok(JobView {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        kind: kind_column(r, 2)?,
+        channel: r.get(3)?,
+        enquiry_id: r.get(4)?,
+        scheduled_at: time::format(r.get(5)?),
+        state: state_column(r, 6)?,
+        attempts: r.get(7)?,
+        created_at: time::format(r.get(8)?),
+        updated_at: time::format(r.get(9)?),
+        last_error: r.get(10)?,
+        result: json(r.get(11)?),
+        payload: json(r.get(12)?).unwrap_or(Value::Null),
+        history: Vec::new(),
+    })
+}
+
+fn bad_column(index: usize, text: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        index,
+        rusqlite::types::Type::Text,
+        format!("unexpected value {text:?}").into(),
+    )
+}
+
+fn state_column(r: &Row<'_>, index: usize) -> rusqlite::Result<State> {
+    let text: String = r.get(index)?;
+    State::parse(&text).ok_or_else(|| bad_column(index, &text))
+}
+
+fn kind_column(r: &Row<'_>, index: usize) -> rusqlite::Result<Kind> {
+    let text: String = r.get(index)?;
+    Kind::parse(&text).ok_or_else(|| bad_column(index, &text))
+}

@@ -1,0 +1,162 @@
+//! Opening the database safely: the lock, the checks that the file is ours,
+//! and the migrations keyed by `PRAGMA user_version`.
+//!
+//! A file at `store.path` that is not ours (not SQLite, or SQLite with
+//! another application's tables) is refused and never written to. A file
+//! from a newer schema is refused too: an older build must not guess at it.
+
+use super::{StoreError, lock_path};
+use rusqlite::{Connection, OpenFlags};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+
+/// Marks the file as a coax-scheduler queue ("Coax" in ASCII).
+const APPLICATION_ID: i64 = 0x436f_6178;
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first released schema.
+    r#"
+    CREATE TABLE jobs (
+        id           INTEGER PRIMARY KEY,
+        key          TEXT UNIQUE,
+        kind         TEXT NOT NULL,
+        channel      TEXT NOT NULL,
+        enquiry_id   TEXT,
+        scheduled_at INTEGER NOT NULL,
+        state        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        last_error   TEXT,
+        result       TEXT,
+        payload      TEXT NOT NULL
+    );
+    CREATE INDEX jobs_by_state_due ON jobs (state, scheduled_at, id);
+    CREATE TABLE attempts (
+        job_id      INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        status      INTEGER,
+        error       TEXT,
+        decision    TEXT,
+        ambiguous   INTEGER NOT NULL DEFAULT 0,
+        latency_ms  INTEGER,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Takes the lock that keeps a second daemon off the same database.
+///
+/// A separate lock file is used because SQLite's own locks are per
+/// transaction, and closing any other descriptor on the database file would
+/// drop them.
+pub fn lock(db: &Path) -> Result<File, StoreError> {
+    let path = lock_path(db);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Open {
+            path: db.to_owned(),
+            detail: format!("cannot open lock file {}: {e}", path.display()),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: db.to_owned(),
+            lock: path,
+        }),
+        Err(TryLockError::Error(e)) => Err(StoreError::Open {
+            path: db.to_owned(),
+            detail: format!("cannot lock {}: {e}", path.display()),
+        }),
+    }
+}
+
+/// Opens the database, checks that it is ours, and migrates it.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |detail: String| StoreError::Open {
+        path: path.to_owned(),
+        detail,
+    };
+    let foreign = |detail: String| StoreError::Foreign {
+        path: path.to_owned(),
+        detail,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| open_err(e.to_string()))?;
+
+    // Reading the header is the first touch: a file that is not SQLite
+    // fails here, before anything could be written to it.
+    let (app_id, version, tables) =
+        read_identity(&conn).map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => {
+                foreign("it is not an SQLite database".into())
+            }
+            _ => open_err(e.to_string()),
+        })?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
+        return Err(foreign(format!(
+            "it is an SQLite database of another application (application_id {app_id:#x}, {tables} tables)"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(|e| open_err(format!("cannot set up the journal: {e}")))?;
+    migrate(&conn, version).map_err(|e| open_err(format!("migration failed: {e}")))?;
+    Ok(conn)
+}
+
+fn read_identity(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    let app_id = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((app_id, version, tables))
+}
+
+fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(from.max(0) as usize) {
+        let to = index + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             {sql}
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = {to};
+             COMMIT;"
+        ))?;
+        tracing::info!(version = to, "database schema migrated");
+    }
+    Ok(())
+}

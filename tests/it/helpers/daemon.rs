@@ -1,0 +1,268 @@
+//! The daemon under test, started in-process on a temp dir or as the real
+//! binary, with a config pointing at a Coax stand-in.
+
+use super::{PATIENCE, wait_until};
+use coax_scheduler::client::Client;
+use coax_scheduler::config::Config;
+use coax_scheduler::daemon::Daemon;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The API key every test daemon uses; tests assert it never leaks.
+pub const TEST_KEY: &str = "ck_test_SECRET_7f3a9c";
+
+/// A config file for a test daemon in `dir`, talking to `coax_url`.
+/// `extra` is appended inside the matching sections by the caller's TOML.
+pub fn config_text(coax_url: &str, dispatch: &str, retry: &str) -> String {
+    format!(
+        r#"
+[coax]
+base_url = "{coax_url}"
+request_timeout = "2s"
+
+[store]
+path = "queue.db"
+
+[socket]
+path = "coax.sock"
+
+[dispatch]
+poll_interval = "1s"
+concurrency = 4
+shutdown_timeout = "5s"
+auth_pause = "300ms"
+{dispatch}
+
+[retry]
+max_attempts = 3
+base_delay = "50ms"
+max_delay = "200ms"
+{retry}
+
+[log]
+level = "debug"
+"#
+    )
+}
+
+fn test_env(name: &str) -> Option<String> {
+    (name == "COAX_API_KEY").then(|| TEST_KEY.to_owned())
+}
+
+/// A daemon running inside the test's runtime.
+pub struct TestDaemon {
+    pub dir: TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with the default test config against `coax_url`.
+    pub async fn start(coax_url: &str) -> TestDaemon {
+        TestDaemon::start_with(&config_text(coax_url, "", "")).await
+    }
+
+    /// Starts a daemon from a whole config text, in a new temp dir.
+    pub async fn start_with(config: &str) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestDaemon::start_in(dir, config).await
+    }
+
+    /// Starts a daemon in an existing dir (for restarts on the same database).
+    pub async fn start_in(dir: TempDir, config: &str) -> TestDaemon {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let config = Config::load_with_env(&path, &test_env).expect("test config is valid");
+        let socket = config.socket.path.clone();
+        let db = config.store.path.clone();
+        let daemon = Daemon::open(config.clone()).expect("daemon opens");
+        let listener =
+            coax_scheduler::socket::bind(&socket, config.socket.mode).expect("socket binds");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestDaemon {
+            dir,
+            socket,
+            db,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Sends one request on a fresh connection and returns the parsed answer.
+    pub async fn request(&self, request: Value) -> Value {
+        request_at(&self.socket, request).await
+    }
+
+    /// Sends a raw line on a fresh connection and returns the raw answer.
+    pub async fn raw(&self, line: &str) -> String {
+        let socket = self.socket.clone();
+        let line = line.to_owned();
+        tokio::task::spawn_blocking(move || {
+            Client::connect(&socket)
+                .expect("connect")
+                .send_line(&line)
+                .expect("answer")
+        })
+        .await
+        .expect("client thread")
+    }
+
+    /// Enqueues one job and returns its id, asserting success.
+    pub async fn enqueue(&self, job: Value) -> i64 {
+        let answer = self.request(json!({"op": "enqueue", "job": job})).await;
+        assert_eq!(answer["ok"], true, "enqueue failed: {answer}");
+        answer["id"].as_i64().expect("id")
+    }
+
+    pub async fn get(&self, id: i64) -> Value {
+        let answer = self.request(json!({"op": "get", "id": id})).await;
+        assert_eq!(answer["ok"], true, "get failed: {answer}");
+        answer["job"].clone()
+    }
+
+    /// Waits until job `id` is in `state`, and returns its view.
+    pub async fn wait_for_state(&self, id: i64, state: &str) -> Value {
+        wait_until(&format!("job {id} to be {state}"), PATIENCE, || async {
+            let job = self.get(id).await;
+            (job["state"] == state).then_some(job)
+        })
+        .await
+    }
+
+    /// Stops the daemon as SIGTERM would, and waits for it to finish.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("daemon task")
+                .expect("daemon ran cleanly");
+        }
+        coax_scheduler::socket::remove(&self.socket);
+    }
+}
+
+/// Sends one request to the socket at `path` on a fresh connection.
+pub async fn request_at(path: &Path, request: Value) -> Value {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        Client::connect(&path)
+            .expect("connect")
+            .request(&request)
+            .expect("answer")
+            .1
+    })
+    .await
+    .expect("client thread")
+}
+
+/// The real binary, started as operators start it.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_coax-scheduler")
+}
+
+impl DaemonProcess {
+    /// Writes `config` into `dir` and starts `coax-scheduler run` there;
+    /// returns once the socket answers a ping.
+    pub async fn start(dir: &Path, config: &str) -> DaemonProcess {
+        let process = DaemonProcess::spawn(dir, config);
+        let socket = process.socket.clone();
+        wait_until("the daemon to answer on its socket", PATIENCE, || {
+            let socket = socket.clone();
+            async move {
+                let answered = tokio::task::spawn_blocking(move || {
+                    Client::connect(&socket)
+                        .and_then(|mut c| c.send_line(r#"{"op":"ping"}"#))
+                        .is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                answered.then_some(())
+            }
+        })
+        .await;
+        process
+    }
+
+    /// Starts the binary without waiting for it to be ready.
+    pub fn spawn(dir: &Path, config: &str) -> DaemonProcess {
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = dir.join(format!("daemon-{}.log", std::process::id()));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(binary())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("COAX_API_KEY", TEST_KEY)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::from(out.try_clone().expect("log file")))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start the daemon binary");
+        DaemonProcess {
+            child,
+            socket: dir.join("coax.sock"),
+            log,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let status = wait_until("the daemon to exit", timeout, || {
+            let status = self.child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await;
+        status.code()
+    }
+
+    pub async fn request(&self, request: Value) -> Value {
+        request_at(&self.socket, request).await
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

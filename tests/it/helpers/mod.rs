@@ -1,0 +1,34 @@
+//! Test support: a daemon fixture, a Coax stand-in, and waiting helpers.
+
+#![allow(dead_code)]
+
+pub mod coax;
+pub mod daemon;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// How long any wait in the tests may take before it counts as a failure.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `probe` until it returns `Some`, or panics after `timeout` saying `what`.
+///
+/// Used where the thing waited for has no event to subscribe to (a row in
+/// the database, a log line); the poll interval is short and the timeout is
+/// the only bound.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
