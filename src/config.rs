@@ -135,6 +135,7 @@ pub struct Config {
     pub socket: SocketConfig,
     pub dispatch: DispatchConfig,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
     pub log: LogConfig,
 }
 
@@ -201,6 +202,52 @@ pub struct DispatchConfig {
     pub shutdown_timeout: Duration,
     pub auth_pause: Duration,
     pub on_ambiguous: OnAmbiguous,
+    /// A cap on sends, or none for unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// How long after `scheduled_at` a job without its own expiry stays sendable.
+    pub default_ttl: Option<Duration>,
+}
+
+/// `dispatch.rate_limit`: at most `count` sends per `per`, e.g. "20/s".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// Reads "N/s", "N/min" or "N/h".
+    pub fn parse(text: &str) -> Result<RateLimit, String> {
+        let bad = || format!(r#"{text:?} is not a rate such as "20/s", "600/min" or "5000/h""#);
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "{text:?} would never send; leave rate_limit out for no limit"
+            ));
+        }
+        Ok(RateLimit { count, per })
+    }
+
+    /// Sends per second.
+    pub fn per_second(self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+/// `[breaker]`: when to stop sending because Coax is failing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures, across jobs, that open the breaker.
+    pub failures: u32,
+    /// The longest wait between two health probes while open.
+    pub max_probe_interval: Duration,
 }
 
 /// What to do with a send whose outcome is unknown (e.g. the connection broke

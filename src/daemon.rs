@@ -80,6 +80,8 @@ impl Daemon {
             auth_pause: config.dispatch.auth_pause,
             on_ambiguous: config.dispatch.on_ambiguous,
             retry: config.retry.clone(),
+            breaker: config.breaker.clone(),
+            rate_limit: config.dispatch.rate_limit,
         };
         let (stop, stopped) = watch::channel(false);
         let dispatcher = Dispatcher::new(store.clone(), coax, settings, handle.clone());

@@ -1,32 +1,27 @@
 //! The dispatcher: wakes when jobs fall due, sends them, and records how
 //! each attempt ended.
 //!
-//! It owns the sending loop and its pauses. It sleeps until the earliest due
-//! job (never longer than `poll_interval`), is woken early by a [`Notify`]
-//! that enqueue and reschedule fire, and claims at most `concurrency` jobs
-//! at a time. Each claimed job is sent on its own task, which asks
-//! [`policy`] what the answer means and records the decision before the
-//! slot is freed. A claim is committed before its request leaves, so a crash
-//! mid-send leaves the job in `sending`, where start-up finds it.
-//!
-//! ```text
-//!            ┌──────────── 401/403 ──────────────┐
-//!            ▼                                   │
-//!   running ───────────────────────────────► paused_auth
-//!      ▲            auth_pause elapsed           │
-//!      └─────────────────────────────────────────┘
-//! ```
+//! It owns the sending loop. It sleeps until the earliest due job (never
+//! longer than `poll_interval`), is woken early by a [`Notify`] that enqueue
+//! and reschedule fire, and claims at most `concurrency` jobs at a time, as
+//! many as the [`gate`] admits. Each claimed job is sent on its own task
+//! ([`attempt`]), which records the decision before the slot is freed. A
+//! claim is committed before its request leaves, so a crash mid-send leaves
+//! the job in `sending`, where start-up finds it. While the breaker is open
+//! the loop probes `GET /health` on the gate's schedule.
+
+mod attempt;
+pub mod gate;
 
 use crate::coax::CoaxClient;
-use crate::config::{OnAmbiguous, RetryConfig};
-use crate::policy::{self, Answer, Decision};
-use crate::store::{ClaimedJob, Finish, Next, Store};
-use crate::time::{self, Millis};
-use serde_json::{Value, json};
+use crate::config::{BreakerConfig, OnAmbiguous, RateLimit, RetryConfig};
+use crate::store::Store;
+use crate::time;
+use gate::{Gate, Mode};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 /// The knobs the dispatcher runs by.
@@ -38,30 +33,17 @@ pub struct Settings {
     pub auth_pause: Duration,
     pub on_ambiguous: OnAmbiguous,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: Option<RateLimit>,
 }
 
-/// Whether the dispatcher is sending, for `stats` and the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Running,
-    /// Coax rejected the key; sending resumes at `until`.
-    PausedAuth {
-        until: Millis,
-    },
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Running => "running",
-            Mode::PausedAuth { .. } => "paused_auth",
-        }
-    }
-
-    pub fn until(self) -> Option<Millis> {
-        match self {
-            Mode::Running => None,
-            Mode::PausedAuth { until } => Some(until),
+impl Settings {
+    fn gate(&self) -> gate::Settings {
+        gate::Settings {
+            breaker_failures: self.breaker.failures,
+            max_probe_interval: self.breaker.max_probe_interval,
+            auth_pause: self.auth_pause,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -88,6 +70,7 @@ impl Handle {
         self.wake.notify_one();
     }
 
+    /// The gate's mode, for `stats`.
     pub fn mode(&self) -> Mode {
         self.mode.lock().map(|m| *m).unwrap_or(Mode::Running)
     }
@@ -104,11 +87,6 @@ struct Context {
     store: Store,
     coax: CoaxClient,
     settings: Settings,
-}
-
-/// What an attempt task reports back to the loop.
-struct Report {
-    key_rejected: bool,
 }
 
 pub struct Dispatcher {
@@ -132,40 +110,53 @@ impl Dispatcher {
     /// for the requests in flight and records their outcomes.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let settings = &self.ctx.settings;
-        let mut in_flight: JoinSet<Report> = JoinSet::new();
+        let mut gate = Gate::new(settings.gate(), time::now());
+        let mut in_flight: JoinSet<attempt::Report> = JoinSet::new();
+        let mut probe: Option<JoinHandle<bool>> = None;
         let mut claim_failing = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = time::now();
-            let paused_until = self.resume_if_due(now);
-            let free = settings.concurrency.saturating_sub(in_flight.len());
+            if let Some(mode) = gate.tick(now) {
+                self.changed(mode);
+            }
+            if probe.is_none() && gate.probe_due(now) {
+                let coax = self.ctx.coax.clone();
+                probe = Some(tokio::spawn(async move { coax.healthy().await }));
+            }
             let mut wait = settings.poll_interval;
-            if let Some(until) = paused_until {
-                wait = time::until(until, now).max(Duration::from_millis(1));
-            } else if free > 0 {
-                match self.ctx.store.claim(now, free).await {
-                    Ok(claimed) => {
-                        if claim_failing {
-                            tracing::info!("claiming due jobs works again");
-                            claim_failing = false;
+            let free = settings.concurrency.saturating_sub(in_flight.len());
+            if free > 0 {
+                let admission = gate.admit(now, free);
+                if let Some(at) = admission.retry_at {
+                    wait = wait.min(time::until(at, now).max(Duration::from_millis(1)));
+                }
+                if admission.count > 0 {
+                    match self.ctx.store.claim(now, admission.count).await {
+                        Ok(claimed) => {
+                            if claim_failing {
+                                tracing::info!("claiming due jobs works again");
+                                claim_failing = false;
+                            }
+                            gate.started(claimed.jobs.len());
+                            for job in claimed.jobs {
+                                in_flight.spawn(attempt::attempt(self.ctx.clone(), job));
+                            }
+                            // With every slot busy, a finishing attempt wakes
+                            // the loop; the next due time matters only with room.
+                            if let Some(due) = claimed.next_due
+                                && in_flight.len() < settings.concurrency
+                            {
+                                wait = wait.min(time::until(due, time::now()));
+                            }
                         }
-                        for job in claimed.jobs {
-                            in_flight.spawn(attempt(self.ctx.clone(), job));
-                        }
-                        // With every slot busy, a finishing attempt wakes
-                        // the loop; the next due time matters only with room.
-                        if let Some(due) = claimed.next_due
-                            && in_flight.len() < settings.concurrency
-                        {
-                            wait = wait.min(time::until(due, time::now()));
-                        }
-                    }
-                    Err(e) => {
-                        if !claim_failing {
-                            tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
-                            claim_failing = true;
+                        Err(e) => {
+                            if !claim_failing {
+                                tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
+                                claim_failing = true;
+                            }
                         }
                     }
                 }
@@ -175,48 +166,79 @@ impl Dispatcher {
                 biased;
                 _ = shutdown.changed() => {}
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    self.absorb(done);
+                    self.absorb(&mut gate, done);
+                }
+                Some(healthy) = async {
+                    match probe.as_mut() {
+                        Some(p) => Some(p.await),
+                        None => None,
+                    }
+                } => {
+                    probe = None;
+                    let healthy = healthy.unwrap_or(false);
+                    tracing::debug!(healthy, "health probe");
+                    if let Some(mode) = gate.probe_result(time::now(), healthy) {
+                        self.changed(mode);
+                    }
                 }
                 _ = self.handle.wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
-        self.drain(in_flight).await;
-    }
-
-    /// Ends a pause whose time has come; returns the pause still in force.
-    fn resume_if_due(&self, now: Millis) -> Option<Millis> {
-        match self.handle.mode() {
-            Mode::PausedAuth { until } if until <= now => {
-                tracing::info!("auth pause over; sending resumes");
-                self.handle.set_mode(Mode::Running);
-                None
-            }
-            Mode::PausedAuth { until } => Some(until),
-            Mode::Running => None,
+        if let Some(probe) = probe {
+            probe.abort();
         }
+        self.drain(&mut gate, in_flight).await;
     }
 
-    fn absorb(&self, done: Result<Report, tokio::task::JoinError>) {
+    fn absorb(&self, gate: &mut Gate, done: Result<attempt::Report, tokio::task::JoinError>) {
         match done {
-            Ok(report) if report.key_rejected => {
-                if self.handle.mode() == Mode::Running {
-                    let pause = self.ctx.settings.auth_pause;
-                    let until = time::add(time::now(), pause);
-                    tracing::error!(
-                        pause = %humantime::format_duration(pause),
-                        until = %time::format(until),
-                        "Coax rejected the API key; all sending is paused. Check the key, then reload or wait"
-                    );
-                    self.handle.set_mode(Mode::PausedAuth { until });
+            Ok(report) => {
+                if let Some(mode) = gate.record(time::now(), report.signal) {
+                    self.changed(mode);
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "an attempt task failed"),
         }
     }
 
-    async fn drain(&self, mut in_flight: JoinSet<Report>) {
+    /// Publishes a new gate mode and logs it once.
+    fn changed(&self, mode: Mode) {
+        let previous = self.handle.mode();
+        self.handle.set_mode(mode);
+        let until = mode.until().map(time::format).unwrap_or_default();
+        match mode {
+            Mode::Running => {
+                tracing::info!(
+                    from = previous.name(),
+                    "dispatcher running: sending resumed"
+                )
+            }
+            Mode::PausedAuth { .. } => tracing::error!(
+                pause = %humantime::format_duration(self.ctx.settings.auth_pause),
+                until,
+                "Coax rejected the API key; all sending is paused. Check the key, then reload or wait"
+            ),
+            Mode::PausedRateLimit { .. } => tracing::warn!(
+                until,
+                "Coax is throttling this key (HTTP 429); all sending is paused until then"
+            ),
+            Mode::BreakerOpen { .. } if matches!(previous, Mode::BreakerOpen { .. }) => {
+                tracing::info!(
+                    next_probe = until,
+                    "Coax /health still failing; breaker stays open"
+                )
+            }
+            Mode::BreakerOpen { .. } => tracing::error!(
+                failures = self.ctx.settings.breaker.failures,
+                next_probe = until,
+                "Coax keeps failing; breaker open: sending stopped, probing /health"
+            ),
+            Mode::Trial => tracing::info!("Coax /health answers; one trial send before resuming"),
+        }
+    }
+
+    async fn drain(&self, gate: &mut Gate, mut in_flight: JoinSet<attempt::Report>) {
         if in_flight.is_empty() {
             return;
         }
@@ -228,7 +250,7 @@ impl Dispatcher {
         );
         let waited = tokio::time::timeout(timeout, async {
             while let Some(done) = in_flight.join_next().await {
-                self.absorb(done);
+                self.absorb(gate, done);
             }
         })
         .await;
@@ -239,162 +261,5 @@ impl Dispatcher {
             );
             in_flight.abort_all();
         }
-    }
-}
-
-/// Sends one claimed job and records the outcome.
-async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
-    let started = Instant::now();
-    let answer = ctx.coax.send(&job).await;
-    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let now = time::now();
-    let outcome = policy::classify(&answer);
-    let settings = &ctx.settings;
-    let decision = policy::decide(
-        job.attempt,
-        &outcome,
-        &settings.retry,
-        settings.on_ambiguous,
-        now,
-        fastrand::f64(),
-    );
-    let ambiguous = matches!(
-        outcome,
-        policy::Outcome::Transient {
-            ambiguous: true,
-            ..
-        }
-    );
-    let (status, transport) = match &answer {
-        Answer::Http { status, .. } => (Some(*status), None),
-        Answer::Transport(e) => (None, Some(e.detail.clone())),
-    };
-    log_attempt(&ctx, &job, status, latency_ms, &decision, ambiguous);
-
-    let key_rejected = decision == Decision::PauseForKey;
-    let finish = Finish {
-        id: job.id,
-        seq: job.seq,
-        finished_at: now,
-        status,
-        error: transport,
-        ambiguous,
-        latency_ms,
-        result: result_of(&answer),
-        next: next_of(decision, status),
-    };
-    record(&ctx.store, finish).await;
-    Report { key_rejected }
-}
-
-fn next_of(decision: Decision, status: Option<u16>) -> Next {
-    match decision {
-        Decision::Sent => Next::Sent,
-        Decision::Skipped { reason } => Next::Skipped { reason },
-        Decision::Failed { reason } => Next::Failed { reason },
-        Decision::Retry { at, reason } => Next::Retry { at, reason },
-        Decision::Hold { reason } => Next::Held { reason },
-        Decision::PauseForKey => Next::Unclaim {
-            reason: format!(
-                "Coax rejected the API key (HTTP {}); not counted as an attempt",
-                status.unwrap_or(0)
-            ),
-        },
-    }
-}
-
-/// `{"status":…,"message":…,"body":…}` of an HTTP answer, kept on the job.
-fn result_of(answer: &Answer) -> Option<Value> {
-    let Answer::Http { status, body, .. } = answer else {
-        return None;
-    };
-    let (message, body) = match body {
-        policy::Body::Envelope { message, body, .. } => (message.clone(), body.clone()),
-        _ => (None, None),
-    };
-    Some(json!({"status": status, "message": message, "body": body}))
-}
-
-/// Keeps trying to record an outcome: until it is written, the job stays in
-/// `sending` and a restart would send it again.
-async fn record(store: &Store, finish: Finish) {
-    let mut delay = Duration::from_millis(100);
-    let mut logged = false;
-    loop {
-        match store.finish(finish.clone()).await {
-            Ok(()) => {
-                if logged {
-                    tracing::info!(
-                        job_id = finish.id,
-                        "outcome recorded after storage recovered"
-                    );
-                }
-                return;
-            }
-            Err(crate::store::StoreError::Closed) => return,
-            Err(e) => {
-                if !logged {
-                    tracing::error!(
-                        job_id = finish.id,
-                        error = %e,
-                        "cannot record an attempt's outcome; retrying until storage recovers"
-                    );
-                    logged = true;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-fn log_attempt(
-    ctx: &Context,
-    job: &ClaimedJob,
-    status: Option<u16>,
-    latency_ms: u64,
-    decision: &Decision,
-    ambiguous: bool,
-) {
-    let route = ctx.coax.path(job);
-    let key = job.key.as_deref().unwrap_or("");
-    let reason = match decision {
-        Decision::Skipped { reason }
-        | Decision::Failed { reason }
-        | Decision::Retry { reason, .. }
-        | Decision::Hold { reason } => reason.as_str(),
-        Decision::Sent | Decision::PauseForKey => "",
-    };
-    let retry_at = match decision {
-        Decision::Retry { at, .. } => time::format(*at),
-        _ => String::new(),
-    };
-    macro_rules! line {
-        ($level:ident, $msg:literal) => {
-            tracing::$level!(
-                job_id = job.id,
-                key,
-                kind = %job.kind,
-                route,
-                attempt = job.attempt,
-                status = status.map(i64::from).unwrap_or(-1),
-                latency_ms,
-                decision = decision.label(),
-                ambiguous,
-                reason,
-                retry_at,
-                $msg
-            )
-        };
-    }
-    match decision {
-        Decision::Sent | Decision::Skipped { .. } => line!(info, "attempt"),
-        Decision::Retry { .. } if ambiguous => {
-            line!(warn, "attempt; sending again, a possible duplicate")
-        }
-        Decision::Retry { .. } | Decision::Failed { .. } | Decision::Hold { .. } => {
-            line!(warn, "attempt")
-        }
-        Decision::PauseForKey => line!(error, "attempt"),
     }
 }

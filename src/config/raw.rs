@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     retry: RawRetry,
     #[serde(default)]
+    breaker: RawBreaker,
+    #[serde(default)]
     log: RawLog,
 }
 
@@ -109,6 +111,8 @@ pub(super) struct RawDispatch {
     #[serde(deserialize_with = "de_duration")]
     auth_pause: Duration,
     on_ambiguous: RawOnAmbiguous,
+    rate_limit: Option<String>,
+    default_ttl: Option<String>,
 }
 
 impl Default for RawDispatch {
@@ -119,6 +123,25 @@ impl Default for RawDispatch {
             shutdown_timeout: default_shutdown_timeout(),
             auth_pause: default_auth_pause(),
             on_ambiguous: RawOnAmbiguous::Retry,
+            rate_limit: None,
+            default_ttl: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawBreaker {
+    failures: u32,
+    #[serde(deserialize_with = "de_duration")]
+    max_probe_interval: Duration,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        RawBreaker {
+            failures: 5,
+            max_probe_interval: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -341,6 +364,35 @@ impl RawConfig {
             ));
         }
         let auth_pause = positive("dispatch.auth_pause", self.dispatch.auth_pause)?;
+        let rate_limit = match &self.dispatch.rate_limit {
+            None => None,
+            Some(text) => {
+                Some(RateLimit::parse(text).map_err(|m| invalid("dispatch.rate_limit", m))?)
+            }
+        };
+        let default_ttl = match &self.dispatch.default_ttl {
+            None => None,
+            Some(text) => Some(
+                humantime::parse_duration(text)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            "dispatch.default_ttl",
+                            format!(r#"{text:?} is not a positive duration such as "6h""#),
+                        )
+                    })?,
+            ),
+        };
+
+        // breaker
+        if self.breaker.failures < 1 {
+            return Err(invalid("breaker.failures", "must be at least 1".to_owned()));
+        }
+        let max_probe_interval = positive(
+            "breaker.max_probe_interval",
+            self.breaker.max_probe_interval,
+        )?;
 
         // retry
         if self.retry.max_attempts < 1 {
@@ -391,6 +443,12 @@ impl RawConfig {
                     RawOnAmbiguous::Retry => OnAmbiguous::Retry,
                     RawOnAmbiguous::Hold => OnAmbiguous::Hold,
                 },
+                rate_limit,
+                default_ttl,
+            },
+            breaker: BreakerConfig {
+                failures: self.breaker.failures,
+                max_probe_interval,
             },
             retry: RetryConfig {
                 max_attempts: self.retry.max_attempts,

@@ -92,6 +92,15 @@ fn minimal_file_gets_all_defaults() {
             shutdown_timeout: Duration::from_secs(30),
             auth_pause: Duration::from_secs(300),
             on_ambiguous: OnAmbiguous::Retry,
+            rate_limit: None,
+            default_ttl: None,
+        }
+    );
+    assert_eq!(
+        c.breaker,
+        BreakerConfig {
+            failures: 5,
+            max_probe_interval: Duration::from_secs(300),
         }
     );
     assert_eq!(
@@ -728,4 +737,51 @@ fn example_config_route_comments_match_defaults() {
     let c = parse(&uncommented).unwrap();
     assert_eq!(c.coax.routes, Routes::default());
     assert_eq!(uncommented.matches("= \"/api/").count(), 6);
+}
+
+#[test]
+fn rate_limits_parse() {
+    assert_eq!(
+        RateLimit::parse("20/s"),
+        Ok(RateLimit {
+            count: 20,
+            per: Duration::from_secs(1)
+        })
+    );
+    assert_eq!(
+        RateLimit::parse("600/min").map(RateLimit::per_second),
+        Ok(10.0)
+    );
+    assert_eq!(
+        RateLimit::parse(" 3600 / h ").map(RateLimit::per_second),
+        Ok(1.0)
+    );
+    for bad in ["", "20", "0/s", "x/s", "20/fortnight", "-1/s", "1.5/s"] {
+        assert!(RateLimit::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn reliability_keys_are_read_and_checked() {
+    let base = "[coax]\nbase_url = \"http://127.0.0.1:1\"\n[store]\npath = \"q.db\"\n[socket]\npath = \"s.sock\"\n";
+    let env = |name: &str| (name == "COAX_API_KEY").then(|| "k".to_owned());
+    let load =
+        |extra: &str| Config::from_toml(&format!("{base}{extra}"), Path::new("/etc/c.toml"), &env);
+    let c = load("[dispatch]\nrate_limit = \"600/min\"\ndefault_ttl = \"6h\"\n[breaker]\nfailures = 3\nmax_probe_interval = \"30s\"\n").unwrap();
+    assert_eq!(c.dispatch.rate_limit.map(RateLimit::per_second), Some(10.0));
+    assert_eq!(c.dispatch.default_ttl, Some(Duration::from_secs(6 * 3600)));
+    assert_eq!(c.breaker.failures, 3);
+    assert_eq!(c.breaker.max_probe_interval, Duration::from_secs(30));
+    for (extra, key) in [
+        ("[dispatch]\nrate_limit = \"fast\"\n", "dispatch.rate_limit"),
+        ("[dispatch]\ndefault_ttl = \"0s\"\n", "dispatch.default_ttl"),
+        ("[breaker]\nfailures = 0\n", "breaker.failures"),
+        (
+            "[breaker]\nmax_probe_interval = \"0s\"\n",
+            "breaker.max_probe_interval",
+        ),
+    ] {
+        let err = load(extra).unwrap_err().to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
 }

@@ -1,0 +1,174 @@
+//! One attempt: send a claimed job, decide what the answer means, log one
+//! line, and record the outcome before the dispatcher's slot is freed.
+
+use super::Context;
+use super::gate::{self, Signal};
+use crate::policy::{self, Answer, Decision};
+use crate::store::{ClaimedJob, Finish, Next, Store};
+use crate::time;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What an attempt task reports back to the loop.
+pub(super) struct Report {
+    pub signal: Signal,
+}
+
+/// Sends one claimed job and records the outcome.
+pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
+    let started = Instant::now();
+    let answer = ctx.coax.send(&job).await;
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let now = time::now();
+    let outcome = policy::classify(&answer);
+    let settings = &ctx.settings;
+    let decision = policy::decide(
+        job.attempt,
+        &outcome,
+        &settings.retry,
+        settings.on_ambiguous,
+        now,
+        fastrand::f64(),
+    );
+    let ambiguous = matches!(
+        outcome,
+        policy::Outcome::Transient {
+            ambiguous: true,
+            ..
+        }
+    );
+    let (status, transport) = match &answer {
+        Answer::Http { status, .. } => (Some(*status), None),
+        Answer::Transport(e) => (None, Some(e.detail.clone())),
+    };
+    log_attempt(&ctx, &job, status, latency_ms, &decision, ambiguous);
+
+    let signal = gate::signal(status, &outcome, &decision);
+    let finish = Finish {
+        id: job.id,
+        seq: job.seq,
+        finished_at: now,
+        status,
+        error: transport,
+        ambiguous,
+        latency_ms,
+        result: result_of(&answer),
+        next: next_of(decision, status),
+    };
+    record(&ctx.store, finish).await;
+    Report { signal }
+}
+
+fn next_of(decision: Decision, status: Option<u16>) -> Next {
+    match decision {
+        Decision::Sent => Next::Sent,
+        Decision::Skipped { reason } => Next::Skipped { reason },
+        Decision::Failed { reason } => Next::Failed { reason },
+        Decision::Retry { at, reason } => Next::Retry { at, reason },
+        Decision::Hold { reason } => Next::Held { reason },
+        Decision::PauseForKey => Next::Unclaim {
+            reason: format!(
+                "Coax rejected the API key (HTTP {}); not counted as an attempt",
+                status.unwrap_or(0)
+            ),
+        },
+    }
+}
+
+/// `{"status":…,"message":…,"body":…}` of an HTTP answer, kept on the job.
+fn result_of(answer: &Answer) -> Option<Value> {
+    let Answer::Http { status, body, .. } = answer else {
+        return None;
+    };
+    let (message, body) = match body {
+        policy::Body::Envelope { message, body, .. } => (message.clone(), body.clone()),
+        _ => (None, None),
+    };
+    Some(json!({"status": status, "message": message, "body": body}))
+}
+
+/// Keeps trying to record an outcome: until it is written, the job stays in
+/// `sending` and a restart would send it again.
+async fn record(store: &Store, finish: Finish) {
+    let mut delay = Duration::from_millis(100);
+    let mut logged = false;
+    loop {
+        match store.finish(finish.clone()).await {
+            Ok(()) => {
+                if logged {
+                    tracing::info!(
+                        job_id = finish.id,
+                        "outcome recorded after storage recovered"
+                    );
+                }
+                return;
+            }
+            Err(crate::store::StoreError::Closed) => return,
+            Err(e) => {
+                if !logged {
+                    tracing::error!(
+                        job_id = finish.id,
+                        error = %e,
+                        "cannot record an attempt's outcome; retrying until storage recovers"
+                    );
+                    logged = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn log_attempt(
+    ctx: &Context,
+    job: &ClaimedJob,
+    status: Option<u16>,
+    latency_ms: u64,
+    decision: &Decision,
+    ambiguous: bool,
+) {
+    let route = ctx.coax.path(job);
+    let key = job.key.as_deref().unwrap_or("");
+    let reason = match decision {
+        Decision::Skipped { reason }
+        | Decision::Failed { reason }
+        | Decision::Retry { reason, .. }
+        | Decision::Hold { reason } => reason.as_str(),
+        Decision::Sent | Decision::PauseForKey => "",
+    };
+    let retry_at = match decision {
+        Decision::Retry { at, .. } => time::format(*at),
+        _ => String::new(),
+    };
+    macro_rules! line {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                job_id = job.id,
+                key,
+                kind = %job.kind,
+                route,
+                attempt = job.attempt,
+                status = status.map(i64::from).unwrap_or(-1),
+                latency_ms,
+                decision = decision.label(),
+                ambiguous,
+                reason,
+                retry_at,
+                $msg
+            )
+        };
+    }
+    match decision {
+        Decision::Sent | Decision::Skipped { .. } => line!(info, "attempt"),
+        Decision::Retry { .. } if ambiguous => {
+            line!(warn, "attempt; sending again, a possible duplicate")
+        }
+        Decision::Retry { .. } | Decision::Failed { .. } | Decision::Hold { .. } => {
+            line!(warn, "attempt")
+        }
+        Decision::PauseForKey => line!(error, "attempt"),
+    }
+}

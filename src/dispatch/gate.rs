@@ -1,0 +1,327 @@
+//! The gate: whether the dispatcher may start sends now, and how many.
+//!
+//! A pure state machine of (now, event), so every transition is tested
+//! without tokio. The dispatcher asks [`Gate::admit`] before claiming, tells
+//! the gate how each attempt ended ([`Gate::record`]) and how each health
+//! probe went ([`Gate::probe_result`]), and logs the transitions it returns.
+//!
+//! ```text
+//!                 401/403                          auth_pause over
+//!   running ────────────────────► paused_auth ─────────────────► running
+//!   running ──── 429 ───────────► paused_rate_limit ── until ──► running
+//!   running ── N transient ─────► breaker_open ── /health ok ──► trial
+//!   trial ──── answer ok ───────► running
+//!   trial ──── transient ───────► breaker_open (next probe waits twice as long)
+//! ```
+//!
+//! While the gate is shut no job is claimed, so no job uses an attempt. A
+//! token bucket enforces `dispatch.rate_limit` while running.
+
+use crate::config::RateLimit;
+use crate::time::{self, Millis};
+use std::time::Duration;
+
+/// The first wait between health probes after the breaker opens.
+const FIRST_PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// Where the gate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Running,
+    /// Coax rejected the key; sending resumes at `until`.
+    PausedAuth {
+        until: Millis,
+    },
+    /// Coax said 429; sending resumes at `until`.
+    PausedRateLimit {
+        until: Millis,
+    },
+    /// Too many transient failures in a row; `/health` is probed at `probe_at`.
+    BreakerOpen {
+        probe_at: Millis,
+    },
+    /// Coax looks healthy again; one trial send decides.
+    Trial,
+}
+
+impl Mode {
+    /// The name `stats` and the logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Running => "running",
+            Mode::PausedAuth { .. } => "paused_auth",
+            Mode::PausedRateLimit { .. } => "paused_rate_limit",
+            Mode::BreakerOpen { .. } | Mode::Trial => "breaker_open",
+        }
+    }
+
+    /// When the mode next changes by itself, if it does.
+    pub fn until(self) -> Option<Millis> {
+        match self {
+            Mode::Running | Mode::Trial => None,
+            Mode::PausedAuth { until } | Mode::PausedRateLimit { until } => Some(until),
+            Mode::BreakerOpen { probe_at } => Some(probe_at),
+        }
+    }
+}
+
+/// How an attempt ended, as far as the gate cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Coax answered and the answer was not a transient failure.
+    Answered,
+    /// A transient failure: 5xx, timeout, refused connection...
+    Transient,
+    KeyRejected,
+    /// 429: no sends until `until`.
+    Throttled {
+        until: Millis,
+    },
+}
+
+/// The gate's settings; can change on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub breaker_failures: u32,
+    pub max_probe_interval: Duration,
+    pub auth_pause: Duration,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// What [`Gate::admit`] allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Sends that may start now.
+    pub count: usize,
+    /// When to ask again if fewer than wanted were allowed and time alone
+    /// will change that.
+    pub retry_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    capacity: f64,
+    per_ms: f64,
+    last: Millis,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit, now: Millis) -> Bucket {
+        let per_second = limit.per_second();
+        // A burst of up to one second's worth, and at least one send.
+        let capacity = per_second.max(1.0);
+        Bucket {
+            tokens: capacity,
+            capacity,
+            per_ms: per_second / 1000.0,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Millis) {
+        let elapsed = (now - self.last).max(0) as f64;
+        self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
+        self.last = now.max(self.last);
+    }
+
+    fn available(&self) -> usize {
+        self.tokens.floor().max(0.0) as usize
+    }
+
+    /// When one whole token will be there.
+    fn next_token_at(&self) -> Millis {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.last + (missing / self.per_ms).ceil() as Millis
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Gate {
+    mode: Mode,
+    failures: u32,
+    probe_wait: Duration,
+    trial_out: bool,
+    bucket: Option<Bucket>,
+    settings: Settings,
+}
+
+impl Gate {
+    pub fn new(settings: Settings, now: Millis) -> Gate {
+        Gate {
+            mode: Mode::Running,
+            failures: 0,
+            probe_wait: FIRST_PROBE_WAIT.min(settings.max_probe_interval),
+            trial_out: false,
+            bucket: settings.rate_limit.map(|l| Bucket::new(l, now)),
+            settings,
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Takes new settings. A changed rate limit starts a fresh bucket.
+    pub fn reconfigure(&mut self, settings: Settings, now: Millis) {
+        if settings.rate_limit != self.settings.rate_limit {
+            self.bucket = settings.rate_limit.map(|l| Bucket::new(l, now));
+        }
+        self.settings = settings;
+    }
+
+    /// Ends a pause for a rejected key at once (a new key was loaded).
+    pub fn key_changed(&mut self) -> Option<Mode> {
+        match self.mode {
+            Mode::PausedAuth { .. } => self.set(Mode::Running),
+            _ => None,
+        }
+    }
+
+    /// Lets pauses whose time has come end; returns the new mode if it changed.
+    pub fn tick(&mut self, now: Millis) -> Option<Mode> {
+        match self.mode {
+            Mode::PausedAuth { until } | Mode::PausedRateLimit { until } if until <= now => {
+                self.set(Mode::Running)
+            }
+            _ => None,
+        }
+    }
+
+    /// How many of `wanted` sends may start at `now`.
+    pub fn admit(&mut self, now: Millis, wanted: usize) -> Admission {
+        match self.mode {
+            Mode::PausedAuth { until } | Mode::PausedRateLimit { until } => Admission {
+                count: 0,
+                retry_at: Some(until),
+            },
+            Mode::BreakerOpen { probe_at } => Admission {
+                count: 0,
+                retry_at: Some(probe_at),
+            },
+            Mode::Trial if self.trial_out => Admission {
+                count: 0,
+                retry_at: None,
+            },
+            Mode::Trial => Admission {
+                count: wanted.min(1),
+                retry_at: None,
+            },
+            Mode::Running => match &mut self.bucket {
+                None => Admission {
+                    count: wanted,
+                    retry_at: None,
+                },
+                Some(bucket) => {
+                    bucket.refill(now);
+                    let count = wanted.min(bucket.available());
+                    let retry_at = (count < wanted).then(|| bucket.next_token_at());
+                    Admission { count, retry_at }
+                }
+            },
+        }
+    }
+
+    /// Counts `n` sends as started (after a claim returned them).
+    pub fn started(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.mode == Mode::Trial {
+            self.trial_out = true;
+        }
+        if let Some(bucket) = &mut self.bucket {
+            bucket.tokens -= n as f64;
+        }
+    }
+
+    /// Takes in how an attempt ended; returns the new mode if it changed.
+    pub fn record(&mut self, now: Millis, signal: Signal) -> Option<Mode> {
+        match signal {
+            Signal::Answered => {
+                self.failures = 0;
+                if self.mode == Mode::Trial {
+                    self.probe_wait = FIRST_PROBE_WAIT.min(self.settings.max_probe_interval);
+                    return self.set(Mode::Running);
+                }
+                None
+            }
+            Signal::Transient => {
+                self.failures = self.failures.saturating_add(1);
+                match self.mode {
+                    Mode::Trial => self.open(now),
+                    Mode::Running if self.failures >= self.settings.breaker_failures => {
+                        self.open(now)
+                    }
+                    _ => None,
+                }
+            }
+            Signal::KeyRejected => match self.mode {
+                Mode::PausedAuth { .. } => None,
+                _ => self.set(Mode::PausedAuth {
+                    until: time::add(now, self.settings.auth_pause),
+                }),
+            },
+            Signal::Throttled { until } => match self.mode {
+                Mode::PausedAuth { .. } => None,
+                Mode::PausedRateLimit { until: current } if current >= until => None,
+                _ => self.set(Mode::PausedRateLimit { until }),
+            },
+        }
+    }
+
+    /// Whether a `/health` probe is due.
+    pub fn probe_due(&self, now: Millis) -> bool {
+        matches!(self.mode, Mode::BreakerOpen { probe_at } if probe_at <= now)
+    }
+
+    /// Takes in a probe's result; returns the new mode if it changed.
+    pub fn probe_result(&mut self, now: Millis, healthy: bool) -> Option<Mode> {
+        if !matches!(self.mode, Mode::BreakerOpen { .. }) {
+            return None;
+        }
+        if healthy {
+            self.trial_out = false;
+            self.set(Mode::Trial)
+        } else {
+            self.open(now)
+        }
+    }
+
+    /// Opens (or keeps open) the breaker with the next probe after the current
+    /// wait, which doubles up to `max_probe_interval`.
+    fn open(&mut self, now: Millis) -> Option<Mode> {
+        let probe_at = time::add(now, self.probe_wait);
+        self.probe_wait = (self.probe_wait * 2).min(self.settings.max_probe_interval);
+        self.set(Mode::BreakerOpen { probe_at })
+    }
+
+    fn set(&mut self, mode: Mode) -> Option<Mode> {
+        if mode == self.mode {
+            return None;
+        }
+        if mode == Mode::Running {
+            self.failures = 0;
+        }
+        self.mode = mode;
+        Some(mode)
+    }
+}
+
+/// The gate's reading of one attempt.
+pub fn signal(
+    status: Option<u16>,
+    outcome: &crate::policy::Outcome,
+    decision: &crate::policy::Decision,
+) -> Signal {
+    use crate::policy::{Decision, Outcome};
+    match (outcome, decision) {
+        (Outcome::KeyRejected { .. }, _) => Signal::KeyRejected,
+        (_, Decision::Retry { at, .. }) if status == Some(429) => Signal::Throttled { until: *at },
+        (Outcome::Transient { .. }, _) => Signal::Transient,
+        _ => Signal::Answered,
+    }
+}
+
+#[cfg(test)]
+mod tests;
