@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source} (is the daemon running? check socket.path)")]
+    #[error("cannot connect to {path} (is the daemon running? check socket.path)")]
     Connect {
         path: PathBuf,
         source: std::io::Error,

@@ -191,6 +191,21 @@ pub struct SocketConfig {
     pub mode: u32,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// When either list is set, only peers whose uid or gid is listed may talk.
+    pub allowed_uids: Option<Vec<u32>>,
+    pub allowed_gids: Option<Vec<u32>>,
+}
+
+impl SocketConfig {
+    /// Whether a peer with these credentials may use the socket.
+    pub fn admits(&self, uid: u32, gid: u32) -> bool {
+        if self.allowed_uids.is_none() && self.allowed_gids.is_none() {
+            return true;
+        }
+        let listed =
+            |list: &Option<Vec<u32>>, id: u32| list.as_ref().is_some_and(|l| l.contains(&id));
+        listed(&self.allowed_uids, uid) || listed(&self.allowed_gids, gid)
+    }
 }
 
 /// `[dispatch]`: how due messages are sent.

@@ -9,7 +9,7 @@
 use crate::coax::CoaxClient;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Handle, Settings};
-use crate::server::{self, Limits, Service};
+use crate::server::{self, Service};
 use crate::store::{self, Recovered, Store};
 use crate::time;
 use anyhow::Context as _;
@@ -90,11 +90,12 @@ impl Daemon {
             store: store.clone(),
             dispatch: handle,
         };
-        let limits = Limits {
-            idle_timeout: config.socket.idle_timeout,
-            max_connections: config.socket.max_connections,
-        };
-        let serving = tokio::spawn(server::serve(listener, service, limits, stopped));
+        let serving = tokio::spawn(server::serve(
+            listener,
+            service,
+            config.socket.clone(),
+            stopped,
+        ));
 
         let summary = store.stats().await.context("cannot read the queue")?;
         tracing::info!(

@@ -75,6 +75,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     Internal,
+    /// The peer is not in `socket.allowed_uids` or `socket.allowed_gids`.
+    Forbidden,
 }
 
 /// A failure answer: `{"ok":false,"error":{...}}`.

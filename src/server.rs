@@ -5,6 +5,7 @@
 //! [`protocol`]'s job and validating jobs is [`job`]'s. An answer that
 //! reports a change is written only after the store has committed it.
 
+use crate::config::SocketConfig;
 use crate::dispatch::Handle;
 use crate::job::{self, NewJob};
 use crate::protocol::{
@@ -19,13 +20,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 
-/// Limits on clients.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
 /// What a connection needs to carry out requests.
 #[derive(Clone)]
 pub struct Service {
@@ -37,7 +31,7 @@ pub struct Service {
 pub async fn serve(
     listener: UnixListener,
     service: Service,
-    limits: Limits,
+    limits: SocketConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -55,13 +49,37 @@ pub async fn serve(
                 continue;
             }
         };
-        let peer = stream
-            .peer_cred()
-            .map(|c| format!("uid={} pid={}", c.uid(), c.pid().unwrap_or(0)))
-            .unwrap_or_else(|_| "unknown".into());
+        let credentials = stream.peer_cred().ok();
+        let peer = credentials
+            .map(|c| {
+                format!(
+                    "uid={} gid={} pid={}",
+                    c.uid(),
+                    c.gid(),
+                    c.pid().unwrap_or(0)
+                )
+            })
+            .unwrap_or_else(|| "unknown".into());
+        if !credentials.is_some_and(|c| limits.admits(c.uid(), c.gid())) {
+            tracing::warn!(%peer, "connection refused: peer not in socket.allowed_uids or allowed_gids");
+            tokio::spawn(refuse(
+                stream,
+                ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!("{peer} may not use this socket (socket.allowed_uids, allowed_gids)"),
+                ),
+            ));
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(
+                stream,
+                ErrorBody::new(
+                    ErrorCode::Internal,
+                    "too many connections; try again shortly",
+                ),
+            ));
             continue;
         };
         let service = service.clone();
@@ -77,13 +95,11 @@ pub async fn serve(
     }
 }
 
-async fn refuse(mut stream: UnixStream) {
-    let line = ErrorBody::new(
-        ErrorCode::Internal,
-        "too many connections; try again shortly",
-    )
-    .to_line();
-    let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
+/// Answers a connection that will not be served with one error line.
+async fn refuse(mut stream: UnixStream, error: ErrorBody) {
+    let _ = stream
+        .write_all(format!("{}\n", error.to_line()).as_bytes())
+        .await;
 }
 
 /// Why a connection was closed early.

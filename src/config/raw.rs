@@ -87,6 +87,8 @@ pub(super) struct RawSocket {
     #[serde(deserialize_with = "de_duration")]
     idle_timeout: Duration,
     max_connections: usize,
+    allowed_uids: Option<Vec<u32>>,
+    allowed_gids: Option<Vec<u32>>,
 }
 
 impl Default for RawSocket {
@@ -96,6 +98,8 @@ impl Default for RawSocket {
             mode: default_socket_mode(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            allowed_uids: None,
+            allowed_gids: None,
         }
     }
 }
@@ -433,6 +437,8 @@ impl RawConfig {
                 mode,
                 idle_timeout,
                 max_connections: self.socket.max_connections,
+                allowed_uids: self.socket.allowed_uids,
+                allowed_gids: self.socket.allowed_gids,
             },
             dispatch: DispatchConfig {
                 poll_interval,

@@ -82,6 +82,8 @@ fn minimal_file_gets_all_defaults() {
             mode: 0o660,
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
+            allowed_uids: None,
+            allowed_gids: None,
         }
     );
     assert_eq!(
@@ -784,4 +786,25 @@ fn reliability_keys_are_read_and_checked() {
         let err = load(extra).unwrap_err().to_string();
         assert!(err.contains(key), "{extra}: {err}");
     }
+}
+
+#[test]
+fn peers_are_admitted_by_uid_or_gid() {
+    let mut socket = SocketConfig {
+        path: PathBuf::from("/run/s.sock"),
+        mode: 0o660,
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 1,
+        allowed_uids: None,
+        allowed_gids: None,
+    };
+    assert!(socket.admits(1000, 1000), "no lists: everyone");
+    socket.allowed_uids = Some(vec![0, 1000]);
+    assert!(socket.admits(1000, 5));
+    assert!(!socket.admits(1001, 5));
+    socket.allowed_gids = Some(vec![5]);
+    assert!(socket.admits(1001, 5));
+    assert!(!socket.admits(1001, 6));
+    socket.allowed_uids = None;
+    assert!(!socket.admits(0, 6), "a gid list alone still restricts");
 }
