@@ -89,6 +89,7 @@ impl Daemon {
         let service = Service {
             store: store.clone(),
             dispatch: handle,
+            default_ttl: config.dispatch.default_ttl,
         };
         let serving = tokio::spawn(server::serve(
             listener,

@@ -140,6 +140,14 @@ impl Dispatcher {
                                 tracing::info!("claiming due jobs works again");
                                 claim_failing = false;
                             }
+                            for job in &claimed.expired {
+                                tracing::warn!(
+                                    job_id = job.id,
+                                    key = job.key.as_deref().unwrap_or(""),
+                                    expires_at = %job.expires_at.map(time::format).unwrap_or_default(),
+                                    "expired before it could be sent; it will not be sent"
+                                );
+                            }
                             gate.started(claimed.jobs.len());
                             for job in claimed.jobs {
                                 in_flight.spawn(attempt::attempt(self.ctx.clone(), job));

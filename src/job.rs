@@ -25,6 +25,7 @@ use crate::time::{self, Millis};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::time::Duration;
 
 /// What Coax is asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,10 +73,12 @@ pub enum State {
     Cancelled,
     /// An ambiguous send under `on_ambiguous = "hold"`: waits for a person.
     Held,
+    /// Not delivered by its `expires_at`, so never sent.
+    Expired,
 }
 
 impl State {
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 8] = [
         State::Scheduled,
         State::Sending,
         State::Sent,
@@ -83,6 +86,7 @@ impl State {
         State::Failed,
         State::Cancelled,
         State::Held,
+        State::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +98,7 @@ impl State {
             State::Failed => "failed",
             State::Cancelled => "cancelled",
             State::Held => "held",
+            State::Expired => "expired",
         }
     }
 
@@ -116,6 +121,8 @@ pub struct NewJob {
     pub channel: String,
     pub enquiry_id: Option<String>,
     pub scheduled_at: Millis,
+    /// After this the job is `expired` instead of sent.
+    pub expires_at: Option<Millis>,
     /// The Coax request body, exactly as it will be sent.
     pub payload: Map<String, Value>,
 }
@@ -148,6 +155,8 @@ const JOB_FIELDS: &[&str] = &[
     "enquiry_id",
     "scheduled_at",
     "delay",
+    "expires_at",
+    "ttl",
     "key",
     "payload",
 ];
@@ -243,8 +252,13 @@ pub fn is_path_safe(text: &str) -> bool {
 
 /// Checks a caller's JOB object and turns it into a [`NewJob`].
 ///
-/// `now` resolves a missing `scheduled_at` or a `delay`.
-pub fn validate(job: &Value, now: Millis) -> Result<NewJob, JobError> {
+/// `now` resolves a missing `scheduled_at` or a `delay`; `default_ttl`
+/// gives an expiry to a job that brings none.
+pub fn validate(
+    job: &Value,
+    now: Millis,
+    default_ttl: Option<Duration>,
+) -> Result<NewJob, JobError> {
     let Value::Object(fields) = job else {
         return Err(JobError::new("job", "must be a JSON object"));
     };
@@ -268,6 +282,12 @@ pub fn validate(job: &Value, now: Millis) -> Result<NewJob, JobError> {
     let channel = validate_channel(fields.get("channel"))?;
     let enquiry_id = validate_enquiry_id(fields.get("enquiry_id"))?;
     let scheduled_at = validate_when(fields.get("scheduled_at"), fields.get("delay"), now)?;
+    let expires_at = validate_expiry(
+        fields.get("expires_at"),
+        fields.get("ttl"),
+        scheduled_at,
+        default_ttl,
+    )?;
     let key = validate_key(fields.get("key"))?;
     let payload = match fields.get("payload") {
         None => Map::new(),
@@ -282,8 +302,62 @@ pub fn validate(job: &Value, now: Millis) -> Result<NewJob, JobError> {
         channel,
         enquiry_id,
         scheduled_at,
+        expires_at,
         payload,
     })
+}
+
+fn validate_expiry(
+    at: Option<&Value>,
+    ttl: Option<&Value>,
+    scheduled_at: Millis,
+    default_ttl: Option<Duration>,
+) -> Result<Option<Millis>, JobError> {
+    let expires_at = match (at, ttl) {
+        (Some(_), Some(_)) => {
+            return Err(JobError::new("ttl", "give expires_at or ttl, not both"));
+        }
+        (Some(Value::String(s)), None) => {
+            time::parse_rfc3339(s).map_err(|e| JobError::new("expires_at", e))?
+        }
+        (Some(_), None) => {
+            return Err(JobError::new(
+                "expires_at",
+                "must be an RFC 3339 string such as 2026-01-31T18:00:00Z",
+            ));
+        }
+        (None, Some(Value::String(s))) => humantime::parse_duration(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(|d| time::add(scheduled_at, d))
+            .ok_or_else(|| {
+                JobError::new(
+                    "ttl",
+                    format!("{s:?} is not a positive duration such as \"6h\""),
+                )
+            })?,
+        (None, Some(_)) => {
+            return Err(JobError::new(
+                "ttl",
+                "must be a duration string such as \"6h\"",
+            ));
+        }
+        (None, None) => match default_ttl {
+            Some(d) => time::add(scheduled_at, d),
+            None => return Ok(None),
+        },
+    };
+    if expires_at <= scheduled_at {
+        return Err(JobError::new(
+            "expires_at",
+            format!(
+                "{} is not after scheduled_at {}",
+                time::format(expires_at),
+                time::format(scheduled_at)
+            ),
+        ));
+    }
+    Ok(Some(expires_at))
 }
 
 fn validate_channel(value: Option<&Value>) -> Result<String, JobError> {
@@ -467,7 +541,7 @@ mod tests {
     const NOW: Millis = 1_800_000_000_000;
 
     fn err(job: Value) -> JobError {
-        validate(&job, NOW).unwrap_err()
+        validate(&job, NOW, None).unwrap_err()
     }
 
     #[test]
@@ -475,6 +549,7 @@ mod tests {
         let job = validate(
             &json!({"kind":"message","channel":"sms","payload":{"message":"hi","phone":"+15550100"}}),
             NOW,
+            None,
         )
         .unwrap();
         assert_eq!(job.scheduled_at, NOW);
@@ -487,6 +562,7 @@ mod tests {
         let job = validate(
             &json!({"kind":"message","channel":"sms","delay":"2h","payload":{"message":"hi","email":"a@b.c"}}),
             NOW,
+            None,
         )
         .unwrap();
         assert_eq!(job.scheduled_at, NOW + 7_200_000);
@@ -526,6 +602,7 @@ mod tests {
         let job = validate(
             &json!({"kind":"message","channel":"sms","enquiry_id":77,"payload":{"message":"hi"}}),
             NOW,
+            None,
         )
         .unwrap();
         assert_eq!(job.enquiry_id.as_deref(), Some("77"));
@@ -574,6 +651,7 @@ mod tests {
         validate(
             &json!({"kind":"review_request","channel":"email","payload":{"customer_id":9}}),
             NOW,
+            None,
         )
         .unwrap();
     }
@@ -591,6 +669,7 @@ mod tests {
         let job = validate(
             &json!({"kind":"review_request","channel":"email","enquiry_id":"12","payload":{}}),
             NOW,
+            None,
         )
         .unwrap();
         assert_eq!(job.payload.get("channel"), Some(&json!("email")));
@@ -633,6 +712,46 @@ mod tests {
             false,
             "contact_id"
         ));
+    }
+
+    #[test]
+    fn expiry_rules() {
+        let base = json!({"kind":"message","channel":"sms","delay":"1h","payload":{"message":"hi","phone":"1"}});
+        let with = |field: &str, value: Value| {
+            let mut job = base.clone();
+            job[field] = value;
+            job
+        };
+        let job = validate(&with("ttl", json!("30m")), NOW, None).unwrap();
+        assert_eq!(job.expires_at, Some(NOW + 3_600_000 + 1_800_000));
+        let job = validate(&base, NOW, Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(
+            job.expires_at,
+            Some(NOW + 3_600_000 + 60_000),
+            "default_ttl counts from scheduled_at"
+        );
+        let job = validate(
+            &with("ttl", json!("5m")),
+            NOW,
+            Some(Duration::from_secs(60)),
+        )
+        .unwrap();
+        assert_eq!(
+            job.expires_at,
+            Some(NOW + 3_600_000 + 300_000),
+            "the job's own ttl wins"
+        );
+        assert_eq!(validate(&base, NOW, None).unwrap().expires_at, None);
+        assert_eq!(
+            err(with("expires_at", json!("2000-01-01T00:00:00Z"))).field,
+            "expires_at"
+        );
+        assert_eq!(err(with("expires_at", json!(5))).field, "expires_at");
+        assert_eq!(err(with("ttl", json!("0s"))).field, "ttl");
+        assert_eq!(err(with("ttl", json!("soon"))).field, "ttl");
+        let mut both = with("ttl", json!("1h"));
+        both["expires_at"] = json!("2100-01-01T00:00:00Z");
+        assert_eq!(err(both).field, "ttl");
     }
 
     #[test]

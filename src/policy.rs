@@ -115,6 +115,10 @@ pub enum Decision {
     Hold {
         reason: String,
     },
+    /// The next try would come after the job's expiry.
+    Expired {
+        reason: String,
+    },
 }
 
 impl Decision {
@@ -127,6 +131,7 @@ impl Decision {
             Decision::Retry { .. } => "retry",
             Decision::PauseForKey => "paused_auth",
             Decision::Hold { .. } => "held",
+            Decision::Expired { .. } => "expired",
         }
     }
 }
@@ -296,6 +301,20 @@ pub fn decide(
                 reason: reason.clone(),
             }
         }
+    }
+}
+
+/// A retry at or after the job's expiry becomes [`Decision::Expired`]: a
+/// message must never go out late.
+pub fn bound_by_expiry(decision: Decision, expires_at: Option<Millis>) -> Decision {
+    match (decision, expires_at) {
+        (Decision::Retry { at, reason }, Some(expiry)) if at >= expiry => Decision::Expired {
+            reason: format!(
+                "{reason}; the next try would come after its expiry at {}",
+                time::format(expiry)
+            ),
+        },
+        (decision, _) => decision,
     }
 }
 

@@ -119,6 +119,8 @@ pub struct JobView {
     pub channel: String,
     pub enquiry_id: Option<String>,
     pub scheduled_at: String,
+    /// After this the job is `expired` instead of sent.
+    pub expires_at: Option<String>,
     pub state: State,
     /// Tries counted against `retry.max_attempts`.
     pub attempts: u32,

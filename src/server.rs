@@ -25,6 +25,8 @@ use tokio::sync::{Semaphore, watch};
 pub struct Service {
     pub store: Store,
     pub dispatch: Handle,
+    /// `dispatch.default_ttl`, for jobs that bring no expiry.
+    pub default_ttl: Option<Duration>,
 }
 
 /// Accepts connections until `shutdown` turns true.
@@ -176,6 +178,13 @@ fn refusal(id: i64, op: &str, r: Refusal) -> ErrorBody {
             ErrorCode::Conflict,
             format!("cannot {op} job {id}: it is {state}"),
         ),
+        Refusal::PastExpiry { expires_at } => ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "cannot {op} job {id} to that time: it expires at {}",
+                time::format(expires_at)
+            ),
+        ),
     }
 }
 
@@ -192,7 +201,7 @@ impl Service {
         match request {
             Request::Ping => Ok(ok_line(json!({}))),
             Request::Enqueue(protocol::Enqueue::One(job)) => {
-                let job = validate(&job, None)?;
+                let job = self.validate(&job, None)?;
                 let mut done = self.enqueue(vec![job]).await?;
                 let e = done.pop().ok_or_else(|| {
                     ErrorBody::new(ErrorCode::Internal, "the store answered nothing")
@@ -205,7 +214,7 @@ impl Service {
                 let jobs = jobs
                     .iter()
                     .enumerate()
-                    .map(|(i, job)| validate(job, Some(i)))
+                    .map(|(i, job)| self.validate(job, Some(i)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let done = self.enqueue(jobs).await?;
                 let results: Vec<Value> = done
@@ -289,6 +298,21 @@ impl Service {
         }
     }
 
+    fn validate(&self, job: &Value, index: Option<usize>) -> Result<NewJob, ErrorBody> {
+        job::validate(job, time::now(), self.default_ttl).map_err(|e| {
+            let message = match index {
+                Some(i) => format!("job {i}: {e}"),
+                None => e.to_string(),
+            };
+            ErrorBody {
+                code: ErrorCode::InvalidJob,
+                message,
+                field: Some(e.field),
+                index,
+            }
+        })
+    }
+
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
         let earliest = jobs.iter().map(|j| j.scheduled_at).min();
         let done = self.store.enqueue(jobs).await.map_err(|e| internal(&e))?;
@@ -300,19 +324,4 @@ impl Service {
         }
         Ok(done)
     }
-}
-
-fn validate(job: &Value, index: Option<usize>) -> Result<NewJob, ErrorBody> {
-    job::validate(job, time::now()).map_err(|e| {
-        let message = match index {
-            Some(i) => format!("job {i}: {e}"),
-            None => e.to_string(),
-        };
-        ErrorBody {
-            code: ErrorCode::InvalidJob,
-            message,
-            field: Some(e.field),
-            index,
-        }
-    })
 }

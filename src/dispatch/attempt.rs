@@ -32,6 +32,10 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
         now,
         fastrand::f64(),
     );
+    // The gate reads the answer itself (a 429's retry time pauses everyone),
+    // whether or not this job may still be retried.
+    let signal = gate::signal(status_of(&answer), &outcome, &decision);
+    let decision = policy::bound_by_expiry(decision, job.expires_at);
     let ambiguous = matches!(
         outcome,
         policy::Outcome::Transient {
@@ -45,7 +49,6 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     };
     log_attempt(&ctx, &job, status, latency_ms, &decision, ambiguous);
 
-    let signal = gate::signal(status, &outcome, &decision);
     let finish = Finish {
         id: job.id,
         seq: job.seq,
@@ -61,6 +64,13 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     Report { signal }
 }
 
+fn status_of(answer: &Answer) -> Option<u16> {
+    match answer {
+        Answer::Http { status, .. } => Some(*status),
+        Answer::Transport(_) => None,
+    }
+}
+
 fn next_of(decision: Decision, status: Option<u16>) -> Next {
     match decision {
         Decision::Sent => Next::Sent,
@@ -68,6 +78,7 @@ fn next_of(decision: Decision, status: Option<u16>) -> Next {
         Decision::Failed { reason } => Next::Failed { reason },
         Decision::Retry { at, reason } => Next::Retry { at, reason },
         Decision::Hold { reason } => Next::Held { reason },
+        Decision::Expired { reason } => Next::Expired { reason },
         Decision::PauseForKey => Next::Unclaim {
             reason: format!(
                 "Coax rejected the API key (HTTP {}); not counted as an attempt",
@@ -136,7 +147,8 @@ fn log_attempt(
         Decision::Skipped { reason }
         | Decision::Failed { reason }
         | Decision::Retry { reason, .. }
-        | Decision::Hold { reason } => reason.as_str(),
+        | Decision::Hold { reason }
+        | Decision::Expired { reason } => reason.as_str(),
         Decision::Sent | Decision::PauseForKey => "",
     };
     let retry_at = match decision {
@@ -166,9 +178,10 @@ fn log_attempt(
         Decision::Retry { .. } if ambiguous => {
             line!(warn, "attempt; sending again, a possible duplicate")
         }
-        Decision::Retry { .. } | Decision::Failed { .. } | Decision::Hold { .. } => {
-            line!(warn, "attempt")
-        }
+        Decision::Retry { .. }
+        | Decision::Failed { .. }
+        | Decision::Hold { .. }
+        | Decision::Expired { .. } => line!(warn, "attempt"),
         Decision::PauseForKey => line!(error, "attempt"),
     }
 }

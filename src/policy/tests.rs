@@ -101,7 +101,8 @@ fn reason_of(decision: &Decision) -> &str {
         Decision::Skipped { reason }
         | Decision::Failed { reason }
         | Decision::Retry { reason, .. }
-        | Decision::Hold { reason } => reason,
+        | Decision::Hold { reason }
+        | Decision::Expired { reason } => reason,
         Decision::Sent | Decision::PauseForKey => panic!("{decision:?} carries no reason"),
     }
 }
@@ -1179,4 +1180,38 @@ fn backoff_keeps_doubling_until_max_delay_even_past_2_pow_31() {
             "attempt {attempt}"
         );
     }
+}
+
+#[test]
+fn a_retry_at_or_after_the_expiry_becomes_expired() {
+    let retry = |at| Decision::Retry {
+        at,
+        reason: "HTTP 503".into(),
+    };
+    assert_eq!(bound_by_expiry(retry(100), None), retry(100));
+    assert_eq!(bound_by_expiry(retry(100), Some(101)), retry(100));
+    for expiry in [100, 50] {
+        match bound_by_expiry(retry(100), Some(expiry)) {
+            Decision::Expired { reason } => {
+                assert!(
+                    reason.contains("HTTP 503") && reason.contains("expiry"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected expired, got {other:?}"),
+        }
+    }
+    // Only retries are bounded: a final answer stands.
+    assert_eq!(bound_by_expiry(Decision::Sent, Some(0)), Decision::Sent);
+    assert_eq!(
+        bound_by_expiry(Decision::PauseForKey, Some(0)),
+        Decision::PauseForKey
+    );
+    assert_eq!(
+        Decision::Expired {
+            reason: String::new()
+        }
+        .label(),
+        "expired"
+    );
 }

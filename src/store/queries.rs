@@ -20,6 +20,10 @@ pub enum Refusal {
     Conflict {
         state: State,
     },
+    /// The new time is at or after the job's expiry.
+    PastExpiry {
+        expires_at: Millis,
+    },
 }
 
 /// Counts per state and the next due time, for `stats` and the logs.
@@ -33,6 +37,8 @@ pub struct Summary {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub jobs: Vec<ClaimedJob>,
+    /// Due jobs found past their expiry and moved to `expired` instead.
+    pub expired: Vec<ClaimedJob>,
     pub next_due: Option<Millis>,
 }
 
@@ -50,6 +56,7 @@ pub struct ClaimedJob {
     pub attempt: u32,
     /// This try's number in the history, counting every try.
     pub seq: u32,
+    pub expires_at: Option<Millis>,
 }
 
 /// Where a job goes after an attempt.
@@ -73,6 +80,10 @@ pub enum Next {
     Held {
         reason: String,
     },
+    /// A retry would come after the job's expiry.
+    Expired {
+        reason: String,
+    },
 }
 
 impl Next {
@@ -83,6 +94,7 @@ impl Next {
             Next::Failed { .. } => State::Failed,
             Next::Retry { .. } | Next::Unclaim { .. } => State::Scheduled,
             Next::Held { .. } => State::Held,
+            Next::Expired { .. } => State::Expired,
         }
     }
 
@@ -93,7 +105,8 @@ impl Next {
             | Next::Failed { reason }
             | Next::Retry { reason, .. }
             | Next::Unclaim { reason }
-            | Next::Held { reason } => Some(reason),
+            | Next::Held { reason }
+            | Next::Expired { reason } => Some(reason),
         }
     }
 
@@ -106,6 +119,7 @@ impl Next {
             Next::Retry { .. } => "retry",
             Next::Unclaim { .. } => "paused_auth",
             Next::Held { .. } => "held",
+            Next::Expired { .. } => "expired",
         }
     }
 }
@@ -127,7 +141,7 @@ pub struct Finish {
 }
 
 const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, attempts, \
-     created_at, updated_at, last_error, result, payload";
+     created_at, updated_at, last_error, result, payload, expires_at";
 
 pub fn enqueue(
     conn: &Connection,
@@ -137,8 +151,8 @@ pub fn enqueue(
     let err = StoreError::sqlite("enqueueing");
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at, updated_at, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7)
+            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at, updated_at, payload, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7, ?8)
              ON CONFLICT (key) DO NOTHING
              RETURNING id",
         )
@@ -158,7 +172,8 @@ pub fn enqueue(
                     job.enquiry_id,
                     job.scheduled_at,
                     now,
-                    payload
+                    payload,
+                    job.expires_at
                 ],
                 |r| r.get(0),
             )
@@ -292,6 +307,14 @@ pub fn reschedule(
     at: Millis,
     now: Millis,
 ) -> Result<Result<JobView, Refusal>, StoreError> {
+    let expires_at: Option<Millis> = conn
+        .prepare_cached("SELECT expires_at FROM jobs WHERE id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+        .map_err(StoreError::sqlite("reading a job"))?
+        .flatten();
+    if let Some(expiry) = expires_at.filter(|e| at >= *e) {
+        return Ok(Err(Refusal::PastExpiry { expires_at: expiry }));
+    }
     change(
         conn,
         id,
@@ -349,8 +372,8 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut due = conn
         .prepare_cached(
-            "SELECT id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload FROM jobs
-             WHERE state = 'scheduled' AND scheduled_at <= ?1
+            "SELECT id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload, expires_at
+             FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1
              ORDER BY scheduled_at, id LIMIT ?2",
         )
         .map_err(err())?;
@@ -371,6 +394,7 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
                 attempt: r.get::<_, u32>(6)?.saturating_add(1),
                 seq: 0,
                 payload,
+                expires_at: r.get(8)?,
             })
         })
         .map_err(err())?
@@ -390,7 +414,19 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
              RETURNING seq",
         )
         .map_err(err())?;
-    let mut jobs = rows;
+    let mut expire = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'expired', updated_at = ?2,
+                    last_error = 'expired before it could be sent'
+             WHERE id = ?1",
+        )
+        .map_err(err())?;
+    let (expired, mut jobs): (Vec<ClaimedJob>, Vec<ClaimedJob>) = rows
+        .into_iter()
+        .partition(|job| job.expires_at.is_some_and(|at| at <= now));
+    for job in &expired {
+        expire.execute(params![job.id, now]).map_err(err())?;
+    }
     for job in &mut jobs {
         mark.execute(params![job.id, now]).map_err(err())?;
         job.seq = open
@@ -399,6 +435,7 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
     }
     Ok(Claimed {
         jobs,
+        expired,
         next_due: next_due(conn)?,
     })
 }
@@ -540,6 +577,7 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<JobView> {
         last_error: r.get(10)?,
         result: json(r.get(11)?),
         payload: json(r.get(12)?).unwrap_or(Value::Null),
+        expires_at: r.get::<_, Option<Millis>>(13)?.map(time::format),
         history: Vec::new(),
     })
 }

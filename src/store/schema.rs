@@ -46,6 +46,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, seq)
     ) WITHOUT ROWID;
     "#,
+    // 2: jobs may expire instead of going out late.
+    r#"
+    ALTER TABLE jobs ADD COLUMN expires_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
