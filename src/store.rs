@@ -8,6 +8,9 @@
 //! many enqueues share one fsync, and no caller hears "done" before its
 //! change is durable. A call that fails rolls back its own savepoint and
 //! leaves the others alone; a failed commit fails every call in the group.
+//! When SQLite abandons the whole transaction mid-group (a full disk during a
+//! statement), every call in it so far is told that nothing was written, and
+//! the rest of the group goes on in a new transaction.
 //!
 //! It does not decide what happens to a job; [`crate::dispatch`] and
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
@@ -143,7 +146,7 @@ impl Store {
             let succeeded = result.is_ok();
             let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
                 // The caller may have gone away; its answer is then unneeded.
-                let _ = reply.send(commit.and(result));
+                let _ = reply.send(result.and_then(|value| commit.map(|()| value)));
             });
             (succeeded, completion)
         });
@@ -236,41 +239,69 @@ fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Work>) {
 }
 
 fn run_group(conn: &Connection, group: &mut Vec<Work>) {
-    if let Err(e) = conn
-        .execute_batch("BEGIN IMMEDIATE")
-        .map_err(StoreError::sqlite("starting a transaction"))
-    {
-        for work in group.drain(..) {
-            (work(Err(&e)).1)(Err(e.clone()));
-        }
-        return;
-    }
-    let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
+    let mut pending: Vec<Completion> = Vec::with_capacity(group.len());
+    let mut open: Result<(), StoreError> = Err(StoreError::Closed);
     for work in group.drain(..) {
-        completions.push(run_in_savepoint(conn, work));
+        if open.is_err() {
+            open = conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(StoreError::sqlite("starting a transaction"));
+        }
+        if let Err(e) = &open {
+            (work(Err(e)).1)(Err(e.clone()));
+            continue;
+        }
+        let (succeeded, completion) = run_in_savepoint(conn, work);
+        if !succeeded && conn.is_autocommit() {
+            // Some failures (SQLITE_FULL in a statement without a statement
+            // journal) make SQLite roll back the whole transaction, not just
+            // the savepoint: the calls before this one were undone too.
+            let lost = StoreError::Sqlite {
+                during: "committing",
+                detail: "another change in the same transaction failed and SQLite rolled \
+                         back all of it; nothing was written, try again"
+                    .into(),
+            };
+            for done in pending.drain(..) {
+                done(Err(lost.clone()));
+            }
+            // The failing call reports its own error.
+            completion(Ok(()));
+            open = Err(StoreError::Closed);
+            continue;
+        }
+        pending.push(completion);
+    }
+    if open.is_err() {
+        return;
     }
     let commit = conn
         .execute_batch("COMMIT")
         .map_err(StoreError::sqlite("committing"));
-    if commit.is_err() {
+    if commit.is_err() && !conn.is_autocommit() {
         // A failed COMMIT can leave the transaction open; end it so the next
         // group starts clean. Nothing of this group was written.
         let _ = conn.execute_batch("ROLLBACK");
     }
-    for done in completions {
+    for done in pending {
         done(commit.clone());
     }
 }
 
 /// Runs one call; if it fails, its writes are undone and the group goes on.
-fn run_in_savepoint(conn: &Connection, work: Work) -> Completion {
+/// Returns whether the call succeeded, and what answers its caller.
+fn run_in_savepoint(conn: &Connection, work: Work) -> (bool, Completion) {
     if let Err(e) = conn
         .execute_batch("SAVEPOINT call")
         .map_err(StoreError::sqlite("opening a savepoint"))
     {
-        return work(Err(&e)).1;
+        return (false, work(Err(&e)).1);
     }
     let (succeeded, completion) = work(Ok(conn));
+    if conn.is_autocommit() {
+        // SQLite already rolled the whole transaction back.
+        return (succeeded, completion);
+    }
     let end = if succeeded {
         "RELEASE call"
     } else {
@@ -280,7 +311,7 @@ fn run_in_savepoint(conn: &Connection, work: Work) -> Completion {
         // The commit that follows reports the failure to every caller.
         tracing::error!(error = %e, "cannot end a savepoint");
     }
-    completion
+    (succeeded, completion)
 }
 
 /// The path of the lock file that guards `db`.
