@@ -15,7 +15,7 @@
 //! ```
 //!
 //! While the gate is shut no job is claimed, so no job uses an attempt. A
-//! token bucket enforces `dispatch.rate_limit` while running.
+//! token bucket enforces `dispatch.rate_limit` on every send, the trial too.
 
 use crate::config::RateLimit;
 use crate::time::{self, Millis};
@@ -129,10 +129,18 @@ impl Bucket {
         self.tokens.floor().max(0.0) as usize
     }
 
-    /// When one whole token will be there.
-    fn next_token_at(&self) -> Millis {
-        let missing = (1.0 - self.tokens).max(0.0);
+    /// When one whole token will be there after `taking` more are spent.
+    fn next_token_at(&self, taking: usize) -> Millis {
+        let missing = (1.0 - (self.tokens - taking as f64)).max(0.0);
         self.last + (missing / self.per_ms).ceil() as Millis
+    }
+
+    /// Up to `wanted` sends now, and when to ask again if fewer.
+    fn admit(&mut self, now: Millis, wanted: usize) -> Admission {
+        self.refill(now);
+        let count = wanted.min(self.available());
+        let retry_at = (count < wanted).then(|| self.next_token_at(count));
+        Admission { count, retry_at }
     }
 }
 
@@ -167,6 +175,7 @@ impl Gate {
         if settings.rate_limit != self.settings.rate_limit {
             self.bucket = settings.rate_limit.map(|l| Bucket::new(l, now));
         }
+        self.probe_wait = self.probe_wait.min(settings.max_probe_interval);
         self.settings = settings;
     }
 
@@ -203,21 +212,20 @@ impl Gate {
                 count: 0,
                 retry_at: None,
             },
-            Mode::Trial => Admission {
-                count: wanted.min(1),
-                retry_at: None,
+            // The trial, like any send, waits for the rate limit.
+            Mode::Trial => match &mut self.bucket {
+                None => Admission {
+                    count: wanted.min(1),
+                    retry_at: None,
+                },
+                Some(bucket) => bucket.admit(now, wanted.min(1)),
             },
             Mode::Running => match &mut self.bucket {
                 None => Admission {
                     count: wanted,
                     retry_at: None,
                 },
-                Some(bucket) => {
-                    bucket.refill(now);
-                    let count = wanted.min(bucket.available());
-                    let retry_at = (count < wanted).then(|| bucket.next_token_at());
-                    Admission { count, retry_at }
-                }
+                Some(bucket) => bucket.admit(now, wanted),
             },
         }
     }
@@ -241,7 +249,6 @@ impl Gate {
             Signal::Answered => {
                 self.failures = 0;
                 if self.mode == Mode::Trial {
-                    self.probe_wait = FIRST_PROBE_WAIT.min(self.settings.max_probe_interval);
                     return self.set(Mode::Running);
                 }
                 None
@@ -301,7 +308,9 @@ impl Gate {
             return None;
         }
         if mode == Mode::Running {
+            // Back to normal, by whatever path: the next outage starts afresh.
             self.failures = 0;
+            self.probe_wait = FIRST_PROBE_WAIT.min(self.settings.max_probe_interval);
         }
         self.mode = mode;
         Some(mode)
