@@ -301,6 +301,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive string; `RUST_LOG` takes precedence at runtime.
     pub level: String,
+    /// How often the queue summary line is logged; `None` when turned off.
+    pub summary_interval: Option<Duration>,
 }
 
 impl Config {

@@ -84,6 +84,7 @@ impl Daemon {
             rate_limit: config.dispatch.rate_limit,
         };
         let (stop, stopped) = watch::channel(false);
+        let handle_for_summary = handle.clone();
         let dispatcher = Dispatcher::new(store.clone(), coax, settings, handle.clone());
         let dispatching = tokio::spawn(dispatcher.run(stopped.clone()));
         let service = Service {
@@ -98,6 +99,12 @@ impl Daemon {
             stopped,
         ));
 
+        let summarising = tokio::spawn(crate::summary::run(
+            store.clone(),
+            handle_for_summary,
+            config.log.summary_interval,
+            stop.subscribe(),
+        ));
         let summary = store.stats().await.context("cannot read the queue")?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -109,10 +116,21 @@ impl Daemon {
             next_due = %summary.next_due.map(time::format).unwrap_or_else(|| "none".into()),
             "coax-scheduler started"
         );
+        crate::systemd::ready(&format!(
+            "{} scheduled; listening on {}",
+            summary
+                .counts
+                .get(&crate::job::State::Scheduled)
+                .copied()
+                .unwrap_or(0),
+            config.socket.path.display()
+        ));
 
         shutdown.await;
+        crate::systemd::stopping();
         tracing::info!("shutting down: no new jobs are claimed");
         let _ = stop.send(true);
+        let _ = summarising.await;
         if let Err(e) = serving.await {
             tracing::error!(error = %e, "the socket server failed");
         }

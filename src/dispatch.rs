@@ -18,6 +18,7 @@ use crate::config::{BreakerConfig, OnAmbiguous, RateLimit, RetryConfig};
 use crate::store::Store;
 use crate::time;
 use gate::{Gate, Mode};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -53,6 +54,8 @@ impl Settings {
 pub struct Handle {
     wake: Arc<Notify>,
     mode: Arc<Mutex<Mode>>,
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
 }
 
 impl Default for Handle {
@@ -60,6 +63,8 @@ impl Default for Handle {
         Handle {
             wake: Arc::new(Notify::new()),
             mode: Arc::new(Mutex::new(Mode::Running)),
+            sent: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -73,6 +78,14 @@ impl Handle {
     /// The gate's mode, for `stats`.
     pub fn mode(&self) -> Mode {
         self.mode.lock().map(|m| *m).unwrap_or(Mode::Running)
+    }
+
+    /// Jobs sent and failed since the last call, for the summary line.
+    pub fn take_interval_counts(&self) -> (u64, u64) {
+        (
+            self.sent.swap(0, Ordering::Relaxed),
+            self.failed.swap(0, Ordering::Relaxed),
+        )
     }
 
     fn set_mode(&self, mode: Mode) {
@@ -114,9 +127,18 @@ impl Dispatcher {
         let mut in_flight: JoinSet<attempt::Report> = JoinSet::new();
         let mut probe: Option<JoinHandle<bool>> = None;
         let mut claim_failing = false;
+        // Pinged from this loop, so a hung dispatcher stops the pings.
+        let watchdog = crate::systemd::watchdog_interval();
+        let mut last_ping = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if let Some(every) = watchdog
+                && last_ping.elapsed() >= every
+            {
+                crate::systemd::watchdog_ping();
+                last_ping = Instant::now();
             }
             let now = time::now();
             if let Some(mode) = gate.tick(now) {
@@ -169,6 +191,9 @@ impl Dispatcher {
                     }
                 }
             }
+            if let Some(every) = watchdog {
+                wait = wait.min(every);
+            }
             let deadline = Instant::now() + wait;
             tokio::select! {
                 biased;
@@ -202,6 +227,11 @@ impl Dispatcher {
     fn absorb(&self, gate: &mut Gate, done: Result<attempt::Report, tokio::task::JoinError>) {
         match done {
             Ok(report) => {
+                match report.decision {
+                    "sent" => self.handle.sent.fetch_add(1, Ordering::Relaxed),
+                    "failed" => self.handle.failed.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
                 if let Some(mode) = gate.record(time::now(), report.signal) {
                     self.changed(mode);
                 }

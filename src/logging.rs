@@ -1,7 +1,9 @@
 //! Log output: the operator's status page.
 //!
-//! Lines go to stdout as text or JSON. `RUST_LOG`, when set, overrides
-//! `log.level`. Colours are used only on a terminal.
+//! Lines go to stdout as text or JSON (one object per line). `RUST_LOG`,
+//! when set, overrides `log.level`. Colours are used only on a terminal, and
+//! under journald (`JOURNAL_STREAM` set) text lines carry no timestamp of
+//! their own.
 
 use crate::config::{LogConfig, LogFormat};
 use std::io::IsTerminal;
@@ -21,6 +23,13 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .try_init(),
+        // journald stamps every line itself, so under it the text format
+        // leaves the time out.
+        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => builder
+            .with_ansi(false)
+            .with_target(false)
+            .without_time()
             .try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::stdout().is_terminal())

@@ -111,6 +111,8 @@ enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("idle for longer than {0:?}")]
     Idle(Duration),
+    #[error("did not read its answer within {0:?}")]
+    Stalled(Duration),
     #[error("sent a line longer than {MAX_LINE_BYTES} bytes")]
     LineTooLong,
 }
@@ -153,8 +155,12 @@ async fn connection(
             Ok(request) => service.handle(request).await,
             Err(e) => e.to_line(),
         };
-        write.write_all(answer.as_bytes()).await?;
-        write.write_all(b"\n").await?;
+        // A client that stops reading must not hold its slot for ever.
+        let mut answer = answer.into_bytes();
+        answer.push(b'\n');
+        tokio::time::timeout(idle, write.write_all(&answer))
+            .await
+            .map_err(|_| ConnectionError::Stalled(idle))??;
     }
 }
 

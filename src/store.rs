@@ -216,6 +216,20 @@ impl Store {
         self.call(move |c| queries::finish(c, &finish)).await
     }
 
+    /// Counts per state, plus how many jobs are due at `now` and the oldest
+    /// due time among them.
+    pub async fn overview(
+        &self,
+        now: Millis,
+    ) -> Result<(Summary, u64, Option<Millis>), StoreError> {
+        self.call(move |c| {
+            let summary = queries::summary(c)?;
+            let (due, oldest) = queries::overdue(c, now)?;
+            Ok((summary, due, oldest))
+        })
+        .await
+    }
+
     /// The earliest `scheduled_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.call(queries::next_due).await

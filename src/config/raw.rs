@@ -182,6 +182,8 @@ impl Default for RawRetry {
 pub(super) struct RawLog {
     format: RawLogFormat,
     level: String,
+    #[serde(deserialize_with = "de_duration")]
+    summary_interval: Duration,
 }
 
 impl Default for RawLog {
@@ -189,6 +191,7 @@ impl Default for RawLog {
         RawLog {
             format: RawLogFormat::Text,
             level: default_log_level(),
+            summary_interval: Duration::from_secs(60),
         }
     }
 }
@@ -467,6 +470,8 @@ impl RawConfig {
                     RawLogFormat::Json => LogFormat::Json,
                 },
                 level: self.log.level,
+                // "0" turns the summary off.
+                summary_interval: Some(self.log.summary_interval).filter(|d| !d.is_zero()),
             },
             source,
         })

@@ -118,6 +118,7 @@ fn minimal_file_gets_all_defaults() {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_owned(),
+            summary_interval: Some(Duration::from_secs(60)),
         }
     );
 }
@@ -807,4 +808,26 @@ fn peers_are_admitted_by_uid_or_gid() {
     assert!(!socket.admits(1001, 6));
     socket.allowed_uids = None;
     assert!(!socket.admits(0, 6), "a gid list alone still restricts");
+}
+
+#[test]
+fn a_zero_summary_interval_turns_the_summary_off() {
+    let base = "[coax]\nbase_url = \"http://127.0.0.1:1\"\n[store]\npath = \"q.db\"\n[socket]\npath = \"s.sock\"\n";
+    let env = |name: &str| (name == "COAX_API_KEY").then(|| "k".to_owned());
+    let load =
+        |extra: &str| Config::from_toml(&format!("{base}{extra}"), Path::new("/etc/c.toml"), &env);
+    assert_eq!(
+        load("[log]\nsummary_interval = \"0\"\n")
+            .unwrap()
+            .log
+            .summary_interval,
+        None
+    );
+    assert_eq!(
+        load("[log]\nsummary_interval = \"15s\"\n")
+            .unwrap()
+            .log
+            .summary_interval,
+        Some(Duration::from_secs(15))
+    );
 }

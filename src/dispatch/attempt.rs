@@ -14,6 +14,8 @@ use tokio::time::Instant;
 /// What an attempt task reports back to the loop.
 pub(super) struct Report {
     pub signal: Signal,
+    /// The decision's label, for the summary's counters.
+    pub decision: &'static str,
 }
 
 /// Sends one claimed job and records the outcome.
@@ -49,6 +51,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     };
     log_attempt(&ctx, &job, status, latency_ms, &decision, ambiguous);
 
+    let label = decision.label();
     let finish = Finish {
         id: job.id,
         seq: job.seq,
@@ -61,7 +64,10 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
         next: next_of(decision, status),
     };
     record(&ctx.store, finish).await;
-    Report { signal }
+    Report {
+        signal,
+        decision: label,
+    }
 }
 
 fn status_of(answer: &Answer) -> Option<u16> {

@@ -361,6 +361,19 @@ pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
     })
 }
 
+/// Scheduled jobs already due at `now`: how many, and the oldest due time.
+pub fn overdue(conn: &Connection, now: Millis) -> Result<(u64, Option<Millis>), StoreError> {
+    conn.prepare_cached(
+        "SELECT count(*), min(scheduled_at) FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([now], |r| {
+            Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))
+        })
+    })
+    .map_err(StoreError::sqlite("counting due jobs"))
+}
+
 pub fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
     conn.prepare_cached("SELECT min(scheduled_at) FROM jobs WHERE state = 'scheduled'")
         .and_then(|mut s| s.query_row([], |r| r.get(0)))

@@ -1,0 +1,96 @@
+//! The status page: a periodic one-line queue summary in the log, and the
+//! same line as systemd's `STATUS=`.
+//!
+//! It reads the store and the dispatcher's counters; it changes nothing.
+
+use crate::dispatch::Handle;
+use crate::job::State;
+use crate::store::Store;
+use crate::time;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often `STATUS=` is refreshed, whatever the log interval.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Logs the summary every `log_every` (if set) and refreshes systemd's
+/// status line every few seconds, until `shutdown` turns true.
+pub async fn run(
+    store: Store,
+    dispatch: Handle,
+    log_every: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = log_every.unwrap_or(Duration::MAX);
+    let mut next_log = tokio::time::Instant::now() + period.min(Duration::from_secs(86_400 * 365));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = status.tick() => {
+                if let Some(line) = line(&store, &dispatch).await {
+                    crate::systemd::status(&line.text);
+                }
+            }
+            _ = tokio::time::sleep_until(next_log), if log_every.is_some() => {
+                next_log += period;
+                log(&store, &dispatch).await;
+            }
+        }
+    }
+}
+
+/// What one summary says.
+pub struct Line {
+    pub text: String,
+}
+
+async fn line(store: &Store, dispatch: &Handle) -> Option<Line> {
+    let (summary, due, _) = store.overview(time::now()).await.ok()?;
+    let count = |s: State| summary.counts.get(&s).copied().unwrap_or(0);
+    Some(Line {
+        text: format!(
+            "{} scheduled ({} due), {} sending, {} sent, {} failed, {} held; dispatcher {}",
+            count(State::Scheduled),
+            due,
+            count(State::Sending),
+            count(State::Sent),
+            count(State::Failed),
+            count(State::Held),
+            dispatch.mode().name()
+        ),
+    })
+}
+
+async fn log(store: &Store, dispatch: &Handle) {
+    let now = time::now();
+    let (summary, due_now, oldest) = match store.overview(now).await {
+        Ok(overview) => overview,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the queue for the summary");
+            return;
+        }
+    };
+    let (sent, failed) = dispatch.take_interval_counts();
+    let count = |s: State| summary.counts.get(&s).copied().unwrap_or(0);
+    let lateness_ms = oldest.map_or(0, |at| now.saturating_sub(at).max(0));
+    let mode = dispatch.mode();
+    tracing::info!(
+        scheduled = count(State::Scheduled),
+        sending = count(State::Sending),
+        sent_total = count(State::Sent),
+        skipped = count(State::Skipped),
+        failed_total = count(State::Failed),
+        cancelled = count(State::Cancelled),
+        held = count(State::Held),
+        expired = count(State::Expired),
+        due_now,
+        oldest_overdue_ms = lateness_ms,
+        sent_in_interval = sent,
+        failed_in_interval = failed,
+        dispatch = mode.name(),
+        until = %mode.until().map(time::format).unwrap_or_default(),
+        "queue summary"
+    );
+}
