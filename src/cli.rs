@@ -6,7 +6,7 @@
 //! `ok:true`, 1 on `ok:false`, and 2 when the daemon could not be reached or
 //! the command line was wrong.
 
-mod show;
+pub(crate) mod show;
 
 use crate::client::Client;
 use crate::config::{self, Config};
@@ -70,7 +70,7 @@ pub enum Command {
     Reschedule {
         id: i64,
         /// RFC 3339 time with an offset
-        #[arg(long, conflicts_with = "r#in", required_unless_present = "r#in")]
+        #[arg(long, conflicts_with = "in", required_unless_present = "in")]
         at: Option<String>,
         /// A duration from now, such as 2h
         #[arg(long = "in", value_name = "DURATION")]
@@ -82,6 +82,10 @@ pub enum Command {
     Stats,
     /// Check that the daemon answers
     Ping,
+    /// Run a Coax stand-in for trying the daemon without a Coax account
+    Simulate(crate::simulate::SimArgs),
+    /// Show the daemon at work against the simulator, in a temp dir
+    Demo,
 }
 
 pub fn main() -> ExitCode {
@@ -89,6 +93,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run => report(run_daemon(&cli)),
         Command::CheckConfig => report(check_config(&cli)),
+        Command::Simulate(args) => report(crate::simulate::run(&args)),
+        Command::Demo => report(crate::demo::run()),
         _ => match client_command(&cli) {
             Ok(code) => code,
             Err(e) => {
@@ -137,10 +143,24 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
         let socket_path = config.socket.path.clone();
         let mode = config.socket.mode;
         let daemon = Daemon::open(config)?;
-        let listener = crate::socket::bind(&socket_path, mode)?;
+        // Under socket activation systemd owns the socket: clients queue in
+        // its backlog across restarts, so it is neither bound nor removed here.
+        let activated = crate::systemd::activated_listener()
+            .context("cannot use the socket passed by systemd (LISTEN_FDS)")?;
+        let owned = activated.is_none();
+        let listener = match activated {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                tracing::info!("using the socket passed by systemd");
+                tokio::net::UnixListener::from_std(listener)?
+            }
+            None => crate::socket::bind(&socket_path, mode)?,
+        };
         let signals = termination()?;
         let result = daemon.run(listener, signals).await;
-        crate::socket::remove(&socket_path);
+        if owned {
+            crate::socket::remove(&socket_path);
+        }
         result
     })
 }
@@ -198,7 +218,9 @@ fn client_command(cli: &Cli) -> anyhow::Result<ExitCode> {
 
 fn build_request(command: &Command) -> anyhow::Result<Value> {
     Ok(match command {
-        Command::Run | Command::CheckConfig => bail!("not a client command"),
+        Command::Run | Command::CheckConfig | Command::Simulate(_) | Command::Demo => {
+            bail!("not a client command")
+        }
         Command::Enqueue { file } => enqueue_request(&read_input(file)?)?,
         Command::Get { id: Some(id), .. } => json!({"op": "get", "id": id}),
         Command::Get { key, .. } => json!({"op": "get", "key": key}),

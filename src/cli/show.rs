@@ -25,7 +25,7 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         }
         Command::Stats => stats(answer, now),
         Command::Ping => println!("the daemon is answering"),
-        Command::Run | Command::CheckConfig => {}
+        Command::Run | Command::CheckConfig | Command::Simulate(_) | Command::Demo => {}
     }
 }
 
@@ -161,7 +161,7 @@ fn job(j: &Value, now: Millis) {
     print_aligned(&lines, "  ");
 }
 
-fn table(jobs: &[Value], now: Millis) {
+pub(crate) fn table(jobs: &[Value], now: Millis) {
     if jobs.is_empty() {
         println!("no jobs");
         return;
