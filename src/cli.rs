@@ -86,6 +86,22 @@ pub enum Command {
     Simulate(crate::simulate::SimArgs),
     /// Show the daemon at work against the simulator, in a temp dir
     Demo,
+    /// Delete finished jobs older than --older-than (default store.retention)
+    Prune {
+        /// A duration such as 30d
+        #[arg(long = "older-than", value_name = "DURATION")]
+        older_than: Option<String>,
+        /// Only count what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One screen: dispatcher state, counts, the next due job, the last errors
+    Status,
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -95,6 +111,23 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => report(check_config(&cli)),
         Command::Simulate(args) => report(crate::simulate::run(&args)),
         Command::Demo => report(crate::demo::run()),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "coax-scheduler",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Status => match status_command(&cli) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         _ => match client_command(&cli) {
             Ok(code) => code,
             Err(e) => {
@@ -216,10 +249,50 @@ fn client_command(cli: &Cli) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `status`: several requests on one connection, shown as one screen.
+fn status_command(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&socket_path(cli)?)?;
+    let mut ask = |request: Value| -> anyhow::Result<Value> {
+        let (_, answer) = client.request(&request)?;
+        if answer.get("ok").and_then(Value::as_bool) != Some(true) {
+            bail!("{}", show::error(&answer));
+        }
+        Ok(answer)
+    };
+    let stats = ask(json!({"op": "stats"}))?;
+    let next = ask(json!({"op": "list", "state": "scheduled", "limit": 1}))?;
+    let failed = ask(json!({"op": "list", "state": "failed", "limit": 1000}))?;
+    let held = ask(json!({"op": "list", "state": "held", "limit": 5}))?;
+    if cli.json {
+        println!(
+            "{}",
+            json!({"stats": stats, "next": next["jobs"], "failed": failed["jobs"], "held": held["jobs"]})
+        );
+    } else {
+        show::status(&stats, &next, &failed, &held, time::now());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn build_request(command: &Command) -> anyhow::Result<Value> {
     Ok(match command {
-        Command::Run | Command::CheckConfig | Command::Simulate(_) | Command::Demo => {
+        Command::Run
+        | Command::CheckConfig
+        | Command::Simulate(_)
+        | Command::Demo
+        | Command::Status
+        | Command::Completions { .. } => {
             bail!("not a client command")
+        }
+        Command::Prune {
+            older_than,
+            dry_run,
+        } => {
+            let mut r = json!({"op": "prune", "dry_run": dry_run});
+            if let Some(age) = older_than {
+                r["older_than"] = json!(age);
+            }
+            r
         }
         Command::Enqueue { file } => enqueue_request(&read_input(file)?)?,
         Command::Get { id: Some(id), .. } => json!({"op": "get", "id": id}),

@@ -180,6 +180,10 @@ impl Default for Routes {
 pub struct StoreConfig {
     /// Absolute path of the SQLite file.
     pub path: PathBuf,
+    /// When finished jobs are pruned: cron with seconds, local time.
+    pub prune_schedule: String,
+    /// Finished jobs older than this are pruned.
+    pub retention: Duration,
 }
 
 /// `[socket]`: the Unix socket clients submit on.

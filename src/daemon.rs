@@ -91,6 +91,7 @@ impl Daemon {
             store: store.clone(),
             dispatch: handle,
             default_ttl: config.dispatch.default_ttl,
+            retention: config.store.retention,
         };
         let serving = tokio::spawn(server::serve(
             listener,
@@ -105,6 +106,19 @@ impl Daemon {
             config.log.summary_interval,
             stop.subscribe(),
         ));
+        let housekeeping = tokio::spawn({
+            let run = crate::housekeeping::run(
+                store.clone(),
+                config.store.prune_schedule.clone(),
+                config.store.retention,
+                stop.subscribe(),
+            );
+            async move {
+                if let Err(e) = run.await {
+                    tracing::error!(error = %e, "housekeeping is not running");
+                }
+            }
+        });
         let summary = store.stats().await.context("cannot read the queue")?;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -131,6 +145,7 @@ impl Daemon {
         tracing::info!("shutting down: no new jobs are claimed");
         let _ = stop.send(true);
         let _ = summarising.await;
+        let _ = housekeeping.await;
         if let Err(e) = serving.await {
             tracing::error!(error = %e, "the socket server failed");
         }

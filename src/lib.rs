@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;
+pub mod housekeeping;
 pub mod job;
 pub mod logging;
 pub mod policy;

@@ -51,6 +51,11 @@ pub enum Request {
     },
     Stats,
     Ping,
+    /// Delete finished jobs older than `older_than` (default `store.retention`).
+    Prune {
+        older_than: Option<String>,
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,11 +210,15 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
         "requeue" => Request::Requeue { id: args.id()? },
         "stats" => Request::Stats,
         "ping" => Request::Ping,
+        "prune" => Request::Prune {
+            older_than: args.optional_string("older_than")?,
+            dry_run: args.flag("dry_run")?,
+        },
         _ => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {op:?}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping"
+                    "unknown op {op:?}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping, prune"
                 ),
             ));
         }
@@ -258,6 +267,23 @@ impl Args<'_> {
             None => Err(ErrorBody::bad_request(format!(
                 "op {:?} needs \"{name}\"",
                 self.op
+            ))),
+        }
+    }
+
+    fn optional_string(&mut self, name: &str) -> Result<Option<String>, ErrorBody> {
+        match self.fields.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.string(name).map(Some),
+        }
+    }
+
+    fn flag(&mut self, name: &str) -> Result<bool, ErrorBody> {
+        match self.fields.remove(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(b),
+            Some(_) => Err(ErrorBody::bad_request(format!(
+                "\"{name}\" must be true or false"
             ))),
         }
     }
@@ -365,6 +391,32 @@ mod tests {
         assert_eq!(code(r#"{"op":"enqueue","jobs":[]}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"op":"ping","extra":1}"#), ErrorCode::BadRequest);
         assert_eq!(code("\u{0}\u{1}"), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn prune_takes_optional_arguments() {
+        assert_eq!(
+            parse_request(br#"{"op":"prune"}"#),
+            Ok(Request::Prune {
+                older_than: None,
+                dry_run: false
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"prune","older_than":"7d","dry_run":true}"#),
+            Ok(Request::Prune {
+                older_than: Some("7d".into()),
+                dry_run: true
+            })
+        );
+        assert_eq!(
+            code(r#"{"op":"prune","dry_run":"yes"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"prune","older_than":7}"#),
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

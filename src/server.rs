@@ -27,6 +27,8 @@ pub struct Service {
     pub dispatch: Handle,
     /// `dispatch.default_ttl`, for jobs that bring no expiry.
     pub default_ttl: Option<Duration>,
+    /// `store.retention`, what `prune` removes by default.
+    pub retention: Duration,
 }
 
 /// Accepts connections until `shutdown` turns true.
@@ -283,6 +285,31 @@ impl Service {
                 self.dispatch.wake();
                 tracing::info!(job_id = id, "job requeued");
                 Ok(ok_line(json!({ "job": job })))
+            }
+            Request::Prune {
+                older_than,
+                dry_run,
+            } => {
+                let age = match older_than {
+                    None => self.retention,
+                    Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                        ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "\"older_than\" {text:?} is not a duration such as \"30d\" ({e})"
+                            ),
+                        )
+                    })?,
+                };
+                let report = crate::housekeeping::prune(&self.store, age, dry_run)
+                    .await
+                    .map_err(|e| internal(&e))?;
+                Ok(ok_line(json!({
+                    "dry_run": dry_run,
+                    "before": time::format(report.before),
+                    "jobs": report.pruned.jobs,
+                    "attempts": report.pruned.attempts,
+                })))
             }
             Request::Stats => {
                 let summary = self.store.stats().await.map_err(|e| internal(&e))?;

@@ -18,7 +18,7 @@
 mod queries;
 mod schema;
 
-pub use queries::{Claimed, ClaimedJob, Finish, Lookup, Next, Refusal, Summary};
+pub use queries::{Claimed, ClaimedJob, Finish, Lookup, Next, Pruned, Refusal, Summary};
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;
@@ -96,13 +96,20 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// back what answers its caller once the group's commit is known.
 type Work = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Completion) + Send>;
 
+/// A call for the store thread: most share the group transaction; a few
+/// (checkpoints) must run outside any transaction.
+enum Call {
+    Grouped(Work),
+    Alone(Work),
+}
+
 /// How many waiting calls share one transaction at most.
 const MAX_GROUP: usize = 1024;
 
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    work: mpsc::Sender<Work>,
+    work: mpsc::Sender<Call>,
 }
 
 /// Settings for opening the store.
@@ -137,6 +144,23 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.send(op, Call::Grouped).await
+    }
+
+    /// Runs `op` on the store thread outside any transaction, between groups.
+    async fn call_alone<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.send(op, Call::Alone).await
+    }
+
+    async fn send<T, F>(&self, op: F, kind: fn(Work) -> Call) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
             let result = match conn {
@@ -150,7 +174,10 @@ impl Store {
             });
             (succeeded, completion)
         });
-        self.work.send(work).await.map_err(|_| StoreError::Closed)?;
+        self.work
+            .send(kind(work))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -230,6 +257,23 @@ impl Store {
         .await
     }
 
+    /// Deletes finished jobs last updated before `before` (or only counts
+    /// them, on a dry run); after a real prune, checkpoints the WAL and lets
+    /// SQLite optimise.
+    pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
+        let pruned = self
+            .call(move |c| queries::prune(c, before, dry_run))
+            .await?;
+        if !dry_run {
+            self.call_alone(|c| {
+                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")
+                    .map_err(StoreError::sqlite("checkpointing"))
+            })
+            .await?;
+        }
+        Ok(pruned)
+    }
+
     /// The earliest `scheduled_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.call(queries::next_due).await
@@ -237,14 +281,20 @@ impl Store {
 }
 
 /// The store thread: group waiting calls into one transaction each.
-fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Work>) {
+fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Call>) {
     let mut group: Vec<Work> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(work) => group.push(work),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(call) = next.take() {
+            match call {
+                Call::Grouped(work) => group.push(work),
+                Call::Alone(work) => {
+                    run_group(&conn, &mut group);
+                    (work(Ok(&conn)).1)(Ok(()));
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
         run_group(&conn, &mut group);
@@ -253,6 +303,9 @@ fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Work>) {
 }
 
 fn run_group(conn: &Connection, group: &mut Vec<Work>) {
+    if group.is_empty() {
+        return;
+    }
     let mut pending: Vec<Completion> = Vec::with_capacity(group.len());
     let mut open: Result<(), StoreError> = Err(StoreError::Closed);
     for work in group.drain(..) {

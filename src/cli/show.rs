@@ -25,7 +25,25 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         }
         Command::Stats => stats(answer, now),
         Command::Ping => println!("the daemon is answering"),
-        Command::Run | Command::CheckConfig | Command::Simulate(_) | Command::Demo => {}
+        Command::Prune { .. } => {
+            let verb = if answer["dry_run"] == true {
+                "would remove"
+            } else {
+                "removed"
+            };
+            println!(
+                "{verb} {} finished jobs ({} attempts) last updated before {}",
+                answer["jobs"],
+                answer["attempts"],
+                when(&answer["before"], now)
+            );
+        }
+        Command::Run
+        | Command::CheckConfig
+        | Command::Simulate(_)
+        | Command::Demo
+        | Command::Status
+        | Command::Completions { .. } => {}
     }
 }
 
@@ -208,6 +226,68 @@ fn stats(answer: &Value, now: Millis) {
             when(&d["until"], now)
         );
     }
+}
+
+/// The `status` screen: what an operator wants first.
+pub fn status(stats: &Value, next: &Value, failed: &Value, held: &Value, now: Millis) {
+    let d = &stats["dispatch"];
+    match d["until"].as_str() {
+        Some(_) => println!(
+            "dispatcher  {} until {}",
+            text(&d["state"]),
+            when(&d["until"], now)
+        ),
+        None => println!("dispatcher  {}", text(&d["state"])),
+    }
+    if let Some(counts) = stats["counts"].as_object() {
+        let line: Vec<String> = counts
+            .iter()
+            .map(|(state, n)| format!("{state} {n}"))
+            .collect();
+        println!("jobs        {}", line.join(", "));
+    }
+    match next["jobs"].as_array().and_then(|j| j.first()) {
+        Some(j) => println!(
+            "next due    job {} ({} {} {}) at {}",
+            j["id"],
+            text(&j["kind"]),
+            text(&j["channel"]),
+            text(&j["key"]),
+            when(&j["scheduled_at"], now)
+        ),
+        None => println!("next due    nothing scheduled"),
+    }
+    let mut recent: Vec<&Value> = failed["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(held["jobs"].as_array().into_iter().flatten())
+        .collect();
+    recent.sort_by(|a, b| b["updated_at"].as_str().cmp(&a["updated_at"].as_str()));
+    if recent.is_empty() {
+        println!("last errors none");
+        return;
+    }
+    println!("last errors");
+    let mut lines = vec![vec![
+        "ID".to_string(),
+        "STATE".into(),
+        "WHEN".into(),
+        "ERROR".into(),
+    ]];
+    for j in recent.into_iter().take(5) {
+        let mut error = text(&j["last_error"]);
+        if error.chars().count() > 100 {
+            error = format!("{}…", error.chars().take(100).collect::<String>());
+        }
+        lines.push(vec![
+            text(&j["id"]),
+            text(&j["state"]),
+            when(&j["updated_at"], now),
+            error,
+        ]);
+    }
+    print_aligned(&lines, "  ");
 }
 
 fn print_aligned(lines: &[Vec<String>], indent: &str) {

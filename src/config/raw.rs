@@ -72,10 +72,24 @@ impl Default for RawRoutes {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawStore {
     path: Option<PathBuf>,
+    prune_schedule: String,
+    #[serde(deserialize_with = "de_duration")]
+    retention: Duration,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            path: None,
+            // Seconds first: once a day at 03:17 local time.
+            prune_schedule: "0 17 3 * * *".to_owned(),
+            retention: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -334,6 +348,8 @@ impl RawConfig {
 
         // store
         let store_path = resolve("store.path", self.store.path)?;
+        check_cron(&self.store.prune_schedule).map_err(|m| invalid("store.prune_schedule", m))?;
+        let retention = positive("store.retention", self.store.retention)?;
 
         // socket
         let socket_path = resolve("socket.path", self.socket.path)?;
@@ -434,7 +450,11 @@ impl RawConfig {
                 request_timeout,
                 routes,
             },
-            store: StoreConfig { path: store_path },
+            store: StoreConfig {
+                path: store_path,
+                prune_schedule: self.store.prune_schedule,
+                retention,
+            },
             socket: SocketConfig {
                 path: socket_path,
                 mode,
@@ -640,4 +660,15 @@ pub(super) fn check_log_level(level: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks a cron expression the way the housekeeping scheduler will read it.
+pub(super) fn check_cron(text: &str) -> Result<(), String> {
+    tokio_cron_scheduler::Job::new_async(text, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|_| {
+            format!(
+                r#"{text:?} is not a cron schedule with seconds, such as "0 17 3 * * *" (03:17:00 daily)"#
+            )
+        })
 }

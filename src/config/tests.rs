@@ -831,3 +831,20 @@ fn a_zero_summary_interval_turns_the_summary_off() {
         Some(Duration::from_secs(15))
     );
 }
+
+#[test]
+fn housekeeping_keys_are_read_and_checked() {
+    let base = "[coax]\nbase_url = \"http://127.0.0.1:1\"\n[socket]\npath = \"s.sock\"\n[store]\npath = \"q.db\"\n";
+    let env = |name: &str| (name == "COAX_API_KEY").then(|| "k".to_owned());
+    let load =
+        |extra: &str| Config::from_toml(&format!("{base}{extra}"), Path::new("/etc/c.toml"), &env);
+    let c = load("prune_schedule = \"0 0 * * * *\"\nretention = \"7d\"\n").unwrap();
+    assert_eq!(c.store.prune_schedule, "0 0 * * * *");
+    assert_eq!(c.store.retention, Duration::from_secs(7 * 86_400));
+    let err = load("prune_schedule = \"every day\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("store.prune_schedule"), "{err}");
+    let err = load("retention = \"0s\"\n").unwrap_err().to_string();
+    assert!(err.contains("store.retention"), "{err}");
+}

@@ -361,6 +361,40 @@ pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
     })
 }
 
+/// What a prune removed, or would remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub attempts: u64,
+}
+
+const FINISHED: &str =
+    "state IN ('sent', 'skipped', 'failed', 'expired', 'cancelled') AND updated_at < ?1";
+
+pub fn prune(conn: &Connection, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
+    let err = || StoreError::sqlite("pruning finished jobs");
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.query_row([before], |r| r.get::<_, i64>(0)))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(err())
+    };
+    let jobs = count(&format!("SELECT count(*) FROM jobs WHERE {FINISHED}"))?;
+    let attempts = count(&format!(
+        "SELECT count(*) FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE {FINISHED})"
+    ))?;
+    if !dry_run {
+        conn.execute(
+            &format!("DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE {FINISHED})"),
+            [before],
+        )
+        .map_err(err())?;
+        conn.execute(&format!("DELETE FROM jobs WHERE {FINISHED}"), [before])
+            .map_err(err())?;
+    }
+    Ok(Pruned { jobs, attempts })
+}
+
 /// Scheduled jobs already due at `now`: how many, and the oldest due time.
 pub fn overdue(conn: &Connection, now: Millis) -> Result<(u64, Option<Millis>), StoreError> {
     conn.prepare_cached(

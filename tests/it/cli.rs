@@ -1246,3 +1246,107 @@ async fn a_client_without_socket_or_readable_config_exits_2_saying_how_to_fix_it
         run.stderr
     );
 }
+
+// ---------------------------------------------------------------------------
+// prune, status, completions
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_only_finished_jobs_and_a_dry_run_removes_nothing() {
+    let (coax, daemon) = daemon().await;
+    coax.push(Reply::status(400));
+    let failed = daemon.enqueue(job_in("0s", "fails")).await;
+    daemon.wait_for_state(failed, "failed").await;
+    let sent = daemon.enqueue(job_in("0s", "goes")).await;
+    daemon.wait_for_state(sent, "sent").await;
+    let cancelled = daemon.enqueue(job_in("1h", "cancelled")).await;
+    let answer = daemon
+        .request(json!({"op": "cancel", "id": cancelled}))
+        .await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    let waiting = daemon.enqueue(job_in("1h", "waiting")).await;
+
+    // The default retention (30 days) keeps everything this young.
+    let run = client(&daemon).args(["prune", "--dry-run"]).run().await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("would remove 0 finished jobs"),
+        "{}",
+        run.stdout
+    );
+
+    let run = client(&daemon)
+        .args(["--json", "prune", "--older-than", "0s", "--dry-run"])
+        .run()
+        .await;
+    run.expect_code(0);
+    let answer: Value = serde_json::from_str(run.stdout.trim()).expect("JSON answer");
+    assert_eq!(answer["jobs"], 3, "{answer}");
+    assert_eq!(answer["dry_run"], true);
+    assert_eq!(total_jobs(&daemon).await, 4, "a dry run removes nothing");
+
+    let run = client(&daemon)
+        .args(["prune", "--older-than", "0s"])
+        .run()
+        .await;
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("removed 3 finished jobs"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(total_jobs(&daemon).await, 1);
+    for gone in [failed, sent, cancelled] {
+        let answer = daemon.request(json!({"op": "get", "id": gone})).await;
+        assert_eq!(answer["error"]["code"], "not_found", "{answer}");
+    }
+    assert_eq!(daemon.get(waiting).await["state"], "scheduled");
+
+    let run = client(&daemon)
+        .args(["prune", "--older-than", "soon"])
+        .run()
+        .await;
+    run.expect_code(1);
+    assert!(run.stderr.contains("bad_request"), "{}", run.stderr);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_dispatcher_counts_next_job_and_last_errors() {
+    let (coax, daemon) = daemon().await;
+    coax.push(Reply::refused("number is blocked"));
+    let failed = daemon.enqueue(job_in("0s", "blocked")).await;
+    daemon.wait_for_state(failed, "failed").await;
+    let next = daemon.enqueue(job_in("1h", "next-one")).await;
+
+    let run = client(&daemon).arg("status").run().await;
+
+    run.expect_code(0);
+    let out = &run.stdout;
+    assert!(out.contains("dispatcher  running"), "{out}");
+    assert!(
+        out.contains("scheduled 1") && out.contains("failed 1"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("next due    job {next} ")), "{out}");
+    assert!(out.contains("number is blocked"), "{out}");
+    assert!(out.lines().count() <= 24, "fits one screen: {out}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete"),
+        ("zsh", "#compdef"),
+        ("fish", "complete -c"),
+    ] {
+        let run = cli().args(["completions", shell]).run().await;
+        run.expect_code(0);
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("reschedule"),
+            "{shell} lists the subcommands"
+        );
+    }
+}
