@@ -14,6 +14,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use reqwest::{Client, Url};
 use serde_json::Value;
 use std::error::Error as _;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// Why the client could not be built.
@@ -30,7 +31,8 @@ pub enum CoaxError {
 pub struct CoaxClient {
     http: Client,
     base: Url,
-    auth: HeaderValue,
+    /// Shared by every clone, so a reload's new key reaches them all.
+    auth: Arc<RwLock<HeaderValue>>,
     routes: Routes,
 }
 
@@ -59,9 +61,28 @@ impl CoaxClient {
         Ok(CoaxClient {
             http,
             base,
-            auth: bearer(key)?,
+            auth: Arc::new(RwLock::new(bearer(key)?)),
             routes,
         })
+    }
+
+    /// Uses `key` from now on; true if it differs from the key in use.
+    pub fn set_key(&self, key: &ApiKey) -> Result<bool, CoaxError> {
+        let new = bearer(key)?;
+        let mut auth = match self.auth.write() {
+            Ok(auth) => auth,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let changed = *auth != new;
+        *auth = new;
+        Ok(changed)
+    }
+
+    fn auth(&self) -> HeaderValue {
+        match self.auth.read() {
+            Ok(auth) => auth.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The route a job goes to, as a path under the base URL.
@@ -81,7 +102,7 @@ impl CoaxClient {
         let request = self
             .http
             .put(url)
-            .header(AUTHORIZATION, self.auth.clone())
+            .header(AUTHORIZATION, self.auth())
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         match request.send().await {

@@ -72,8 +72,7 @@ impl Daemon {
             config.coax.routes.clone(),
         )
         .context("cannot set up the Coax client")?;
-        let handle = Handle::default();
-        let settings = Settings {
+        let handle = Handle::new(Settings {
             concurrency: config.dispatch.concurrency,
             poll_interval: config.dispatch.poll_interval,
             shutdown_timeout: config.dispatch.shutdown_timeout,
@@ -82,10 +81,10 @@ impl Daemon {
             retry: config.retry.clone(),
             breaker: config.breaker.clone(),
             rate_limit: config.dispatch.rate_limit,
-        };
+        });
         let (stop, stopped) = watch::channel(false);
         let handle_for_summary = handle.clone();
-        let dispatcher = Dispatcher::new(store.clone(), coax, settings, handle.clone());
+        let dispatcher = Dispatcher::new(store.clone(), coax, handle.clone());
         let dispatching = tokio::spawn(dispatcher.run(stopped.clone()));
         let service = Service {
             store: store.clone(),

@@ -18,8 +18,8 @@ use crate::config::{BreakerConfig, OnAmbiguous, RateLimit, RetryConfig};
 use crate::store::Store;
 use crate::time;
 use gate::{Gate, Mode};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -56,20 +56,47 @@ pub struct Handle {
     mode: Arc<Mutex<Mode>>,
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    settings: Arc<RwLock<Settings>>,
+    /// Set by [`Handle::reconfigure`], taken by the loop.
+    reconfigured: Arc<AtomicBool>,
+    key_changed: Arc<AtomicBool>,
 }
 
-impl Default for Handle {
-    fn default() -> Self {
+impl Handle {
+    pub fn new(settings: Settings) -> Handle {
         Handle {
             wake: Arc::new(Notify::new()),
             mode: Arc::new(Mutex::new(Mode::Running)),
             sent: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicU64::new(0)),
+            settings: Arc::new(RwLock::new(settings)),
+            reconfigured: Arc::new(AtomicBool::new(false)),
+            key_changed: Arc::new(AtomicBool::new(false)),
         }
     }
-}
 
-impl Handle {
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts new settings in force (a reload). `key_changed` ends a pause
+    /// for a rejected key at once.
+    pub fn reconfigure(&self, settings: Settings, key_changed: bool) {
+        match self.settings.write() {
+            Ok(mut s) => *s = settings,
+            Err(poisoned) => *poisoned.into_inner() = settings,
+        }
+        self.reconfigured.store(true, Ordering::SeqCst);
+        if key_changed {
+            self.key_changed.store(true, Ordering::SeqCst);
+        }
+        self.wake();
+    }
+
     /// Tells the dispatcher that the earliest due time may have moved.
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -99,7 +126,13 @@ impl Handle {
 struct Context {
     store: Store,
     coax: CoaxClient,
-    settings: Settings,
+    handle: Handle,
+}
+
+impl Context {
+    fn settings(&self) -> Settings {
+        self.handle.settings()
+    }
 }
 
 pub struct Dispatcher {
@@ -108,12 +141,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, coax: CoaxClient, settings: Settings, handle: Handle) -> Dispatcher {
+    pub fn new(store: Store, coax: CoaxClient, handle: Handle) -> Dispatcher {
         Dispatcher {
             ctx: Arc::new(Context {
                 store,
                 coax,
-                settings,
+                handle: handle.clone(),
             }),
             handle,
         }
@@ -122,8 +155,7 @@ impl Dispatcher {
     /// Runs until `shutdown` turns true, then waits up to `shutdown_timeout`
     /// for the requests in flight and records their outcomes.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let settings = &self.ctx.settings;
-        let mut gate = Gate::new(settings.gate(), time::now());
+        let mut gate = Gate::new(self.ctx.settings().gate(), time::now());
         let mut in_flight: JoinSet<attempt::Report> = JoinSet::new();
         let mut probe: Option<JoinHandle<bool>> = None;
         let mut claim_failing = false;
@@ -141,6 +173,16 @@ impl Dispatcher {
                 last_ping = Instant::now();
             }
             let now = time::now();
+            let settings = self.ctx.settings();
+            if self.handle.reconfigured.swap(false, Ordering::SeqCst) {
+                gate.reconfigure(settings.gate(), now);
+            }
+            if self.handle.key_changed.swap(false, Ordering::SeqCst)
+                && let Some(mode) = gate.key_changed()
+            {
+                tracing::info!("a new API key was loaded; the pause for the rejected key ends");
+                self.changed(mode);
+            }
             if let Some(mode) = gate.tick(now) {
                 self.changed(mode);
             }
@@ -253,7 +295,7 @@ impl Dispatcher {
                 )
             }
             Mode::PausedAuth { .. } => tracing::error!(
-                pause = %humantime::format_duration(self.ctx.settings.auth_pause),
+                pause = %humantime::format_duration(self.ctx.settings().auth_pause),
                 until,
                 "Coax rejected the API key; all sending is paused. Check the key, then reload or wait"
             ),
@@ -268,7 +310,7 @@ impl Dispatcher {
                 )
             }
             Mode::BreakerOpen { .. } => tracing::error!(
-                failures = self.ctx.settings.breaker.failures,
+                failures = self.ctx.settings().breaker.failures,
                 next_probe = until,
                 "Coax keeps failing; breaker open: sending stopped, probing /health"
             ),
@@ -280,7 +322,7 @@ impl Dispatcher {
         if in_flight.is_empty() {
             return;
         }
-        let timeout = self.ctx.settings.shutdown_timeout;
+        let timeout = self.ctx.settings().shutdown_timeout;
         tracing::info!(
             in_flight = in_flight.len(),
             timeout = %humantime::format_duration(timeout),

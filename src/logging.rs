@@ -3,38 +3,93 @@
 //! Lines go to stdout as text or JSON (one object per line). `RUST_LOG`,
 //! when set, overrides `log.level`. Colours are used only on a terminal, and
 //! under journald (`JOURNAL_STREAM` set) text lines carry no timestamp of
-//! their own.
+//! their own. The level can be changed while running ([`set_level`]), which
+//! is how a reload applies a new `log.level`.
 
 use crate::config::{LogConfig, LogFormat};
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+/// The live filter, and whether `RUST_LOG` pinned it at start-up.
+struct Live {
+    filter: reload::Handle<EnvFilter, Registry>,
+    pinned_by_env: bool,
+}
+
+static LIVE: OnceLock<Live> = OnceLock::new();
 
 /// Installs the global subscriber. Call once, early.
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(directives)?,
-        _ => EnvFilter::try_new(&config.level)?,
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.trim().is_empty());
+    let filter = match &from_env {
+        Some(directives) => EnvFilter::try_new(directives)?,
+        None => EnvFilter::try_new(&config.level)?,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let result = match config.format {
-        LogFormat::Json => builder
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = fmt_layer(config.format);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    let _ = LIVE.set(Live {
+        filter: handle,
+        pinned_by_env: from_env.is_some(),
+    });
+    Ok(())
+}
+
+fn fmt_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let base = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => base
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
+            .boxed(),
         // journald stamps every line itself, so under it the text format
         // leaves the time out.
-        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => builder
+        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => base
             .with_ansi(false)
             .with_target(false)
             .without_time()
-            .try_init(),
-        LogFormat::Text => builder
+            .boxed(),
+        LogFormat::Text => base
             .with_ansi(std::io::stdout().is_terminal())
             .with_target(false)
-            .try_init(),
+            .boxed(),
+    }
+}
+
+/// What [`set_level`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LevelChange {
+    Applied,
+    /// `RUST_LOG` was set at start-up and wins over the config.
+    PinnedByEnv,
+    /// Logging was not set up by [`init`] (e.g. the daemon is embedded).
+    NotManaged,
+}
+
+/// Switches the log filter to `level` (an `EnvFilter` directive string).
+pub fn set_level(level: &str) -> Result<LevelChange, String> {
+    let Some(live) = LIVE.get() else {
+        return Ok(LevelChange::NotManaged);
     };
-    result.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+    if live.pinned_by_env {
+        return Ok(LevelChange::PinnedByEnv);
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    live.filter
+        .reload(filter)
+        .map_err(|e| e.to_string())
+        .map(|()| LevelChange::Applied)
 }

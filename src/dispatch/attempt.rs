@@ -25,7 +25,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let now = time::now();
     let outcome = policy::classify(&answer);
-    let settings = &ctx.settings;
+    let settings = ctx.settings();
     let decision = policy::decide(
         job.attempt,
         &outcome,
@@ -36,7 +36,8 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     );
     // The gate reads the answer itself (a 429's retry time pauses everyone),
     // whether or not this job may still be retried.
-    let signal = gate::signal(status_of(&answer), &outcome, &decision);
+    let fallback = policy::backoff(job.attempt, &settings.retry, 1.0);
+    let signal = gate::signal(status_of(&answer), &outcome, now, fallback);
     let decision = policy::bound_by_expiry(decision, job.expires_at);
     let ambiguous = matches!(
         outcome,

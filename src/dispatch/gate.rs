@@ -317,17 +317,24 @@ impl Gate {
     }
 }
 
-/// The gate's reading of one attempt.
+/// The gate's reading of one attempt at `now`.
+///
+/// A 429 pauses everyone for its whole `Retry-After` (the job's own retry
+/// may be capped at `max_delay`; the pause is not), or for `fallback` (the
+/// job's backoff) when Coax gave none, whether or not this job may retry.
 pub fn signal(
     status: Option<u16>,
     outcome: &crate::policy::Outcome,
-    decision: &crate::policy::Decision,
+    now: Millis,
+    fallback: Duration,
 ) -> Signal {
-    use crate::policy::{Decision, Outcome};
-    match (outcome, decision) {
-        (Outcome::KeyRejected { .. }, _) => Signal::KeyRejected,
-        (_, Decision::Retry { at, .. }) if status == Some(429) => Signal::Throttled { until: *at },
-        (Outcome::Transient { .. }, _) => Signal::Transient,
+    use crate::policy::Outcome;
+    match outcome {
+        Outcome::KeyRejected { .. } => Signal::KeyRejected,
+        Outcome::Transient { retry_after, .. } if status == Some(429) => Signal::Throttled {
+            until: time::add(now, retry_after.unwrap_or(fallback)),
+        },
+        Outcome::Transient { .. } => Signal::Transient,
         _ => Signal::Answered,
     }
 }

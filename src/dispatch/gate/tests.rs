@@ -1,4 +1,7 @@
 use super::*;
+
+/// The job's own backoff, which a 429 without Retry-After pauses for.
+const FALLBACK: Duration = Duration::from_secs(7);
 use crate::policy::{Decision, Outcome};
 
 /// An arbitrary wall-clock start, far from zero so that no arithmetic hides
@@ -1019,13 +1022,6 @@ fn transient(retry_after: Option<Duration>) -> Outcome {
     }
 }
 
-fn retry_at(at: Millis) -> Decision {
-    Decision::Retry {
-        at,
-        reason: "try again".into(),
-    }
-}
-
 fn failed() -> Decision {
     Decision::Failed {
         reason: "gave up".into(),
@@ -1036,11 +1032,7 @@ fn failed() -> Decision {
 fn signal_a_rejected_key() {
     for status in [401, 403] {
         assert_eq!(
-            signal(
-                Some(status),
-                &Outcome::KeyRejected { status },
-                &Decision::PauseForKey
-            ),
+            signal(Some(status), &Outcome::KeyRejected { status }, T0, FALLBACK),
             Signal::KeyRejected
         );
     }
@@ -1055,29 +1047,41 @@ fn signal_a_429_to_be_retried_throttles_until_the_retry() {
         retry_after: Some(Duration::from_secs(30)),
     };
     assert_eq!(
-        signal(Some(429), &outcome, &retry_at(at)),
+        signal(Some(429), &outcome, T0, FALLBACK),
         Signal::Throttled { until: at }
     );
-    // Without Retry-After, the retry time from backoff still pauses sending.
+    // Without Retry-After, the job's backoff pauses sending.
     assert_eq!(
-        signal(Some(429), &transient(None), &retry_at(T0 + 1)),
-        Signal::Throttled { until: T0 + 1 }
+        signal(Some(429), &transient(None), T0, FALLBACK),
+        Signal::Throttled {
+            until: T0 + 7 * SEC
+        }
     );
 }
 
+/// Regression: a 429 on a job's last attempt failed the job but left the
+/// key's throttle unheeded, so other jobs kept hitting it.
 #[test]
-fn signal_a_429_that_gave_up_is_a_transient_failure() {
+fn signal_a_429_pauses_sending_even_when_the_job_gives_up() {
+    let outcome = Outcome::Transient {
+        reason: "HTTP 429".into(),
+        ambiguous: false,
+        retry_after: Some(Duration::from_secs(120)),
+    };
     assert_eq!(
-        signal(Some(429), &transient(None), &failed()),
-        Signal::Transient
+        signal(Some(429), &outcome, T0, FALLBACK),
+        Signal::Throttled {
+            until: T0 + 120 * SEC
+        },
+        "the whole Retry-After, not capped by the job's max_delay"
     );
 }
 
 #[test]
 fn signal_a_5xx_is_a_transient_failure_whatever_the_decision() {
-    for decision in [retry_at(T0 + SEC), failed()] {
+    {
         assert_eq!(
-            signal(Some(503), &transient(None), &decision),
+            signal(Some(503), &transient(None), T0, FALLBACK),
             Signal::Transient
         );
         // A retry time on a 503 is not a throttle.
@@ -1085,7 +1089,8 @@ fn signal_a_5xx_is_a_transient_failure_whatever_the_decision() {
             signal(
                 Some(503),
                 &transient(Some(Duration::from_secs(5))),
-                &decision
+                T0,
+                FALLBACK
             ),
             Signal::Transient
         );
@@ -1099,17 +1104,8 @@ fn signal_a_transport_failure_is_transient() {
         ambiguous: true,
         retry_after: None,
     };
-    assert_eq!(signal(None, &outcome, &retry_at(T0)), Signal::Transient);
-    assert_eq!(
-        signal(
-            None,
-            &outcome,
-            &Decision::Hold {
-                reason: "may have been sent".into()
-            }
-        ),
-        Signal::Transient
-    );
+    assert_eq!(signal(None, &outcome, T0, FALLBACK), Signal::Transient);
+    assert_eq!(signal(None, &outcome, T0, FALLBACK), Signal::Transient);
 }
 
 #[test]
@@ -1144,9 +1140,9 @@ fn signal_answers_that_are_not_failures() {
             failed(),
         ),
     ];
-    for (status, outcome, decision) in cases {
+    for (status, outcome, _) in cases {
         assert_eq!(
-            signal(status, &outcome, &decision),
+            signal(status, &outcome, T0, FALLBACK),
             Signal::Answered,
             "{outcome:?}"
         );
@@ -1173,8 +1169,9 @@ fn signal_from_classify_and_decide_end_to_end() {
             },
         };
         let outcome = classify(&answer);
-        let decision = decide(attempt, &outcome, &retry, OnAmbiguous::Retry, T0, 1.0);
-        signal(Some(status), &outcome, &decision)
+        // The decision (retry or give up) does not change the gate's reading.
+        let _ = decide(attempt, &outcome, &retry, OnAmbiguous::Retry, T0, 1.0);
+        signal(Some(status), &outcome, T0, FALLBACK)
     };
     assert_eq!(read(200, None, 1), Signal::Answered);
     assert_eq!(read(401, None, 1), Signal::KeyRejected);
@@ -1187,7 +1184,9 @@ fn signal_from_classify_and_decide_end_to_end() {
     );
     assert_eq!(
         read(429, Some(Duration::from_secs(7)), 3),
-        Signal::Transient
+        Signal::Throttled {
+            until: T0 + 7 * SEC
+        }
     );
     assert_eq!(read(503, None, 1), Signal::Transient);
     assert_eq!(read(404, None, 1), Signal::Answered);

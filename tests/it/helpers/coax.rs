@@ -7,8 +7,9 @@
 //! * Every request other than `GET /health` is a *route request*: it is
 //!   recorded (see [`CoaxStub::requests`]) and answered with the first matching
 //!   reply pushed with [`CoaxStub::push_for`], else the next one pushed with
-//!   [`CoaxStub::push`], else the default reply ([`Reply::sent`] unless changed
-//!   with [`CoaxStub::set_default`]).
+//!   [`CoaxStub::push`], else the reply of the chooser set with
+//!   [`CoaxStub::set_chooser`] (if any), else the default reply
+//!   ([`Reply::sent`] unless changed with [`CoaxStub::set_default`]).
 //! * `GET /health` (or `HEAD /health`) is only counted and answered with the
 //!   status set by [`CoaxStub::set_health`] (default 200).
 //! * Connections are kept alive (reqwest pools them); each connection runs in
@@ -352,9 +353,14 @@ struct Counts {
     connections: usize,
 }
 
+/// Picks the reply to a route request that nothing scripted claimed; see
+/// [`CoaxStub::set_chooser`].
+pub type Chooser = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
 struct State {
     routed: VecDeque<(String, Reply)>,
     queue: VecDeque<Reply>,
+    chooser: Option<Chooser>,
     default: Reply,
     health: Reply,
     requests: Vec<Recorded>,
@@ -387,8 +393,11 @@ impl Shared {
         {
             return state.routed.remove(i).expect("index from position").1;
         }
-        match state.queue.pop_front() {
-            Some(reply) => reply,
+        if let Some(reply) = state.queue.pop_front() {
+            return reply;
+        }
+        match &state.chooser {
+            Some(choose) => choose(state.requests.last().expect("just pushed")),
             None => state.default.clone(),
         }
     }
@@ -453,6 +462,7 @@ impl CoaxStub {
             state: Mutex::new(State {
                 routed: VecDeque::new(),
                 queue: VecDeque::new(),
+                chooser: None,
                 default: Reply::sent(),
                 health: health_reply(200),
                 requests: Vec::new(),
@@ -502,6 +512,20 @@ impl CoaxStub {
     /// Reply used when nothing scripted applies (initially [`Reply::sent`]).
     pub fn set_default(&self, reply: Reply) {
         self.shared.lock().default = reply;
+    }
+
+    /// Lets `choose` pick the reply to every route request that no `push_for`
+    /// or `push` reply claims, instead of the default reply (e.g. random fault
+    /// injection). It is called with the request as recorded (`received_at`
+    /// set), under the stub's lock, in arrival order, so it must not call
+    /// back into the stub; whatever it logs lines up with [`CoaxStub::requests`].
+    pub fn set_chooser(&self, choose: Chooser) {
+        self.shared.lock().chooser = Some(choose);
+    }
+
+    /// Removes the chooser: the default reply applies again.
+    pub fn clear_chooser(&self) {
+        self.shared.lock().chooser = None;
     }
 
     /// `GET /health` answers `status` with `{"success": <2xx>, "message": "ok"}`.
@@ -1138,6 +1162,40 @@ mod tests {
         assert_eq!(resp.status(), 503);
         assert_eq!(body_json(resp).await["message"], "Service Unavailable");
         assert_eq!(stub.requests_to("ask-for-review").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn chooser_picks_replies_after_scripts_and_before_the_default() {
+        let stub = CoaxStub::start().await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        stub.set_chooser(Arc::new(move |r: &Recorded| {
+            log.lock().unwrap().push(r.path.clone());
+            if r.path.contains("ask-for-review") {
+                Reply::status(503)
+            } else {
+                Reply::refused("chosen")
+            }
+        }));
+        stub.push(Reply::paused());
+        let c = client();
+
+        let v = body_json(put(&c, &stub, SMS).await).await;
+        assert_eq!(v["message"], "Campaign is paused, message not sent.");
+        assert!(seen.lock().unwrap().is_empty(), "a pushed reply wins");
+        let v = body_json(put(&c, &stub, SMS).await).await;
+        assert_eq!(v["message"], "chosen");
+        assert_eq!(put(&c, &stub, REVIEW).await.status(), 503);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![SMS.to_owned(), REVIEW.to_owned()]
+        );
+        assert_eq!(stub.requests().len(), 3);
+
+        stub.clear_chooser();
+        let v = body_json(put(&c, &stub, REVIEW).await).await;
+        assert_eq!(v["message"], "Message sent successfully");
+        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]
