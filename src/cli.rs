@@ -168,6 +168,10 @@ fn check_config(cli: &Cli) -> anyhow::Result<()> {
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&config_path(cli))?;
     crate::logging::init(&config.log)?;
+    // Taken before any other thread exists: listenfd clears LISTEN_* from
+    // the environment, which is only sound while single-threaded.
+    let activated = crate::systemd::activated_listener()
+        .context("cannot use the socket passed by systemd (LISTEN_FDS)")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,8 +182,6 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
         let daemon = Daemon::open(config)?;
         // Under socket activation systemd owns the socket: clients queue in
         // its backlog across restarts, so it is neither bound nor removed here.
-        let activated = crate::systemd::activated_listener()
-            .context("cannot use the socket passed by systemd (LISTEN_FDS)")?;
         let owned = activated.is_none();
         let listener = match activated {
             Some(listener) => {
@@ -189,8 +191,8 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
             }
             None => crate::socket::bind(&socket_path, mode)?,
         };
-        let signals = termination()?;
-        let result = daemon.run(listener, signals).await;
+        let (stop, reloads) = signals()?;
+        let result = daemon.reload_on(reloads).run(listener, stop).await;
         if owned {
             crate::socket::remove(&socket_path);
         }
@@ -198,22 +200,34 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-fn termination() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Resolves on the first SIGTERM or SIGINT; each SIGHUP sends a message on
+/// the returned channel.
+fn signals() -> anyhow::Result<(
+    impl std::future::Future<Output = ()>,
+    tokio::sync::mpsc::Receiver<()>,
+)> {
     use futures_util::StreamExt as _;
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
-    Ok(async move {
-        if let Some(signal) = signals.next().await {
+    let (reload, reloads) = tokio::sync::mpsc::channel(4);
+    let stop = async move {
+        while let Some(signal) = signals.next().await {
+            if signal == SIGHUP {
+                // A reload already waiting covers this one too.
+                let _ = reload.try_send(());
+                continue;
+            }
             let name = if signal == SIGTERM {
                 "SIGTERM"
             } else {
                 "SIGINT"
             };
             tracing::info!(signal = name, "stop requested");
+            return;
         }
-    })
+    };
+    Ok((stop, reloads))
 }
 
 fn socket_path(cli: &Cli) -> anyhow::Result<PathBuf> {

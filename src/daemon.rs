@@ -8,20 +8,21 @@
 
 use crate::coax::CoaxClient;
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Handle, Settings};
+use crate::dispatch::{Dispatcher, Handle};
 use crate::server::{self, Service};
 use crate::store::{self, Recovered, Store};
 use crate::time;
 use anyhow::Context as _;
 use std::future::Future;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// An opened daemon, not yet serving.
 pub struct Daemon {
     config: Config,
     store: Store,
     recovered: Vec<Recovered>,
+    reloads: Option<mpsc::Receiver<()>>,
 }
 
 impl Daemon {
@@ -36,7 +37,14 @@ impl Daemon {
             config,
             store,
             recovered,
+            reloads: None,
         })
+    }
+
+    /// Re-reads the config file (see [`crate::reload`]) on each message.
+    pub fn reload_on(mut self, reloads: mpsc::Receiver<()>) -> Daemon {
+        self.reloads = Some(reloads);
+        self
     }
 
     /// A handle on the store, for callers that embed the daemon.
@@ -55,6 +63,7 @@ impl Daemon {
             config,
             store,
             recovered,
+            mut reloads,
         } = self;
         for job in &recovered {
             tracing::warn!(
@@ -72,23 +81,14 @@ impl Daemon {
             config.coax.routes.clone(),
         )
         .context("cannot set up the Coax client")?;
-        let handle = Handle::new(Settings {
-            concurrency: config.dispatch.concurrency,
-            poll_interval: config.dispatch.poll_interval,
-            shutdown_timeout: config.dispatch.shutdown_timeout,
-            auth_pause: config.dispatch.auth_pause,
-            on_ambiguous: config.dispatch.on_ambiguous,
-            retry: config.retry.clone(),
-            breaker: config.breaker.clone(),
-            rate_limit: config.dispatch.rate_limit,
-        });
+        let handle = Handle::new(crate::reload::settings_of(&config));
         let (stop, stopped) = watch::channel(false);
         let handle_for_summary = handle.clone();
-        let dispatcher = Dispatcher::new(store.clone(), coax, handle.clone());
+        let dispatcher = Dispatcher::new(store.clone(), coax.clone(), handle.clone());
         let dispatching = tokio::spawn(dispatcher.run(stopped.clone()));
         let service = Service {
             store: store.clone(),
-            dispatch: handle,
+            dispatch: handle.clone(),
             default_ttl: config.dispatch.default_ttl,
             retention: config.store.retention,
         };
@@ -99,10 +99,11 @@ impl Daemon {
             stopped,
         ));
 
+        let (summary_interval, summary_every) = watch::channel(config.log.summary_interval);
         let summarising = tokio::spawn(crate::summary::run(
             store.clone(),
             handle_for_summary,
-            config.log.summary_interval,
+            summary_every,
             stop.subscribe(),
         ));
         let housekeeping = tokio::spawn({
@@ -139,7 +140,27 @@ impl Daemon {
             config.socket.path.display()
         ));
 
-        shutdown.await;
+        let mut live = crate::reload::Live {
+            config,
+            coax,
+            dispatch: handle,
+            summary_interval,
+        };
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(()) = async {
+                    match reloads.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    tracing::info!("reloading the config");
+                    live.reload();
+                }
+            }
+        }
         crate::systemd::stopping();
         tracing::info!("shutting down: no new jobs are claimed");
         let _ = stop.send(true);

@@ -19,6 +19,7 @@ pub mod job;
 pub mod logging;
 pub mod policy;
 pub mod protocol;
+pub mod reload;
 pub mod server;
 pub mod simulate;
 pub mod socket;

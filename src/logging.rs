@@ -57,7 +57,7 @@ where
             .boxed(),
         // journald stamps every line itself, so under it the text format
         // leaves the time out.
-        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => base
+        LogFormat::Text if stdout_is_journal() => base
             .with_ansi(false)
             .with_target(false)
             .without_time()
@@ -66,6 +66,22 @@ where
             .with_ansi(std::io::stdout().is_terminal())
             .with_target(false)
             .boxed(),
+    }
+}
+
+/// Whether stdout is the journal stream systemd named in `JOURNAL_STREAM`
+/// ("device:inode"), not merely an inherited variable.
+fn stdout_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/1") {
+        Ok(meta) => dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino()),
+        Err(_) => false,
     }
 }
 

@@ -13,18 +13,19 @@ use tokio::sync::watch;
 /// How often `STATUS=` is refreshed, whatever the log interval.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 
-/// Logs the summary every `log_every` (if set) and refreshes systemd's
-/// status line every few seconds, until `shutdown` turns true.
+/// Logs the summary every `log_every` (if set; it may change on reload) and
+/// refreshes systemd's status line every few seconds, until `shutdown`
+/// turns true.
 pub async fn run(
     store: Store,
     dispatch: Handle,
-    log_every: Option<Duration>,
+    mut log_every: watch::Receiver<Option<Duration>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let period = log_every.unwrap_or(Duration::MAX);
-    let mut next_log = tokio::time::Instant::now() + period.min(Duration::from_secs(86_400 * 365));
+    let mut period = *log_every.borrow_and_update();
+    let mut next_log = next(period);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -33,12 +34,22 @@ pub async fn run(
                     crate::systemd::status(&line.text);
                 }
             }
-            _ = tokio::time::sleep_until(next_log), if log_every.is_some() => {
-                next_log += period;
+            Ok(()) = log_every.changed() => {
+                period = *log_every.borrow_and_update();
+                next_log = next(period);
+            }
+            _ = tokio::time::sleep_until(next_log), if period.is_some() => {
+                next_log = next(period);
                 log(&store, &dispatch).await;
             }
         }
     }
+}
+
+/// When the next summary is due; far away when summaries are off.
+fn next(period: Option<Duration>) -> tokio::time::Instant {
+    let year = Duration::from_secs(365 * 86_400);
+    tokio::time::Instant::now() + period.unwrap_or(year).min(year)
 }
 
 /// What one summary says.

@@ -4,5 +4,15 @@
 //! [`helpers`]: the daemon fixture (in-process or as a real process), the
 //! Coax stand-in, and wait-until helpers with timeouts.
 
+mod chaos;
+mod cli;
 mod helpers;
+mod lifecycle;
+mod outcomes;
+mod protocol;
+mod reliability;
+mod reload;
+mod service;
+mod simulate;
 mod smoke;
+mod storage;

@@ -1,0 +1,143 @@
+//! Live reload: SIGHUP re-reads the config file and applies what can change
+//! without a restart.
+//!
+//! Applied at once: the API key (a new key also ends a pause for a rejected
+//! one), the rate limit, concurrency, the retry policy, the breaker, the log
+//! level and the summary interval. Other changes (paths, the Coax URL and
+//! routes, socket limits, the log format, housekeeping) are logged as needing
+//! a restart. A file that does not load leaves the daemon on the config it
+//! has, with one ERROR line naming the problem.
+
+use crate::coax::CoaxClient;
+use crate::config::Config;
+use crate::dispatch::{Handle, Settings};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The dispatcher settings a config asks for.
+pub fn settings_of(config: &Config) -> Settings {
+    Settings {
+        concurrency: config.dispatch.concurrency,
+        poll_interval: config.dispatch.poll_interval,
+        shutdown_timeout: config.dispatch.shutdown_timeout,
+        auth_pause: config.dispatch.auth_pause,
+        on_ambiguous: config.dispatch.on_ambiguous,
+        retry: config.retry.clone(),
+        breaker: config.breaker.clone(),
+        rate_limit: config.dispatch.rate_limit,
+    }
+}
+
+/// What a reload can reach in the running daemon.
+pub struct Live {
+    pub config: Config,
+    pub coax: CoaxClient,
+    pub dispatch: Handle,
+    pub summary_interval: watch::Sender<Option<Duration>>,
+}
+
+impl Live {
+    /// Re-reads the config file and applies it.
+    pub fn reload(&mut self) {
+        match Config::load(&self.config.source) {
+            Ok(new) => self.apply(new),
+            Err(e) => tracing::error!(
+                error = %e,
+                "reload failed; still running on the previous config"
+            ),
+        }
+    }
+
+    /// Applies `new` over the config in force.
+    pub fn apply(&mut self, new: Config) {
+        let old = &self.config;
+        let mut applied: Vec<&str> = Vec::new();
+        let key_changed = match self.coax.set_key(&new.coax.api_key) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; still running on the previous config");
+                return;
+            }
+        };
+        if key_changed {
+            applied.push("coax API key");
+        }
+        let settings = settings_of(&new);
+        let current = settings_of(old);
+        for (changed, name) in [
+            (
+                settings.concurrency != current.concurrency,
+                "dispatch.concurrency",
+            ),
+            (
+                settings.rate_limit != current.rate_limit,
+                "dispatch.rate_limit",
+            ),
+            (
+                settings.poll_interval != current.poll_interval,
+                "dispatch.poll_interval",
+            ),
+            (
+                settings.shutdown_timeout != current.shutdown_timeout,
+                "dispatch.shutdown_timeout",
+            ),
+            (
+                settings.auth_pause != current.auth_pause,
+                "dispatch.auth_pause",
+            ),
+            (
+                settings.on_ambiguous != current.on_ambiguous,
+                "dispatch.on_ambiguous",
+            ),
+            (settings.retry != current.retry, "retry"),
+            (settings.breaker != current.breaker, "breaker"),
+        ] {
+            if changed {
+                applied.push(name);
+            }
+        }
+        self.dispatch.reconfigure(settings, key_changed);
+
+        if new.log.level != old.log.level {
+            match crate::logging::set_level(&new.log.level) {
+                Ok(crate::logging::LevelChange::PinnedByEnv) => tracing::warn!(
+                    "log.level changed, but RUST_LOG was set at start-up and still wins"
+                ),
+                Ok(_) => applied.push("log.level"),
+                Err(e) => tracing::error!(error = %e, "cannot apply log.level"),
+            }
+        }
+        if new.log.summary_interval != old.log.summary_interval {
+            let _ = self.summary_interval.send(new.log.summary_interval);
+            applied.push("log.summary_interval");
+        }
+
+        for (changed, name) in [
+            (new.store != old.store, "[store]"),
+            (new.socket != old.socket, "[socket]"),
+            (new.coax.base_url != old.coax.base_url, "coax.base_url"),
+            (new.coax.routes != old.coax.routes, "coax.routes"),
+            (
+                new.coax.request_timeout != old.coax.request_timeout,
+                "coax.request_timeout",
+            ),
+            (new.log.format != old.log.format, "log.format"),
+            (
+                new.dispatch.default_ttl != old.dispatch.default_ttl,
+                "dispatch.default_ttl",
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    setting = name,
+                    "changed in the config file; it needs a restart to take effect"
+                );
+            }
+        }
+        tracing::info!(
+            applied = %if applied.is_empty() { "nothing changed".to_owned() } else { applied.join(", ") },
+            "config reloaded"
+        );
+        self.config = new;
+    }
+}
