@@ -122,6 +122,18 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Why, for every decision that is not plainly `sent` or a key pause.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Decision::Skipped { reason }
+            | Decision::Failed { reason }
+            | Decision::Retry { reason, .. }
+            | Decision::Hold { reason }
+            | Decision::Expired { reason } => Some(reason),
+            Decision::Sent | Decision::PauseForKey => None,
+        }
+    }
+
     /// The word logged and recorded in the attempt history.
     pub fn label(&self) -> &'static str {
         match self {

@@ -18,7 +18,7 @@
 mod queries;
 mod schema;
 
-pub use queries::{Claimed, ClaimedJob, Finish, Lookup, Next, Pruned, Refusal, Summary};
+pub use queries::{Claimed, ClaimedJob, Finish, Lookup, Pruned, Refusal, Summary};
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;

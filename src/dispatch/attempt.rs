@@ -4,7 +4,7 @@
 use super::Context;
 use super::gate::{self, Signal};
 use crate::policy::{self, Answer, Decision};
-use crate::store::{ClaimedJob, Finish, Next, Store};
+use crate::store::{ClaimedJob, Finish, Store};
 use crate::time;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
         ambiguous,
         latency_ms,
         result: result_of(&answer),
-        next: next_of(decision, status),
+        decision,
     };
     record(&ctx.store, finish).await;
     Report {
@@ -75,23 +75,6 @@ fn status_of(answer: &Answer) -> Option<u16> {
     match answer {
         Answer::Http { status, .. } => Some(*status),
         Answer::Transport(_) => None,
-    }
-}
-
-fn next_of(decision: Decision, status: Option<u16>) -> Next {
-    match decision {
-        Decision::Sent => Next::Sent,
-        Decision::Skipped { reason } => Next::Skipped { reason },
-        Decision::Failed { reason } => Next::Failed { reason },
-        Decision::Retry { at, reason } => Next::Retry { at, reason },
-        Decision::Hold { reason } => Next::Held { reason },
-        Decision::Expired { reason } => Next::Expired { reason },
-        Decision::PauseForKey => Next::Unclaim {
-            reason: format!(
-                "Coax rejected the API key (HTTP {}); not counted as an attempt",
-                status.unwrap_or(0)
-            ),
-        },
     }
 }
 
@@ -150,14 +133,7 @@ fn log_attempt(
 ) {
     let route = ctx.coax.path(job);
     let key = job.key.as_deref().unwrap_or("");
-    let reason = match decision {
-        Decision::Skipped { reason }
-        | Decision::Failed { reason }
-        | Decision::Retry { reason, .. }
-        | Decision::Hold { reason }
-        | Decision::Expired { reason } => reason.as_str(),
-        Decision::Sent | Decision::PauseForKey => "",
-    };
+    let reason = decision.reason().unwrap_or("");
     let retry_at = match decision {
         Decision::Retry { at, .. } => time::format(*at),
         _ => String::new(),

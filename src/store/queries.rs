@@ -4,6 +4,7 @@
 use super::{Recovered, StoreError};
 use crate::config::OnAmbiguous;
 use crate::job::{Kind, NewJob, State};
+use crate::policy::Decision;
 use crate::protocol::{AttemptView, Enqueued, JobView};
 use crate::time::{self, Millis};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -59,68 +60,26 @@ pub struct ClaimedJob {
     pub expires_at: Option<Millis>,
 }
 
-/// Where a job goes after an attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Next {
-    Sent,
-    Skipped {
-        reason: String,
-    },
-    Failed {
-        reason: String,
-    },
-    Retry {
-        at: Millis,
-        reason: String,
-    },
-    /// Back to `scheduled`, giving the attempt back: the key was rejected.
-    Unclaim {
-        reason: String,
-    },
-    Held {
-        reason: String,
-    },
-    /// A retry would come after the job's expiry.
-    Expired {
-        reason: String,
-    },
+/// The state a decision moves its job to.
+fn state_after(decision: &Decision) -> State {
+    match decision {
+        Decision::Sent => State::Sent,
+        Decision::Skipped { .. } => State::Skipped,
+        Decision::Failed { .. } => State::Failed,
+        Decision::Retry { .. } | Decision::PauseForKey => State::Scheduled,
+        Decision::Hold { .. } => State::Held,
+        Decision::Expired { .. } => State::Expired,
+    }
 }
 
-impl Next {
-    fn state(&self) -> State {
-        match self {
-            Next::Sent => State::Sent,
-            Next::Skipped { .. } => State::Skipped,
-            Next::Failed { .. } => State::Failed,
-            Next::Retry { .. } | Next::Unclaim { .. } => State::Scheduled,
-            Next::Held { .. } => State::Held,
-            Next::Expired { .. } => State::Expired,
-        }
-    }
-
-    fn reason(&self) -> Option<&str> {
-        match self {
-            Next::Sent => None,
-            Next::Skipped { reason }
-            | Next::Failed { reason }
-            | Next::Retry { reason, .. }
-            | Next::Unclaim { reason }
-            | Next::Held { reason }
-            | Next::Expired { reason } => Some(reason),
-        }
-    }
-
-    /// The word recorded as the attempt's decision.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Next::Sent => "sent",
-            Next::Skipped { .. } => "skipped",
-            Next::Failed { .. } => "failed",
-            Next::Retry { .. } => "retry",
-            Next::Unclaim { .. } => "paused_auth",
-            Next::Held { .. } => "held",
-            Next::Expired { .. } => "expired",
-        }
+/// The reason recorded with a decision, in words a person reads.
+fn reason_for(decision: &Decision, status: Option<u16>) -> Option<String> {
+    match decision {
+        Decision::PauseForKey => Some(format!(
+            "Coax rejected the API key (HTTP {}); not counted as an attempt",
+            status.unwrap_or(0)
+        )),
+        other => other.reason().map(str::to_owned),
     }
 }
 
@@ -137,7 +96,8 @@ pub struct Finish {
     pub latency_ms: u64,
     /// `{"status":…,"message":…,"body":…}` when Coax answered.
     pub result: Option<Value>,
-    pub next: Next,
+    /// What happens to the job next.
+    pub decision: Decision,
 }
 
 const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, attempts, \
@@ -489,6 +449,7 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
 
 pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
     let err = || StoreError::sqlite("recording an attempt");
+    let reason = reason_for(&f.decision, f.status);
     conn.prepare_cached(
         "UPDATE attempts SET finished_at = ?3, status = ?4, error = ?5, decision = ?6,
                 ambiguous = ?7, latency_ms = ?8
@@ -500,19 +461,20 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
             f.seq,
             f.finished_at,
             f.status,
-            f.error.as_deref().or(f.next.reason()),
-            f.next.label(),
+            f.error.as_deref().or(reason.as_deref()),
+            f.decision.label(),
             f.ambiguous,
             i64::try_from(f.latency_ms).unwrap_or(i64::MAX),
         ])
     })
     .map_err(err())?;
 
-    let retry_at = match &f.next {
-        Next::Retry { at, .. } => Some(*at),
+    let retry_at = match &f.decision {
+        Decision::Retry { at, .. } => Some(*at),
         _ => None,
     };
-    let give_back = matches!(f.next, Next::Unclaim { .. });
+    // A rejected key is not the job's fault: the attempt is given back.
+    let give_back = f.decision == Decision::PauseForKey;
     let result = f.result.as_ref().map(Value::to_string);
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, scheduled_at = coalesce(?3, scheduled_at),
@@ -523,10 +485,10 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
     .and_then(|mut s| {
         s.execute(params![
             f.id,
-            f.next.state().as_str(),
+            state_after(&f.decision).as_str(),
             retry_at,
             i64::from(give_back),
-            f.next.reason(),
+            reason,
             result,
             f.finished_at,
         ])

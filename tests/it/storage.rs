@@ -36,7 +36,8 @@ use crate::helpers::daemon::{DaemonProcess, TEST_KEY, TestDaemon, config_text, r
 use coax_scheduler::config::{Config, OnAmbiguous};
 use coax_scheduler::daemon::Daemon;
 use coax_scheduler::job::{NewJob, State, validate};
-use coax_scheduler::store::{Finish, Lookup, Next, Options, SCHEMA_VERSION, Store, StoreError};
+use coax_scheduler::policy::Decision;
+use coax_scheduler::store::{Finish, Lookup, Options, SCHEMA_VERSION, Store, StoreError};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -881,7 +882,7 @@ fn finish_with_huge_result(id: i64, seq: u32) -> Finish {
         ambiguous: false,
         latency_ms: 1,
         result: Some(json!({"status": 200, "message": "ok", "body": "r".repeat(100_000)})),
-        next: Next::Sent,
+        decision: Decision::Sent,
     }
 }
 

@@ -1,0 +1,340 @@
+//! What every benchmark phase stands on: the daemon's config, the daemon
+//! started in-process or as a child process, an async client of its socket,
+//! and the jobs it is fed.
+//!
+//! Each phase gets its own directory, database and daemon, so one phase's
+//! rows never slow another's. The jobs are ordinary `message` jobs on the
+//! `sms` channel; their message text carries the job's index and its
+//! `scheduled_at` in milliseconds ("bench 17 1767225600000"), so that the
+//! simulator's arrival hook can tell lateness without asking the daemon.
+//! This module measures nothing itself.
+
+use crate::config::{API_KEY_ENV, Config};
+use crate::daemon::Daemon;
+use crate::job::{Kind, NewJob};
+use crate::store::Store;
+use crate::time::{self, Millis};
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The key the benchmark daemon sends; the simulator accepts any.
+const BENCH_KEY: &str = "bench-key-for-the-simulator-only";
+/// How many requests the daemon may have in flight to Coax.
+pub const CONCURRENCY: usize = 64;
+/// How long a daemon may take to answer its first ping.
+const READY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The daemon's config file for a phase in `dir`, talking to `base_url`.
+pub fn config_text(base_url: &str) -> String {
+    format!(
+        r#"# Written by `coax-scheduler bench`.
+[coax]
+base_url = "{base_url}"
+request_timeout = "10s"
+
+[store]
+path = "queue.db"
+
+[socket]
+path = "coax.sock"
+max_connections = 256
+
+[dispatch]
+concurrency = {CONCURRENCY}
+shutdown_timeout = "5s"
+
+[log]
+format = "text"
+level = "warn"
+"#
+    )
+}
+
+fn key_env(name: &str) -> Option<String> {
+    (name == API_KEY_ENV).then(|| BENCH_KEY.to_owned())
+}
+
+/// The config of a phase in `dir`, as if read from `dir/config.toml`.
+pub fn config(dir: &Path, base_url: &str) -> anyhow::Result<Config> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Config::from_toml(&config_text(base_url), &dir.join("config.toml"), &key_env)
+        .context("the benchmark's daemon config is invalid")
+}
+
+/// The message text of job `index` due at `at`.
+pub fn message(index: usize, at: Millis) -> String {
+    format!("bench {index} {at}")
+}
+
+/// Reads [`message`] back: the job's index and its `scheduled_at`.
+pub fn parse_message(text: &str) -> Option<(usize, Millis)> {
+    let mut words = text.strip_prefix("bench ")?.split(' ');
+    let index = words.next()?.parse().ok()?;
+    let at = words.next()?.parse().ok()?;
+    words.next().is_none().then_some((index, at))
+}
+
+/// Job `index` as a client sends it.
+pub fn job_json(key: &str, index: usize, at: Millis) -> Value {
+    json!({
+        "key": key,
+        "kind": "message",
+        "channel": "sms",
+        "scheduled_at": time::format(at),
+        "payload": {"message": message(index, at), "phone": "+15550100000"},
+    })
+}
+
+/// Job `index` as the store takes it, for filling a database directly.
+pub fn new_job(key: String, index: usize, at: Millis) -> NewJob {
+    let mut payload = Map::new();
+    payload.insert("message".into(), Value::String(message(index, at)));
+    payload.insert("phone".into(), Value::String("+15550100000".into()));
+    NewJob {
+        key: Some(key),
+        kind: Kind::Message,
+        channel: "sms".into(),
+        enquiry_id: None,
+        scheduled_at: at,
+        expires_at: None,
+        payload,
+    }
+}
+
+/// Enqueues `count` jobs through `store`, `chunk` per call with up to four
+/// calls in flight so building rows overlaps writing them. Job `i` gets
+/// key `{prefix}-{i}` and time `at(i)`.
+pub async fn fill(
+    store: &Store,
+    prefix: &str,
+    count: usize,
+    chunk: usize,
+    at: impl Fn(usize) -> Millis,
+) -> anyhow::Result<()> {
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut start = 0;
+    while start < count {
+        let end = (start + chunk).min(count);
+        let jobs: Vec<NewJob> = (start..end)
+            .map(|i| new_job(format!("{prefix}-{i:08}"), i, at(i)))
+            .collect();
+        let store = store.clone();
+        in_flight.spawn(async move { store.enqueue(jobs).await });
+        if in_flight.len() >= 4
+            && let Some(done) = in_flight.join_next().await
+        {
+            done.context("a fill task failed")?
+                .context("cannot fill the queue")?;
+        }
+        start = end;
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done.context("a fill task failed")?
+            .context("cannot fill the queue")?;
+    }
+    Ok(())
+}
+
+/// A daemon running on this process's runtime.
+pub struct InProcess {
+    pub socket: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Binds the socket and runs `daemon` (already opened, perhaps filled).
+    pub fn start(config: &Config, daemon: Daemon) -> anyhow::Result<InProcess> {
+        let socket = config.socket.path.clone();
+        let listener = crate::socket::bind(&socket, config.socket.mode)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(InProcess {
+            socket,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stops the daemon and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let ran = (&mut self.task).await;
+        crate::socket::remove(&self.socket);
+        ran.context("the daemon task failed")?
+    }
+}
+
+/// `coax-scheduler run` as a child process, so that its memory and CPU
+/// time are its own.
+pub struct ChildDaemon {
+    pub socket: PathBuf,
+    child: Child,
+}
+
+impl ChildDaemon {
+    /// Writes `dir/config.toml` and starts this very binary on it.
+    pub fn spawn(dir: &Path, base_url: &str) -> anyhow::Result<ChildDaemon> {
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config_text(base_url))
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let child = std::process::Command::new(exe)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("run")
+            .env(API_KEY_ENV, BENCH_KEY)
+            .env("RUST_LOG", "warn")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start `coax-scheduler run` as a child process")?;
+        Ok(ChildDaemon {
+            socket: dir.join("coax.sock"),
+            child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the daemon with SIGTERM, as systemd would, and waits; kills it
+    /// if it has not stopped after 10 s.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.child.id().to_string();
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed: {status}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("the daemon (pid {pid}) exited with {status}");
+                }
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!("the daemon (pid {pid}) did not stop within 10 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        // Only reached when a phase failed before `stop`: leave no daemon behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until the daemon at `socket` answers a ping; returns how long that took.
+pub async fn wait_ready(socket: &Path) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        if let Ok(mut conn) = Conn::connect(socket).await
+            && conn.ask(r#"{"op":"ping"}"#).await.is_ok()
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > READY_PATIENCE {
+            bail!(
+                "the daemon at {} did not answer a ping within {} s",
+                socket.display(),
+                READY_PATIENCE.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One connection to the daemon's socket, speaking the line protocol.
+pub struct Conn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    line: String,
+}
+
+impl Conn {
+    pub async fn connect(socket: &Path) -> anyhow::Result<Conn> {
+        let stream = UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("cannot connect to {}", socket.display()))?;
+        let (read, writer) = stream.into_split();
+        Ok(Conn {
+            reader: BufReader::new(read),
+            writer,
+            line: String::new(),
+        })
+    }
+
+    /// Sends one request line and returns the answer; `ok:false` is an error.
+    pub async fn ask(&mut self, request: &str) -> anyhow::Result<Value> {
+        self.writer.write_all(request.as_bytes()).await?;
+        self.writer.write_all(b"\n").await?;
+        self.line.clear();
+        if self.reader.read_line(&mut self.line).await? == 0 {
+            bail!("the daemon closed the connection without answering");
+        }
+        let answer: Value = serde_json::from_str(self.line.trim_end())
+            .with_context(|| format!("the daemon answered something not JSON: {}", self.line))?;
+        if answer["ok"] != true {
+            bail!("the daemon refused a request: {}", answer["error"]);
+        }
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_carries_index_and_time() {
+        let text = message(17, 1_767_225_600_123);
+        assert_eq!(parse_message(&text), Some((17, 1_767_225_600_123)));
+        assert_eq!(parse_message("bench 1"), None);
+        assert_eq!(parse_message("bench 1 2 3"), None);
+        assert_eq!(parse_message("hello 1 2"), None);
+    }
+
+    #[test]
+    fn the_jobs_and_config_are_valid() {
+        let job = job_json("k-1", 1, 1_767_225_600_000);
+        let validated = crate::job::validate(&job, 0, None).unwrap();
+        assert_eq!(
+            validated,
+            new_job("k-1".into(), 1, 1_767_225_600_000),
+            "a filled job must equal an enqueued one"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "http://127.0.0.1:9").unwrap();
+        assert_eq!(config.dispatch.concurrency, CONCURRENCY);
+    }
+}
