@@ -15,10 +15,12 @@
 //! It does not decide what happens to a job; [`crate::dispatch`] and
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
+mod delivery;
 mod queries;
 mod schema;
 
-pub use queries::{Claimed, ClaimedJob, Finish, Lookup, Pruned, Refusal, Summary};
+pub use delivery::{Claimed, ClaimedJob, Finish};
+pub use queries::{Lookup, Pruned, Refusal, Summary};
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;
@@ -125,7 +127,7 @@ impl Store {
     pub fn open(options: &Options) -> Result<(Store, Vec<Recovered>), StoreError> {
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
-        let recovered = queries::recover(&conn, crate::time::now(), options.on_ambiguous)?;
+        let recovered = delivery::recover(&conn, crate::time::now(), options.on_ambiguous)?;
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
         std::thread::Builder::new()
             .name("store".into())
@@ -235,12 +237,12 @@ impl Store {
 
     /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
     pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
-        self.call(move |c| queries::claim(c, now, limit)).await
+        self.call(move |c| delivery::claim(c, now, limit)).await
     }
 
     /// Records how an attempt ended and moves its job on.
     pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
-        self.call(move |c| queries::finish(c, &finish)).await
+        self.call(move |c| delivery::finish(c, &finish)).await
     }
 
     /// Counts per state, plus how many jobs are due at `now` and the oldest
@@ -251,7 +253,7 @@ impl Store {
     ) -> Result<(Summary, u64, Option<Millis>), StoreError> {
         self.call(move |c| {
             let summary = queries::summary(c)?;
-            let (due, oldest) = queries::overdue(c, now)?;
+            let (due, oldest) = delivery::overdue(c, now)?;
             Ok((summary, due, oldest))
         })
         .await
@@ -276,7 +278,7 @@ impl Store {
 
     /// The earliest `scheduled_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.call(queries::next_due).await
+        self.call(delivery::next_due).await
     }
 }
 

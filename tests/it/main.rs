@@ -16,3 +16,4 @@ mod service;
 mod simulate;
 mod smoke;
 mod storage;
+mod systemd;

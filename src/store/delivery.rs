@@ -1,0 +1,268 @@
+//! The SQL of delivery: claiming due jobs, recording how each attempt
+//! ended, and recovering sends a crash interrupted. Runs on the store thread
+//! like [`super::queries`].
+
+use super::queries::kind_column;
+use super::{Recovered, StoreError};
+use crate::config::OnAmbiguous;
+use crate::job::{Kind, State};
+use crate::policy::Decision;
+use crate::time::Millis;
+use rusqlite::{Connection, params};
+use serde_json::{Map, Value};
+
+/// Jobs just moved to `sending`, and when the next one after them is due.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub jobs: Vec<ClaimedJob>,
+    /// Due jobs found past their expiry and moved to `expired` instead.
+    pub expired: Vec<ClaimedJob>,
+    pub next_due: Option<Millis>,
+}
+
+/// A job in `sending`, with what the dispatcher needs to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub key: Option<String>,
+    pub kind: Kind,
+    pub channel: String,
+    pub enquiry_id: Option<String>,
+    pub scheduled_at: Millis,
+    pub payload: Map<String, Value>,
+    /// Tries counted against the retry limit, this one included.
+    pub attempt: u32,
+    /// This try's number in the history, counting every try.
+    pub seq: u32,
+    pub expires_at: Option<Millis>,
+}
+
+/// The state a decision moves its job to.
+fn state_after(decision: &Decision) -> State {
+    match decision {
+        Decision::Sent => State::Sent,
+        Decision::Skipped { .. } => State::Skipped,
+        Decision::Failed { .. } => State::Failed,
+        Decision::Retry { .. } | Decision::PauseForKey => State::Scheduled,
+        Decision::Hold { .. } => State::Held,
+        Decision::Expired { .. } => State::Expired,
+    }
+}
+
+/// The reason recorded with a decision, in words a person reads.
+fn reason_for(decision: &Decision, status: Option<u16>) -> Option<String> {
+    match decision {
+        Decision::PauseForKey => Some(format!(
+            "Coax rejected the API key (HTTP {}); not counted as an attempt",
+            status.unwrap_or(0)
+        )),
+        other => other.reason().map(str::to_owned),
+    }
+}
+
+/// The record of one finished attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub id: i64,
+    pub seq: u32,
+    pub finished_at: Millis,
+    pub status: Option<u16>,
+    /// The transport error, or the reason for the decision.
+    pub error: Option<String>,
+    pub ambiguous: bool,
+    pub latency_ms: u64,
+    /// `{"status":…,"message":…,"body":…}` when Coax answered.
+    pub result: Option<Value>,
+    /// What happens to the job next.
+    pub decision: Decision,
+}
+
+/// Scheduled jobs already due at `now`: how many, and the oldest due time.
+pub fn overdue(conn: &Connection, now: Millis) -> Result<(u64, Option<Millis>), StoreError> {
+    conn.prepare_cached(
+        "SELECT count(*), min(scheduled_at) FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([now], |r| {
+            Ok((u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0), r.get(1)?))
+        })
+    })
+    .map_err(StoreError::sqlite("counting due jobs"))
+}
+
+pub fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
+    conn.prepare_cached("SELECT min(scheduled_at) FROM jobs WHERE state = 'scheduled'")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(StoreError::sqlite("finding the next due job"))
+}
+
+pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
+    let err = || StoreError::sqlite("claiming due jobs");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut due = conn
+        .prepare_cached(
+            "SELECT id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload, expires_at
+             FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1
+             ORDER BY scheduled_at, id LIMIT ?2",
+        )
+        .map_err(err())?;
+    let rows = due
+        .query_map(params![now, limit], |r| {
+            let payload: String = r.get(7)?;
+            let payload = match serde_json::from_str(&payload) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            };
+            Ok(ClaimedJob {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                kind: kind_column(r, 2)?,
+                channel: r.get(3)?,
+                enquiry_id: r.get(4)?,
+                scheduled_at: r.get(5)?,
+                attempt: r.get::<_, u32>(6)?.saturating_add(1),
+                seq: 0,
+                payload,
+                expires_at: r.get(8)?,
+            })
+        })
+        .map_err(err())?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(err())?;
+    drop(due);
+
+    let mut mark = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'sending', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+        )
+        .map_err(err())?;
+    let mut open = conn
+        .prepare_cached(
+            "INSERT INTO attempts (job_id, seq, started_at)
+             VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM attempts WHERE job_id = ?1), ?2)
+             RETURNING seq",
+        )
+        .map_err(err())?;
+    let mut expire = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'expired', updated_at = ?2,
+                    last_error = 'expired before it could be sent'
+             WHERE id = ?1",
+        )
+        .map_err(err())?;
+    let (expired, mut jobs): (Vec<ClaimedJob>, Vec<ClaimedJob>) = rows
+        .into_iter()
+        .partition(|job| job.expires_at.is_some_and(|at| at <= now));
+    for job in &expired {
+        expire.execute(params![job.id, now]).map_err(err())?;
+    }
+    for job in &mut jobs {
+        mark.execute(params![job.id, now]).map_err(err())?;
+        job.seq = open
+            .query_row(params![job.id, now], |r| r.get(0))
+            .map_err(err())?;
+    }
+    Ok(Claimed {
+        jobs,
+        expired,
+        next_due: next_due(conn)?,
+    })
+}
+
+pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
+    let err = || StoreError::sqlite("recording an attempt");
+    let reason = reason_for(&f.decision, f.status);
+    conn.prepare_cached(
+        "UPDATE attempts SET finished_at = ?3, status = ?4, error = ?5, decision = ?6,
+                ambiguous = ?7, latency_ms = ?8
+         WHERE job_id = ?1 AND seq = ?2",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            f.id,
+            f.seq,
+            f.finished_at,
+            f.status,
+            f.error.as_deref().or(reason.as_deref()),
+            f.decision.label(),
+            f.ambiguous,
+            i64::try_from(f.latency_ms).unwrap_or(i64::MAX),
+        ])
+    })
+    .map_err(err())?;
+
+    let retry_at = match &f.decision {
+        Decision::Retry { at, .. } => Some(*at),
+        _ => None,
+    };
+    // A rejected key is not the job's fault: the attempt is given back.
+    let give_back = f.decision == Decision::PauseForKey;
+    let result = f.result.as_ref().map(Value::to_string);
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, scheduled_at = coalesce(?3, scheduled_at),
+                attempts = attempts - ?4, last_error = coalesce(?5, last_error),
+                result = coalesce(?6, result), updated_at = ?7
+         WHERE id = ?1 AND state = 'sending'",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            f.id,
+            state_after(&f.decision).as_str(),
+            retry_at,
+            i64::from(give_back),
+            reason,
+            result,
+            f.finished_at,
+        ])
+    })
+    .map_err(err())?;
+    Ok(())
+}
+
+/// Puts jobs left in `sending` by a crash back in line, marking their open
+/// attempts as ambiguous: the request may have reached Coax.
+pub fn recover(
+    conn: &Connection,
+    now: Millis,
+    policy: OnAmbiguous,
+) -> Result<Vec<Recovered>, StoreError> {
+    let err = || StoreError::sqlite("recovering interrupted sends");
+    let (state, decision) = match policy {
+        OnAmbiguous::Retry => (State::Scheduled, "retry"),
+        OnAmbiguous::Hold => (State::Held, "held"),
+    };
+    let reason = "interrupted: the daemon stopped before Coax answered, so it may have been sent";
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(err())?;
+    let result = (|| {
+        let recovered = conn
+            .prepare(
+                "UPDATE jobs SET state = ?1, last_error = ?2, updated_at = ?3
+                 WHERE state = 'sending' RETURNING id, key, attempts",
+            )?
+            .query_map(params![state.as_str(), reason, now], |r| {
+                Ok(Recovered {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    attempt: r.get(2)?,
+                    held: state == State::Held,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?1, error = ?2, decision = ?3, ambiguous = 1
+             WHERE finished_at IS NULL",
+            params![now, reason, decision],
+        )?;
+        Ok(recovered)
+    })();
+    match result {
+        Ok(recovered) => {
+            conn.execute_batch("COMMIT").map_err(err())?;
+            Ok(recovered)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(err()(e))
+        }
+    }
+}
