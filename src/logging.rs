@@ -28,7 +28,7 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
         .filter(|d| !d.trim().is_empty());
     let filter = match &from_env {
         Some(directives) => EnvFilter::try_new(directives)?,
-        None => EnvFilter::try_new(&config.level)?,
+        None => config_filter(&config.level)?,
     };
     let (filter, handle) = reload::Layer::new(filter);
     let output = fmt_layer(config.format);
@@ -42,6 +42,16 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
         pinned_by_env: from_env.is_some(),
     });
     Ok(())
+}
+
+/// `log.level`, with the scheduler library's start-up chatter kept out of
+/// the status page unless a directive asks for it.
+fn config_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    if level.contains("tokio_cron_scheduler") {
+        return Ok(filter);
+    }
+    Ok(filter.add_directive("tokio_cron_scheduler=warn".parse()?))
 }
 
 fn fmt_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
@@ -103,7 +113,7 @@ pub fn set_level(level: &str) -> Result<LevelChange, String> {
     if live.pinned_by_env {
         return Ok(LevelChange::PinnedByEnv);
     }
-    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    let filter = config_filter(level).map_err(|e| e.to_string())?;
     live.filter
         .reload(filter)
         .map_err(|e| e.to_string())

@@ -133,11 +133,13 @@ fn log_attempt(
 ) {
     let route = ctx.coax.path(job);
     let key = job.key.as_deref().unwrap_or("");
-    let reason = decision.reason().unwrap_or("");
+    // Absent fields are left out of the line rather than logged empty.
+    let reason = decision.reason();
     let retry_at = match decision {
-        Decision::Retry { at, .. } => time::format(*at),
-        _ => String::new(),
+        Decision::Retry { at, .. } => Some(time::format(*at)),
+        _ => None,
     };
+    let retry_at = retry_at.as_deref();
     macro_rules! line {
         ($level:ident, $msg:literal) => {
             tracing::$level!(
