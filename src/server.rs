@@ -90,7 +90,7 @@ pub async fn serve(
         let idle = limits.idle_timeout;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            tracing::debug!(%peer, "client connected");
+            tracing::info!(%peer, "client connected");
             if let Err(e) = connection(stream, &service, idle, shutdown).await {
                 tracing::info!(%peer, error = %e, "client connection ended with an error");
             }

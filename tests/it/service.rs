@@ -723,3 +723,38 @@ async fn outside_journald_text_lines_start_with_a_timestamp() {
         assert!(starts_with_timestamp(line), "no timestamp: {line:?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// housekeeping on its schedule
+// ---------------------------------------------------------------------------
+
+/// The prune runs on `store.prune_schedule` by itself (here every second,
+/// with a one-second retention), removes finished jobs only, and says so.
+#[tokio::test]
+async fn the_scheduled_prune_removes_finished_jobs_and_logs_it() {
+    let coax = CoaxStub::start().await;
+    coax.set_default(Reply::sent());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_text(&coax.base_url(), "", "").replace(
+        "path = \"queue.db\"",
+        "path = \"queue.db\"\nprune_schedule = \"* * * * * *\"\nretention = \"1s\"",
+    );
+    let mut daemon = start_with_env(dir.path(), &config, &[]).await;
+    let sent = enqueue(&daemon.socket, sms("goes-now", None)).await;
+    wait_for_state(&daemon.socket, sent, "sent").await;
+    let waiting = enqueue(&daemon.socket, sms("waits", Some("1h"))).await;
+
+    wait_until("the sent job to be pruned", PATIENCE, || async {
+        let answer = request_at(&daemon.socket, json!({"op": "get", "id": sent})).await;
+        (answer["error"]["code"] == "not_found").then_some(())
+    })
+    .await;
+    let answer = request_at(&daemon.socket, json!({"op": "get", "id": waiting})).await;
+    assert_eq!(answer["job"]["state"], "scheduled", "{answer}");
+    let line = wait_for_log_line(&daemon, "the prune line", |l| {
+        l.contains("pruned finished jobs") && l.contains("jobs=1")
+    })
+    .await;
+    assert!(line.contains("attempts=1"), "{line}");
+    terminate(&mut daemon).await;
+}
