@@ -242,6 +242,11 @@ impl Dispatcher {
                 _ = shutdown.changed() => {}
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     self.absorb(&mut gate, done);
+                    // Take every attempt that has finished meanwhile, so the
+                    // next claim fills all the free slots in one transaction.
+                    while let Some(done) = in_flight.try_join_next() {
+                        self.absorb(&mut gate, done);
+                    }
                 }
                 Some(healthy) = async {
                     match probe.as_mut() {
