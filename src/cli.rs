@@ -86,6 +86,8 @@ pub enum Command {
     Simulate(crate::simulate::SimArgs),
     /// Show the daemon at work against the simulator, in a temp dir
     Demo,
+    /// Measure throughput and lateness against the simulator, in a temp dir
+    Bench(crate::bench::BenchArgs),
     /// Delete finished jobs older than --older-than (default store.retention)
     Prune {
         /// A duration such as 30d
@@ -111,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => report(check_config(&cli)),
         Command::Simulate(args) => report(crate::simulate::run(&args)),
         Command::Demo => report(crate::demo::run()),
+        Command::Bench(args) => report(crate::bench::run(&args, cli.json)),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(
@@ -294,6 +297,7 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
         | Command::CheckConfig
         | Command::Simulate(_)
         | Command::Demo
+        | Command::Bench(_)
         | Command::Status
         | Command::Completions { .. } => {
             bail!("not a client command")

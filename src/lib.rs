@@ -7,6 +7,7 @@
 //! with each answer is decided by the pure functions in [`policy`]. The CLI in
 //! [`cli`] is both the daemon's entry point and a client of its socket.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod coax;

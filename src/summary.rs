@@ -24,12 +24,15 @@ pub async fn run(
 ) {
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Counting a large queue costs tens of milliseconds: refresh STATUS=
+    // only when systemd is there to read it.
+    let supervised = crate::systemd::supervised();
     let mut period = *log_every.borrow_and_update();
     let mut next_log = next(period);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = status.tick() => {
+            _ = status.tick(), if supervised => {
                 if let Some(line) = line(&store, &dispatch).await {
                     crate::systemd::status(&line.text);
                 }

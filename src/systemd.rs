@@ -15,6 +15,11 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
+/// Whether systemd listens for notifications (`NOTIFY_SOCKET` is set).
+pub fn supervised() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 /// The database is open, recovery is done and the socket is listening.
 pub fn ready(status: &str) {
     notify(&[NotifyState::Ready, NotifyState::Status(status)]);

@@ -60,7 +60,10 @@ pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::R
         tokio::time::sleep(POLL).await;
     }
     loop {
-        let summary = store.stats().await.context("cannot read the daemon's stats")?;
+        let summary = store
+            .stats()
+            .await
+            .context("cannot read the daemon's stats")?;
         if summary.counts.get(&State::Sent).copied().unwrap_or(0) >= target {
             break;
         }

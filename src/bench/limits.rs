@@ -26,14 +26,6 @@ const BATCH_ROWS: usize = 500;
 /// Concurrent HTTP connections, as the dispatcher's concurrency.
 const HTTP_CONNECTIONS: usize = 64;
 
-/// What the machine can do.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub commits_per_s: f64,
-    pub batched_rows_per_s: f64,
-    pub http_puts_per_s: f64,
-}
-
 fn open(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("cannot create a scratch database at {}", path.display()))?;
@@ -70,7 +62,7 @@ fn insert_for(
         for _ in 0..rows {
             *offset += 1;
             let n = *offset;
-            insert.execute(params![format!("limit-{n:09}"), n, PAYLOAD])?;
+            insert.execute(params![format!("limit-{n:09}"), n as i64, PAYLOAD])?;
         }
         conn.execute_batch("COMMIT")?;
         transactions += 1;
@@ -81,8 +73,10 @@ fn insert_for(
 }
 
 /// Durable single-row commits per second, then rows per second in
-/// transactions of 500, each measured for `window`.
+/// transactions of 500, each measured for `window`, in `dir/limits`.
 pub fn sqlite(dir: &Path, window: Duration) -> anyhow::Result<(f64, f64)> {
+    let dir = dir.join("limits");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let conn = open(&dir.join("limits.db"))?;
     let mut offset = 0;
     let (commits, _) = insert_for(&conn, 1, window, &mut offset)

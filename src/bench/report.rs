@@ -40,6 +40,7 @@ impl Unit {
             Unit::PerSecond => format!("{}/s", thousands(value)),
             Unit::Millis if value < 10.0 => format!("{value:.2} ms"),
             Unit::Millis => format!("{value:.1} ms"),
+            Unit::Seconds if value < 1.0 => format!("{value:.3} s"),
             Unit::Seconds => format!("{value:.2} s"),
             Unit::MiB => format!("{value:.1} MiB"),
             Unit::Percent => format!("{value:.2}%"),
@@ -217,14 +218,24 @@ impl Machine {
 
 /// The figures as one Markdown table.
 pub fn table(figures: &[Figure]) -> String {
-    let header = ["Figure", "Measured", "Target", "Limit on this machine", "Ratio", ""];
+    let header = [
+        "Figure",
+        "Measured",
+        "Target",
+        "Limit on this machine",
+        "Ratio",
+        "",
+    ];
     let rows: Vec<[String; 6]> = figures
         .iter()
         .map(|f| {
             [
                 f.name.clone(),
                 f.unit.show(f.value),
-                f.target.as_ref().map(|t| t.text.clone()).unwrap_or_default(),
+                f.target
+                    .as_ref()
+                    .map(|t| t.text.clone())
+                    .unwrap_or_default(),
                 f.limit.as_ref().map(|l| l.text.clone()).unwrap_or_default(),
                 f.limit
                     .as_ref()
@@ -288,13 +299,19 @@ mod tests {
     #[test]
     fn the_table_has_a_row_per_figure() {
         let figures = vec![
-            Figure::new("a", "A figure", 12_345.0, Unit::PerSecond)
-                .target(Target::at_least(12_345.0, 10_000.0, Unit::PerSecond)),
+            Figure::new("a", "A figure", 12_345.0, Unit::PerSecond).target(Target::at_least(
+                12_345.0,
+                10_000.0,
+                Unit::PerSecond,
+            )),
             Figure::new("b", "B", 1.5, Unit::Millis),
         ];
         let text = table(&figures);
         assert_eq!(text.lines().count(), 4);
-        assert!(text.contains("| A figure | 12,345/s | ≥ 10,000/s |"), "{text}");
+        assert!(
+            text.contains("| A figure | 12,345/s | ≥ 10,000/s |"),
+            "{text}"
+        );
         assert!(text.contains("met"));
     }
 }

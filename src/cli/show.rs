@@ -42,6 +42,7 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         | Command::CheckConfig
         | Command::Simulate(_)
         | Command::Demo
+        | Command::Bench(_)
         | Command::Status
         | Command::Completions { .. } => {}
     }
