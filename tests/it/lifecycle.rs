@@ -77,29 +77,6 @@ async fn wait_for_state(daemon: &DaemonProcess, id: i64, state: &str) -> Value {
     .await
 }
 
-/// Waits until some log line satisfies `pred`, and returns that line.
-async fn wait_for_log_line(
-    daemon: &DaemonProcess,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let found = tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(line) = daemon.logs().lines().find(|l| pred(l)) {
-                return line.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| {
-        panic!(
-            "timed out waiting for a log line with {what}; logs:\n{}",
-            daemon.logs()
-        )
-    })
-}
-
 /// Sends SIGTERM and asserts a clean exit (code 0).
 async fn terminate(daemon: &mut DaemonProcess) {
     daemon.signal("TERM");
@@ -388,10 +365,11 @@ async fn after_kill_9_mid_request_the_job_is_sent_again_as_a_possible_duplicate(
     assert_eq!(job["result"]["status"], 200, "{job}");
 
     let id_field = format!("job_id={id}");
-    let line = wait_for_log_line(&daemon, "'possible duplicate' and the job id", |l| {
-        l.contains("possible duplicate") && l.split_whitespace().any(|w| w == id_field)
-    })
-    .await;
+    let line = daemon
+        .wait_for_log_line("'possible duplicate' and the job id", |l| {
+            l.contains("possible duplicate") && l.split_whitespace().any(|w| w == id_field)
+        })
+        .await;
     assert!(line.contains("crash-1"), "the line names the key: {line}");
 }
 
@@ -600,18 +578,20 @@ async fn start_stop_and_attempt_log_lines_carry_their_fields() {
     let coax = CoaxStub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = DaemonProcess::start(dir.path(), &config_text(&coax.base_url(), "", "")).await;
-    wait_for_log_line(&daemon, "'coax-scheduler started'", |l| {
-        l.contains("coax-scheduler started")
-    })
-    .await;
+    daemon
+        .wait_for_log_line("'coax-scheduler started'", |l| {
+            l.contains("coax-scheduler started")
+        })
+        .await;
 
     let id = enqueue_id(&daemon, sms("logged-1", "log me")).await;
     wait_for_state(&daemon, id, "sent").await;
     let id_field = format!("job_id={id}");
-    let line = wait_for_log_line(&daemon, "the attempt line", |l| {
-        l.split_whitespace().any(|w| w == id_field) && l.contains("attempt=")
-    })
-    .await;
+    let line = daemon
+        .wait_for_log_line("the attempt line", |l| {
+            l.split_whitespace().any(|w| w == id_field) && l.contains("attempt=")
+        })
+        .await;
     for field in [
         "kind=message",
         "route=\"/api/v2/message/send/sms\"",

@@ -67,13 +67,6 @@ async fn start(dir: &Path, config: &str) -> DaemonProcess {
     daemon
 }
 
-async fn wait_for_log(daemon: &DaemonProcess, what: &str, needle: &str) {
-    wait_until(what, PATIENCE, || async {
-        daemon.logs().contains(needle).then_some(())
-    })
-    .await;
-}
-
 async fn stats(daemon: &DaemonProcess) -> Value {
     request_at(&daemon.socket, json!({"op": "stats"})).await
 }
@@ -122,7 +115,9 @@ async fn a_reload_rotates_the_key_and_ends_the_auth_pause_at_once() {
     assert_eq!(job["attempts"], 1, "the 401 used no attempt: {job}");
     let last = coax.requests().last().cloned().expect("a request");
     assert_eq!(last.bearer(), Some(NEW_KEY));
-    wait_for_log(&daemon, "the reload line", "config reloaded").await;
+    daemon
+        .wait_for_log_line("the reload line", |l| l.contains("config reloaded"))
+        .await;
     let logs = daemon.logs();
     let reloaded = logs
         .lines()
@@ -156,7 +151,9 @@ async fn a_broken_config_keeps_the_old_one_and_a_new_path_needs_a_restart() {
     )
     .expect("write config");
     daemon.signal("HUP");
-    wait_for_log(&daemon, "the failed reload", "reload failed").await;
+    daemon
+        .wait_for_log_line("the failed reload", |l| l.contains("reload failed"))
+        .await;
     let failed = daemon
         .logs()
         .lines()
@@ -182,7 +179,9 @@ async fn a_broken_config_keeps_the_old_one_and_a_new_path_needs_a_restart() {
     )
     .expect("write config");
     daemon.signal("HUP");
-    wait_for_log(&daemon, "the restart warning", "needs a restart").await;
+    daemon
+        .wait_for_log_line("the restart warning", |l| l.contains("needs a restart"))
+        .await;
     let warning = daemon
         .logs()
         .lines()

@@ -123,29 +123,6 @@ async fn terminate(daemon: &mut DaemonProcess) {
     );
 }
 
-/// Waits until some log line satisfies `pred`, and returns that line.
-async fn wait_for_log_line(
-    daemon: &DaemonProcess,
-    what: &str,
-    pred: impl Fn(&str) -> bool,
-) -> String {
-    let found = tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(line) = daemon.logs().lines().find(|l| pred(l)) {
-                return line.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    found.unwrap_or_else(|_| {
-        panic!(
-            "timed out waiting for a log line with {what}; logs:\n{}",
-            daemon.logs()
-        )
-    })
-}
-
 async fn enqueue(socket: &Path, job: Value) -> i64 {
     let answer = request_at(socket, json!({"op": "enqueue", "job": job})).await;
     assert_eq!(answer["ok"], true, "enqueue failed: {answer}");
@@ -491,10 +468,11 @@ async fn under_socket_activation_a_queued_client_is_answered_and_the_socket_is_l
         .unwrap_or_else(|e| panic!("{answer:?} is not JSON: {e}; logs:\n{}", daemon.logs()));
     assert_eq!(answer["ok"], true, "{answer}");
 
-    wait_for_log_line(&daemon, "the passed socket", |l| {
-        l.contains("using the socket passed by systemd")
-    })
-    .await;
+    daemon
+        .wait_for_log_line("the passed socket", |l| {
+            l.contains("using the socket passed by systemd")
+        })
+        .await;
     let id = enqueue(&daemon.socket, sms("activated-1", None)).await;
     wait_for_state(&daemon.socket, id, "sent").await;
     assert_eq!(coax.requests().len(), 1);
@@ -581,10 +559,11 @@ async fn the_queue_summary_line_counts_the_queue_and_what_was_sent_in_each_inter
     coax.wait_for_requests(1, PATIENCE).await;
     let waiting = enqueue(&daemon.socket, sms("waiting", None)).await;
 
-    let line = wait_for_log_line(&daemon, "a summary with a due job", |l| {
-        l.contains("queue summary") && field(l, "due_now") == Some("1")
-    })
-    .await;
+    let line = daemon
+        .wait_for_log_line("a summary with a due job", |l| {
+            l.contains("queue summary") && field(l, "due_now") == Some("1")
+        })
+        .await;
     assert_eq!(number(&line, "scheduled"), 4, "{line}");
     assert_eq!(number(&line, "sending"), 1, "{line}");
     assert_eq!(number(&line, "sent_total"), 0, "{line}");
@@ -594,10 +573,11 @@ async fn the_queue_summary_line_counts_the_queue_and_what_was_sent_in_each_inter
 
     wait_for_state(&daemon.socket, slow, "sent").await;
     wait_for_state(&daemon.socket, waiting, "sent").await;
-    let line = wait_for_log_line(&daemon, "a summary after both sends", |l| {
-        l.contains("queue summary") && field(l, "sent_total") == Some("2")
-    })
-    .await;
+    let line = daemon
+        .wait_for_log_line("a summary after both sends", |l| {
+            l.contains("queue summary") && field(l, "sent_total") == Some("2")
+        })
+        .await;
     assert_eq!(number(&line, "scheduled"), 3, "{line}");
     assert_eq!(number(&line, "due_now"), 0, "{line}");
     assert_eq!(number(&line, "oldest_overdue_ms"), 0, "{line}");
@@ -632,10 +612,11 @@ async fn the_queue_summary_is_one_flat_json_object_in_json_format() {
     wait_for_state(&daemon.socket, now, "sent").await;
 
     let parse = |l: &str| serde_json::from_str::<Value>(l).ok();
-    let line = wait_for_log_line(&daemon, "a JSON summary after the send", |l| {
-        parse(l).is_some_and(|v| v["message"] == "queue summary" && v["sent_total"] == 1)
-    })
-    .await;
+    let line = daemon
+        .wait_for_log_line("a JSON summary after the send", |l| {
+            parse(l).is_some_and(|v| v["message"] == "queue summary" && v["sent_total"] == 1)
+        })
+        .await;
     let summary = parse(&line).unwrap();
     assert_eq!(summary["level"], "INFO", "{summary}");
     assert_eq!(summary["scheduled"], 2, "{summary}");
@@ -673,10 +654,11 @@ async fn text_log_lines(env: &[(&str, &str)]) -> Vec<String> {
     let coax = CoaxStub::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = start_with_env(dir.path(), &config_text(&coax.base_url(), "", ""), env).await;
-    wait_for_log_line(&daemon, "the start-up line", |l| {
-        l.contains("coax-scheduler started")
-    })
-    .await;
+    daemon
+        .wait_for_log_line("the start-up line", |l| {
+            l.contains("coax-scheduler started")
+        })
+        .await;
     terminate(&mut daemon).await;
     let lines: Vec<String> = daemon.logs().lines().map(str::to_owned).collect();
     assert!(
@@ -751,10 +733,11 @@ async fn the_scheduled_prune_removes_finished_jobs_and_logs_it() {
     .await;
     let answer = request_at(&daemon.socket, json!({"op": "get", "id": waiting})).await;
     assert_eq!(answer["job"]["state"], "scheduled", "{answer}");
-    let line = wait_for_log_line(&daemon, "the prune line", |l| {
-        l.contains("pruned finished jobs") && l.contains("jobs=1")
-    })
-    .await;
+    let line = daemon
+        .wait_for_log_line("the prune line", |l| {
+            l.contains("pruned finished jobs") && l.contains("jobs=1")
+        })
+        .await;
     assert!(line.contains("attempts=1"), "{line}");
     terminate(&mut daemon).await;
 }

@@ -237,6 +237,25 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until some log line satisfies `pred`, and returns that line.
+    pub async fn wait_for_log_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(PATIENCE, async {
+            loop {
+                if let Some(line) = self.logs().lines().find(|l| pred(l)) {
+                    return line.to_owned();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for a log line with {what}; logs:\n{}",
+                self.logs()
+            )
+        })
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
