@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use std::future::Future;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// An opened daemon, not yet serving.
 pub struct Daemon {
@@ -63,7 +64,7 @@ impl Daemon {
             config,
             store,
             recovered,
-            mut reloads,
+            reloads,
         } = self;
         for job in &recovered {
             tracing::warn!(
@@ -81,98 +82,143 @@ impl Daemon {
             config.coax.routes.clone(),
         )
         .context("cannot set up the Coax client")?;
-        let handle = Handle::new(crate::reload::settings_of(&config));
+        let dispatch = Handle::new(crate::reload::settings_of(&config));
+        let (summary_interval, summary_every) = watch::channel(config.log.summary_interval);
+        let tasks = Tasks::spawn(&config, &store, &coax, &dispatch, listener, summary_every);
+        announce(&config, &store, recovered.len()).await?;
+
+        let live = crate::reload::Live {
+            config,
+            coax,
+            dispatch,
+            summary_interval,
+        };
+        serve_until(shutdown, reloads, live).await;
+
+        crate::systemd::stopping();
+        tracing::info!("shutting down: no new jobs are claimed");
+        tasks.stop().await;
+        tracing::info!("coax-scheduler stopped");
+        Ok(())
+    }
+}
+
+/// The daemon's long-running tasks, and the switch that stops them.
+struct Tasks {
+    stop: watch::Sender<bool>,
+    dispatching: JoinHandle<()>,
+    serving: JoinHandle<()>,
+    summarising: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+}
+
+impl Tasks {
+    fn spawn(
+        config: &Config,
+        store: &Store,
+        coax: &CoaxClient,
+        dispatch: &Handle,
+        listener: UnixListener,
+        summary_every: watch::Receiver<Option<std::time::Duration>>,
+    ) -> Tasks {
         let (stop, stopped) = watch::channel(false);
-        let handle_for_summary = handle.clone();
-        let dispatcher = Dispatcher::new(store.clone(), coax.clone(), handle.clone());
-        let dispatching = tokio::spawn(dispatcher.run(stopped.clone()));
+        let dispatcher = Dispatcher::new(store.clone(), coax.clone(), dispatch.clone());
         let service = Service {
             store: store.clone(),
-            dispatch: handle.clone(),
+            dispatch: dispatch.clone(),
             default_ttl: config.dispatch.default_ttl,
             retention: config.store.retention,
         };
-        let serving = tokio::spawn(server::serve(
-            listener,
-            service,
-            config.socket.clone(),
-            stopped,
-        ));
-
-        let (summary_interval, summary_every) = watch::channel(config.log.summary_interval);
-        let summarising = tokio::spawn(crate::summary::run(
+        let housekeeping = crate::housekeeping::run(
             store.clone(),
-            handle_for_summary,
-            summary_every,
-            stop.subscribe(),
-        ));
-        let housekeeping = tokio::spawn({
-            let run = crate::housekeeping::run(
+            config.store.prune_schedule.clone(),
+            config.store.retention,
+            stopped.clone(),
+        );
+        Tasks {
+            dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
+            serving: tokio::spawn(server::serve(
+                listener,
+                service,
+                config.socket.clone(),
+                stopped.clone(),
+            )),
+            summarising: tokio::spawn(crate::summary::run(
                 store.clone(),
-                config.store.prune_schedule.clone(),
-                config.store.retention,
-                stop.subscribe(),
-            );
-            async move {
-                if let Err(e) = run.await {
+                dispatch.clone(),
+                summary_every,
+                stopped,
+            )),
+            housekeeping: tokio::spawn(async move {
+                if let Err(e) = housekeeping.await {
                     tracing::error!(error = %e, "housekeeping is not running");
                 }
-            }
-        });
-        let summary = store.stats().await.context("cannot read the queue")?;
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            socket = %config.socket.path.display(),
-            database = %config.store.path.display(),
-            coax = %config.coax.base_url,
-            scheduled = summary.counts.get(&crate::job::State::Scheduled).copied().unwrap_or(0),
-            recovered = recovered.len(),
-            next_due = %summary.next_due.map(time::format).unwrap_or_else(|| "none".into()),
-            "coax-scheduler started"
-        );
-        crate::systemd::ready(&format!(
-            "{} scheduled; listening on {}",
-            summary
-                .counts
-                .get(&crate::job::State::Scheduled)
-                .copied()
-                .unwrap_or(0),
-            config.socket.path.display()
-        ));
+            }),
+            stop,
+        }
+    }
 
-        let mut live = crate::reload::Live {
-            config,
-            coax,
-            dispatch: handle,
-            summary_interval,
-        };
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(()) = async {
-                    match reloads.as_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    tracing::info!("reloading the config");
-                    live.reload();
-                }
+    /// Stops accepting and claiming, and waits for the dispatcher to finish
+    /// the requests in flight.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for (name, task) in [
+            ("the summary", self.summarising),
+            ("housekeeping", self.housekeeping),
+            ("the socket server", self.serving),
+            ("the dispatcher", self.dispatching),
+        ] {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "{name} failed");
             }
         }
-        crate::systemd::stopping();
-        tracing::info!("shutting down: no new jobs are claimed");
-        let _ = stop.send(true);
-        let _ = summarising.await;
-        let _ = housekeeping.await;
-        if let Err(e) = serving.await {
-            tracing::error!(error = %e, "the socket server failed");
+    }
+}
+
+/// Logs the start-up line and tells systemd the daemon is ready.
+async fn announce(config: &Config, store: &Store, recovered: usize) -> anyhow::Result<()> {
+    let summary = store.stats().await.context("cannot read the queue")?;
+    let scheduled = summary
+        .counts
+        .get(&crate::job::State::Scheduled)
+        .copied()
+        .unwrap_or(0);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %config.socket.path.display(),
+        database = %config.store.path.display(),
+        coax = %config.coax.base_url,
+        scheduled,
+        recovered,
+        next_due = %summary.next_due.map(time::format).unwrap_or_else(|| "none".into()),
+        "coax-scheduler started"
+    );
+    crate::systemd::ready(&format!(
+        "{scheduled} scheduled; listening on {}",
+        config.socket.path.display()
+    ));
+    Ok(())
+}
+
+/// Waits for `shutdown`, reloading the config on each message from `reloads`.
+async fn serve_until(
+    shutdown: impl Future<Output = ()>,
+    mut reloads: Option<mpsc::Receiver<()>>,
+    mut live: crate::reload::Live,
+) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            Some(()) = async {
+                match reloads.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("reloading the config");
+                live.reload();
+            }
         }
-        if let Err(e) = dispatching.await {
-            tracing::error!(error = %e, "the dispatcher failed");
-        }
-        tracing::info!("coax-scheduler stopped");
-        Ok(())
     }
 }

@@ -6,6 +6,12 @@
 //! to the Coax API ([`coax`]) when it falls due ([`dispatch`]). What to do
 //! with each answer is decided by the pure functions in [`policy`]. The CLI in
 //! [`cli`] is both the daemon's entry point and a client of its socket.
+//!
+//! Around that core: [`daemon`] assembles the parts, [`reload`] applies a
+//! new config on SIGHUP, [`housekeeping`] prunes finished jobs, [`summary`]
+//! and [`logging`] make the logs the status page, and [`systemd`] speaks to
+//! the service manager. [`simulate`] is a Coax stand-in that serves the
+//! [`demo`] and the [`bench`]mark.
 
 pub mod bench;
 pub mod cli;
