@@ -16,7 +16,7 @@ pub mod gate;
 use crate::coax::CoaxClient;
 use crate::config::{BreakerConfig, OnAmbiguous, RateLimit, RetryConfig};
 use crate::store::Store;
-use crate::time;
+use crate::time::{self, Millis};
 use gate::{Gate, Mode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -140,6 +140,16 @@ pub struct Dispatcher {
     handle: Handle,
 }
 
+/// What the loop carries from one turn to the next.
+struct Turn {
+    gate: Gate,
+    in_flight: JoinSet<attempt::Report>,
+    /// A `/health` probe under way while the breaker is open.
+    probe: Option<JoinHandle<bool>>,
+    /// Whether the last claim failed, so a storage outage is logged once.
+    claim_failing: bool,
+}
+
 impl Dispatcher {
     pub fn new(store: Store, coax: CoaxClient, handle: Handle) -> Dispatcher {
         Dispatcher {
@@ -155,17 +165,16 @@ impl Dispatcher {
     /// Runs until `shutdown` turns true, then waits up to `shutdown_timeout`
     /// for the requests in flight and records their outcomes.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut gate = Gate::new(self.ctx.settings().gate(), time::now());
-        let mut in_flight: JoinSet<attempt::Report> = JoinSet::new();
-        let mut probe: Option<JoinHandle<bool>> = None;
-        let mut claim_failing = false;
+        let mut turn = Turn {
+            gate: Gate::new(self.ctx.settings().gate(), time::now()),
+            in_flight: JoinSet::new(),
+            probe: None,
+            claim_failing: false,
+        };
         // Pinged from this loop, so a hung dispatcher stops the pings.
         let watchdog = crate::systemd::watchdog_interval();
         let mut last_ping = Instant::now();
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
+        while !*shutdown.borrow() {
             if let Some(every) = watchdog
                 && last_ping.elapsed() >= every
             {
@@ -174,78 +183,27 @@ impl Dispatcher {
             }
             let now = time::now();
             let settings = self.ctx.settings();
-            if self.handle.reconfigured.swap(false, Ordering::SeqCst) {
-                gate.reconfigure(settings.gate(), now);
-            }
-            if self.handle.key_changed.swap(false, Ordering::SeqCst)
-                && let Some(mode) = gate.key_changed()
-            {
-                tracing::info!("a new API key was loaded; the pause for the rejected key ends");
-                self.changed(mode);
-            }
-            if let Some(mode) = gate.tick(now) {
-                self.changed(mode);
-            }
-            if probe.is_none() && gate.probe_due(now) {
-                let coax = self.ctx.coax.clone();
-                probe = Some(tokio::spawn(async move { coax.healthy().await }));
-            }
-            let mut wait = settings.poll_interval;
-            let free = settings.concurrency.saturating_sub(in_flight.len());
-            if free > 0 {
-                let admission = gate.admit(now, free);
-                if let Some(at) = admission.retry_at {
-                    wait = wait.min(time::until(at, now).max(Duration::from_millis(1)));
-                }
-                if admission.count > 0 {
-                    match self.ctx.store.claim(now, admission.count).await {
-                        Ok(claimed) => {
-                            if claim_failing {
-                                tracing::info!("claiming due jobs works again");
-                                claim_failing = false;
-                            }
-                            for job in &claimed.expired {
-                                tracing::warn!(
-                                    job_id = job.id,
-                                    key = job.key.as_deref().unwrap_or(""),
-                                    expires_at = %job.expires_at.map(time::format).unwrap_or_default(),
-                                    "expired before it could be sent; it will not be sent"
-                                );
-                            }
-                            gate.started(claimed.jobs.len());
-                            for job in claimed.jobs {
-                                in_flight.spawn(attempt::attempt(self.ctx.clone(), job));
-                            }
-                            // With every slot busy, a finishing attempt wakes
-                            // the loop; the next due time matters only with room.
-                            if let Some(due) = claimed.next_due
-                                && in_flight.len() < settings.concurrency
-                            {
-                                wait = wait.min(time::until(due, time::now()));
-                            }
-                        }
-                        Err(e) => {
-                            if !claim_failing {
-                                tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
-                                claim_failing = true;
-                            }
-                        }
-                    }
-                }
-            }
+            self.steer(&mut turn, &settings, now);
+            let mut wait = self.start_due(&mut turn, &settings, now).await;
             if let Some(every) = watchdog {
                 wait = wait.min(every);
             }
             let deadline = Instant::now() + wait;
+            let Turn {
+                gate,
+                in_flight,
+                probe,
+                ..
+            } = &mut turn;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    self.absorb(&mut gate, done);
+                    self.absorb(gate, done);
                     // Take every attempt that has finished meanwhile, so the
                     // next claim fills all the free slots in one transaction.
                     while let Some(done) = in_flight.try_join_next() {
-                        self.absorb(&mut gate, done);
+                        self.absorb(gate, done);
                     }
                 }
                 Some(healthy) = async {
@@ -254,7 +212,7 @@ impl Dispatcher {
                         None => None,
                     }
                 } => {
-                    probe = None;
+                    *probe = None;
                     let healthy = healthy.unwrap_or(false);
                     tracing::debug!(healthy, "health probe");
                     if let Some(mode) = gate.probe_result(time::now(), healthy) {
@@ -265,10 +223,84 @@ impl Dispatcher {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
-        if let Some(probe) = probe {
+        if let Some(probe) = turn.probe.take() {
             probe.abort();
         }
-        self.drain(&mut gate, in_flight).await;
+        self.drain(&mut turn.gate, turn.in_flight).await;
+    }
+
+    /// Brings the gate up to date: a reload, a new key, a pause that has
+    /// ended, a health probe that is due.
+    fn steer(&self, turn: &mut Turn, settings: &Settings, now: Millis) {
+        if self.handle.reconfigured.swap(false, Ordering::SeqCst) {
+            turn.gate.reconfigure(settings.gate(), now);
+        }
+        if self.handle.key_changed.swap(false, Ordering::SeqCst)
+            && let Some(mode) = turn.gate.key_changed()
+        {
+            tracing::info!("a new API key was loaded; the pause for the rejected key ends");
+            self.changed(mode);
+        }
+        if let Some(mode) = turn.gate.tick(now) {
+            self.changed(mode);
+        }
+        if turn.probe.is_none() && turn.gate.probe_due(now) {
+            let coax = self.ctx.coax.clone();
+            turn.probe = Some(tokio::spawn(async move { coax.healthy().await }));
+        }
+    }
+
+    /// Claims as many due jobs as there are free slots and the gate admits,
+    /// starts their attempts, and returns how long the loop may sleep.
+    async fn start_due(&self, turn: &mut Turn, settings: &Settings, now: Millis) -> Duration {
+        let mut wait = settings.poll_interval;
+        let free = settings.concurrency.saturating_sub(turn.in_flight.len());
+        if free == 0 {
+            // A finishing attempt wakes the loop.
+            return wait;
+        }
+        let admission = turn.gate.admit(now, free);
+        if let Some(at) = admission.retry_at {
+            wait = wait.min(time::until(at, now).max(Duration::from_millis(1)));
+        }
+        if admission.count == 0 {
+            return wait;
+        }
+        let claimed = match self.ctx.store.claim(now, admission.count).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                if !turn.claim_failing {
+                    tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
+                    turn.claim_failing = true;
+                }
+                return wait;
+            }
+        };
+        if turn.claim_failing {
+            tracing::info!("claiming due jobs works again");
+            turn.claim_failing = false;
+        }
+        for job in &claimed.expired {
+            tracing::warn!(
+                job_id = job.id,
+                key = job.key.as_deref().unwrap_or(""),
+                expires_at = %job.expires_at.map(time::format).unwrap_or_default(),
+                "expired before it could be sent; it will not be sent"
+            );
+        }
+        turn.gate.started(claimed.jobs.len());
+        for job in claimed.jobs {
+            turn.in_flight
+                .spawn(attempt::attempt(self.ctx.clone(), job));
+        }
+        // With every slot busy, a finishing attempt wakes the loop; the next
+        // due time matters only with room.
+        if let Some(due) = claimed.next_due
+            && turn.in_flight.len() < settings.concurrency
+        {
+            wait = wait.min(time::until(due, time::now()));
+        }
+        wait
     }
 
     fn absorb(&self, gate: &mut Gate, done: Result<attempt::Report, tokio::task::JoinError>) {
