@@ -18,7 +18,7 @@ use crate::config::{BreakerConfig, OnAmbiguous, RateLimit, RetryConfig};
 use crate::store::Store;
 use crate::time::{self, Millis};
 use gate::{Gate, Mode};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -57,6 +57,9 @@ pub struct Handle {
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     settings: Arc<RwLock<Settings>>,
+    /// The earliest due time the loop last read (`i64::MAX`: none, or a
+    /// claim under way), so that an enqueue for later need not wake it.
+    next_due: Arc<AtomicI64>,
     /// Set by [`Handle::reconfigure`], taken by the loop.
     reconfigured: Arc<AtomicBool>,
     key_changed: Arc<AtomicBool>,
@@ -70,8 +73,18 @@ impl Handle {
             sent: Arc::new(AtomicU64::new(0)),
             failed: Arc::new(AtomicU64::new(0)),
             settings: Arc::new(RwLock::new(settings)),
+            next_due: Arc::new(AtomicI64::new(i64::MAX)),
             reconfigured: Arc::new(AtomicBool::new(false)),
             key_changed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Wakes the loop if a job due at `at` comes before the earliest due
+    /// time it knows of. A later job changes nothing the loop will do
+    /// before its next claim, which reads the queue again anyway.
+    pub fn wake_if_before(&self, at: Millis) {
+        if at < self.next_due.load(Ordering::SeqCst) {
+            self.wake();
         }
     }
 
@@ -266,6 +279,9 @@ impl Dispatcher {
         if admission.count == 0 {
             return wait;
         }
+        // While the claim reads the queue, any enqueue must wake the loop:
+        // the claim may not see it.
+        self.handle.next_due.store(i64::MAX, Ordering::SeqCst);
         let claimed = match self.ctx.store.claim(now, admission.count).await {
             Ok(claimed) => claimed,
             Err(e) => {
@@ -293,6 +309,9 @@ impl Dispatcher {
             turn.in_flight
                 .spawn(attempt::attempt(self.ctx.clone(), job));
         }
+        self.handle
+            .next_due
+            .store(claimed.next_due.unwrap_or(i64::MAX), Ordering::SeqCst);
         // With every slot busy, a finishing attempt wakes the loop; the next
         // due time matters only with room.
         if let Some(due) = claimed.next_due

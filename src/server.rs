@@ -349,8 +349,8 @@ impl Service {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
         let earliest = jobs.iter().map(|j| j.scheduled_at).min();
         let done = self.store.enqueue(jobs).await.map_err(|e| internal(&e))?;
-        if earliest.is_some() {
-            self.dispatch.wake();
+        if let Some(at) = earliest {
+            self.dispatch.wake_if_before(at);
         }
         for e in done.iter().filter(|e| !e.duplicate) {
             tracing::debug!(job_id = e.id, scheduled_at = %e.scheduled_at, "job enqueued");
