@@ -77,18 +77,6 @@ async fn wait_for_state(daemon: &DaemonProcess, id: i64, state: &str) -> Value {
     .await
 }
 
-/// Sends SIGTERM and asserts a clean exit (code 0).
-async fn terminate(daemon: &mut DaemonProcess) {
-    daemon.signal("TERM");
-    let code = daemon.wait_exit(PATIENCE).await;
-    assert_eq!(
-        code,
-        Some(0),
-        "exit after SIGTERM; logs:\n{}",
-        daemon.logs()
-    );
-}
-
 /// A second `coax-scheduler run` in `dir` that is expected to refuse to
 /// start: waits for it to exit and returns its exit code and its output.
 async fn refused_start(dir: &Path, config: &str) -> (Option<i32>, String) {
@@ -226,7 +214,7 @@ async fn the_queue_survives_a_restart_with_the_same_ids_states_and_keys() {
     }
     let stats_before = daemon.request(json!({"op": "stats"})).await;
 
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
     assert!(
         !dir.path().join("coax.sock").exists(),
         "a clean stop removes the socket"
@@ -282,7 +270,7 @@ async fn sigterm_waits_for_the_request_in_flight_and_records_its_outcome() {
 
     let id = enqueue_id(&daemon, sms("in-flight", "slow answer")).await;
     coax.wait_for_requests(1, PATIENCE).await;
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 
     // The process is gone: what the database says now is what was recorded
     // before exit.
@@ -504,7 +492,7 @@ async fn a_stale_socket_is_replaced_and_the_new_one_has_mode_0660() {
         "socket mode is {:o}",
         meta.permissions().mode() & 0o7777
     );
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 }
 
 #[tokio::test]
@@ -549,7 +537,7 @@ async fn the_api_key_never_appears_in_debug_logs_even_for_401_and_transport_erro
     );
     // The 401 did not count; the reset did.
     assert_eq!(job["attempts"], 2, "{job}");
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 
     let logs = daemon.logs();
     assert!(logs.contains("DEBUG"), "debug lines are logged:\n{logs}");
@@ -607,7 +595,7 @@ async fn start_stop_and_attempt_log_lines_carry_their_fields() {
         );
     }
 
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
     let logs = daemon.logs();
     let started = logs.find("coax-scheduler started").expect("start-up line");
     let stopped = logs.find("coax-scheduler stopped").unwrap_or_else(|| {
@@ -628,7 +616,7 @@ async fn json_logs_carry_the_attempt_fields_as_values() {
     let mut daemon = DaemonProcess::start(dir.path(), &config).await;
     let id = enqueue_id(&daemon, sms("logged-json", "log me as json")).await;
     wait_for_state(&daemon, id, "sent").await;
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 
     let logs = daemon.logs();
     let lines: Vec<Value> = logs

@@ -111,18 +111,6 @@ async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Daemo
     daemon
 }
 
-/// Sends SIGTERM and asserts a clean exit (code 0).
-async fn terminate(daemon: &mut DaemonProcess) {
-    daemon.signal("TERM");
-    let code = daemon.wait_exit(PATIENCE).await;
-    assert_eq!(
-        code,
-        Some(0),
-        "exit after SIGTERM; logs:\n{}",
-        daemon.logs()
-    );
-}
-
 async fn enqueue(socket: &Path, job: Value) -> i64 {
     let answer = request_at(socket, json!({"op": "enqueue", "job": job})).await;
     assert_eq!(answer["ok"], true, "enqueue failed: {answer}");
@@ -392,7 +380,7 @@ async fn an_unreachable_notify_socket_does_not_stop_delivery() {
     let mut daemon = start_with_env(dir.path(), &config_text(&coax.base_url(), "", ""), &env).await;
     let id = enqueue(&daemon.socket, sms("unreachable-notify", None)).await;
     wait_for_state(&daemon.socket, id, "sent").await;
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -478,7 +466,7 @@ async fn under_socket_activation_a_queued_client_is_answered_and_the_socket_is_l
     assert_eq!(coax.requests().len(), 1);
 
     // The activator exec'd the daemon in its own process: the pid is the daemon's.
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
     assert!(
         is_socket(&daemon.socket),
         "the activator's socket was removed at exit"
@@ -596,7 +584,7 @@ async fn the_queue_summary_line_counts_the_queue_and_what_was_sent_in_each_inter
     .await;
     assert_eq!(sum("sent_in_interval"), 2, "logs:\n{}", daemon.logs());
     assert_eq!(sum("failed_in_interval"), 0, "logs:\n{}", daemon.logs());
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 }
 
 #[tokio::test]
@@ -627,7 +615,7 @@ async fn the_queue_summary_is_one_flat_json_object_in_json_format() {
     assert_eq!(summary["dispatch"], "running", "{summary}");
     assert!(summary.get("fields").is_none(), "not flattened: {summary}");
 
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
     let logs = daemon.logs();
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
@@ -659,7 +647,7 @@ async fn text_log_lines(env: &[(&str, &str)]) -> Vec<String> {
             l.contains("coax-scheduler started")
         })
         .await;
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
     let lines: Vec<String> = daemon.logs().lines().map(str::to_owned).collect();
     assert!(
         lines.iter().any(|l| l.contains("coax-scheduler stopped")),
@@ -739,5 +727,5 @@ async fn the_scheduled_prune_removes_finished_jobs_and_logs_it() {
         })
         .await;
     assert!(line.contains("attempts=1"), "{line}");
-    terminate(&mut daemon).await;
+    daemon.terminate().await;
 }

@@ -237,6 +237,13 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends SIGTERM and asserts a clean exit (code 0).
+    pub async fn terminate(&mut self) {
+        self.signal("TERM");
+        let code = self.wait_exit(PATIENCE).await;
+        assert_eq!(code, Some(0), "exit after SIGTERM; logs:\n{}", self.logs());
+    }
+
     /// Waits until some log line satisfies `pred`, and returns that line.
     pub async fn wait_for_log_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let found = tokio::time::timeout(PATIENCE, async {
