@@ -3,8 +3,9 @@
 //!
 //! A finished job (sent, skipped, failed, expired, cancelled) last updated
 //! longer ago than the retention is deleted with its history; then the WAL
-//! is checkpointed and SQLite optimises. Scheduled, sending and held jobs are
-//! never touched. The schedule runs on tokio-cron-scheduler in local time.
+//! is checkpointed and SQLite optimises. The store deletes in batches (see
+//! [`Store::prune`]). Scheduled, sending and held jobs are never touched.
+//! The schedule runs on tokio-cron-scheduler in local time.
 
 use crate::store::{Pruned, Store, StoreError};
 use crate::time::{self, Millis};

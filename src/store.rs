@@ -108,6 +108,9 @@ enum Call {
 /// How many waiting calls share one transaction at most.
 const MAX_GROUP: usize = 1024;
 
+/// How many jobs one call of a prune deletes at most.
+const PRUNE_BATCH: usize = 1_000;
+
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -262,18 +265,34 @@ impl Store {
     /// Deletes finished jobs last updated before `before` (or only counts
     /// them, on a dry run); after a real prune, checkpoints the WAL and lets
     /// SQLite optimise.
+    ///
+    /// The deletes go in batches of [`PRUNE_BATCH`] jobs, each its own
+    /// call: calls waiting behind a large prune are answered between
+    /// batches, and the undo SQLite keeps in memory for a call stays small.
+    /// A failure stops the prune; the batches before it stay deleted.
     pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
-        let pruned = self
-            .call(move |c| queries::prune(c, before, dry_run))
-            .await?;
-        if !dry_run {
-            self.call_alone(|c| {
-                c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")
-                    .map_err(StoreError::sqlite("checkpointing"))
-            })
-            .await?;
+        if dry_run {
+            return self.call(move |c| queries::count_prunable(c, before)).await;
         }
-        Ok(pruned)
+        let mut total = Pruned::default();
+        let mut after = 0;
+        loop {
+            let batch = self
+                .call(move |c| queries::prune_batch(c, before, after, PRUNE_BATCH))
+                .await?;
+            total.jobs += batch.pruned.jobs;
+            total.attempts += batch.pruned.attempts;
+            match batch.through {
+                Some(through) => after = through,
+                None => break,
+            }
+        }
+        self.call_alone(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")
+                .map_err(StoreError::sqlite("checkpointing"))
+        })
+        .await?;
+        Ok(total)
     }
 
     /// The earliest `scheduled_at` among scheduled jobs.

@@ -269,37 +269,82 @@ pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
 }
 
 /// What a prune removed, or would remove.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub jobs: u64,
     pub attempts: u64,
 }
 
+/// One batch of a prune: what it removed, and the highest job id it looked
+/// at (`None` once no finished job is left past the previous batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneBatch {
+    pub pruned: Pruned,
+    pub through: Option<i64>,
+}
+
 const FINISHED: &str =
     "state IN ('sent', 'skipped', 'failed', 'expired', 'cancelled') AND updated_at < ?1";
 
-pub fn prune(conn: &Connection, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
-    let err = || StoreError::sqlite("pruning finished jobs");
+/// How many finished jobs, and their attempts, a prune would remove.
+pub fn count_prunable(conn: &Connection, before: Millis) -> Result<Pruned, StoreError> {
     let count = |sql: &str| -> Result<u64, StoreError> {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.query_row([before], |r| r.get::<_, i64>(0)))
             .map(|n| u64::try_from(n).unwrap_or(0))
-            .map_err(err())
+            .map_err(StoreError::sqlite("counting finished jobs"))
     };
-    let jobs = count(&format!("SELECT count(*) FROM jobs WHERE {FINISHED}"))?;
-    let attempts = count(&format!(
-        "SELECT count(*) FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE {FINISHED})"
-    ))?;
-    if !dry_run {
-        conn.execute(
-            &format!("DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE {FINISHED})"),
-            [before],
-        )
+    Ok(Pruned {
+        jobs: count(&format!("SELECT count(*) FROM jobs WHERE {FINISHED}"))?,
+        attempts: count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE {FINISHED})"
+        ))?,
+    })
+}
+
+/// Deletes up to `limit` finished jobs with ids above `after`, and their
+/// attempts. The jobs are walked in id order (`NOT INDEXED` keeps SQLite on
+/// the rowid), so a whole prune reads the table once however many batches
+/// it takes.
+pub fn prune_batch(
+    conn: &Connection,
+    before: Millis,
+    after: i64,
+    limit: usize,
+) -> Result<PruneBatch, StoreError> {
+    let err = || StoreError::sqlite("pruning finished jobs");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let through: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT max(id) FROM (SELECT id FROM jobs NOT INDEXED
+             WHERE id > ?2 AND {FINISHED} ORDER BY id LIMIT ?3)"
+        ))
+        .and_then(|mut s| s.query_row(params![before, after, limit], |r| r.get(0)))
         .map_err(err())?;
-        conn.execute(&format!("DELETE FROM jobs WHERE {FINISHED}"), [before])
-            .map_err(err())?;
-    }
-    Ok(Pruned { jobs, attempts })
+    let Some(through) = through else {
+        return Ok(PruneBatch {
+            pruned: Pruned::default(),
+            through: None,
+        });
+    };
+    let in_batch = format!("id > ?2 AND id <= ?3 AND {FINISHED}");
+    let attempts = conn
+        .prepare_cached(&format!(
+            "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs NOT INDEXED WHERE {in_batch})"
+        ))
+        .and_then(|mut s| s.execute(params![before, after, through]))
+        .map_err(err())?;
+    let jobs = conn
+        .prepare_cached(&format!("DELETE FROM jobs NOT INDEXED WHERE {in_batch}"))
+        .and_then(|mut s| s.execute(params![before, after, through]))
+        .map_err(err())?;
+    Ok(PruneBatch {
+        pruned: Pruned {
+            jobs: jobs as u64,
+            attempts: attempts as u64,
+        },
+        through: Some(through),
+    })
 }
 
 fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, StoreError> {

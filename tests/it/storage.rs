@@ -1121,3 +1121,106 @@ async fn concurrent_enqueues_of_one_key_make_one_job() {
     assert_eq!(ids.len(), 1, "{answers:?}");
     assert_eq!(total(&store).await, 1);
 }
+
+// ---------------------------------------------------------------------------
+// Pruning
+// ---------------------------------------------------------------------------
+
+/// Gives the jobs with ids in `ids` the state `state`, an `updated_at` of
+/// `at` and one attempt each, as if they had been through delivery.
+async fn age_jobs(store: &Store, ids: Vec<i64>, state: &'static str, at: i64) {
+    store
+        .call(move |c| {
+            for id in ids {
+                c.execute(
+                    "UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                    rusqlite::params![id, state, at],
+                )
+                .map_err(pragma_error)?;
+                c.execute(
+                    "INSERT INTO attempts (job_id, seq, started_at) VALUES (?1, 1, ?2)",
+                    rusqlite::params![id, at],
+                )
+                .map_err(pragma_error)?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("age the jobs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_of_many_batches_removes_exactly_the_old_finished_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("queue.db");
+    let store = open_store(&db);
+    let mut ids = Vec::new();
+    for chunk in 0..5 {
+        let jobs = (0..700)
+            .map(|i| big_job(&format!("p{chunk}-{i}"), 10))
+            .collect();
+        ids.extend(
+            store
+                .enqueue(jobs)
+                .await
+                .expect("enqueue")
+                .iter()
+                .map(|e| e.id),
+        );
+    }
+    // Every finished state, old and recent, interleaved with jobs that must
+    // stay whatever their age, across more ids than one batch covers.
+    let (old, recent, before) = (1_000, 3_000, 2_000);
+    let mut doomed = HashSet::new();
+    for (i, &id) in ids.iter().enumerate() {
+        let (state, at) = match i % 7 {
+            0 => ("sent", old),
+            1 => ("failed", old),
+            2 => ("skipped", old),
+            3 => ("cancelled", old),
+            4 => ("expired", old),
+            5 => ("sent", recent),
+            _ => ("held", old),
+        };
+        if at == old && state != "held" {
+            doomed.insert(id);
+        }
+        age_jobs(&store, vec![id], state, at).await;
+    }
+
+    let dry = store.prune(before, true).await.expect("dry run");
+    assert_eq!(dry.jobs, doomed.len() as u64);
+    assert_eq!(dry.attempts, doomed.len() as u64);
+    assert_eq!(
+        total(&store).await,
+        ids.len() as u64,
+        "a dry run removed jobs"
+    );
+
+    let pruned = store.prune(before, false).await.expect("prune");
+    assert_eq!(pruned, dry);
+    let conn = reader(&db);
+    let left: HashSet<i64> = conn
+        .prepare("SELECT id FROM jobs")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("read the jobs left");
+    let kept: HashSet<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !doomed.contains(id))
+        .collect();
+    assert_eq!(left, kept);
+    let orphans: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count orphaned attempts");
+    assert_eq!(orphans, 0);
+    assert_eq!(total(&store).await, kept.len() as u64);
+    assert_eq!(
+        store.prune(before, false).await.expect("prune again").jobs,
+        0
+    );
+}
