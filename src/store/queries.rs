@@ -297,7 +297,7 @@ pub fn count_prunable(conn: &Connection, before: Millis) -> Result<Pruned, Store
     Ok(Pruned {
         jobs: count(&format!("SELECT count(*) FROM jobs WHERE {FINISHED}"))?,
         attempts: count(&format!(
-            "SELECT count(*) FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE {FINISHED})"
+            "SELECT count(*) FROM jobs JOIN attempts ON attempts.job_id = jobs.id WHERE {FINISHED}"
         ))?,
     })
 }
