@@ -63,6 +63,9 @@ pub enum Command {
         state: Option<String>,
         #[arg(long)]
         limit: Option<u32>,
+        /// Most recently updated first instead
+        #[arg(long)]
+        recent: bool,
     },
     /// Cancel a scheduled job
     Cancel { id: i64 },
@@ -278,8 +281,9 @@ fn status_command(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let stats = ask(json!({"op": "stats"}))?;
     let next = ask(json!({"op": "list", "state": "scheduled", "limit": 1}))?;
-    let failed = ask(json!({"op": "list", "state": "failed", "limit": 1000}))?;
-    let held = ask(json!({"op": "list", "state": "held", "limit": 5}))?;
+    let recent = |state: &str| json!({"op": "list", "state": state, "limit": 5, "order": "recent"});
+    let failed = ask(recent("failed"))?;
+    let held = ask(recent("held"))?;
     if cli.json {
         println!(
             "{}",
@@ -315,8 +319,15 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
         Command::Enqueue { file } => enqueue_request(&read_input(file)?)?,
         Command::Get { id: Some(id), .. } => json!({"op": "get", "id": id}),
         Command::Get { key, .. } => json!({"op": "get", "key": key}),
-        Command::List { state, limit } => {
+        Command::List {
+            state,
+            limit,
+            recent,
+        } => {
             let mut r = json!({"op": "list"});
+            if *recent {
+                r["order"] = json!("recent");
+            }
             if let Some(s) = state {
                 r["state"] = json!(s);
             }

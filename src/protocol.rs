@@ -29,6 +29,17 @@ pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// The most jobs one `list` returns.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
 
+/// The order of `list`'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListOrder {
+    /// Oldest `scheduled_at` first (`"order":"due"`, the default).
+    #[default]
+    Due,
+    /// Most recently updated first (`"order":"recent"`): the latest
+    /// failures, say, however many older ones there are.
+    Recent,
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -38,6 +49,7 @@ pub enum Request {
     List {
         state: Option<State>,
         limit: u32,
+        order: ListOrder,
     },
     Cancel {
         id: i64,
@@ -201,6 +213,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
         "list" => Request::List {
             state: args.state()?,
             limit: args.limit()?,
+            order: args.order()?,
         },
         "cancel" => Request::Cancel { id: args.id()? },
         "reschedule" => Request::Reschedule {
@@ -312,6 +325,17 @@ impl Args<'_> {
         }
     }
 
+    fn order(&mut self) -> Result<ListOrder, ErrorBody> {
+        match self.fields.remove("order") {
+            None | Some(Value::Null) => Ok(ListOrder::Due),
+            Some(Value::String(s)) if s == "due" => Ok(ListOrder::Due),
+            Some(Value::String(s)) if s == "recent" => Ok(ListOrder::Recent),
+            Some(other) => Err(ErrorBody::bad_request(format!(
+                "\"order\" must be \"due\" or \"recent\", not {other}"
+            ))),
+        }
+    }
+
     fn limit(&mut self) -> Result<u32, ErrorBody> {
         match self.fields.remove("limit") {
             None | Some(Value::Null) => Ok(DEFAULT_LIST_LIMIT),
@@ -363,7 +387,16 @@ mod tests {
             parse_request(br#"{"op":"list","state":"failed"}"#),
             Ok(Request::List {
                 state: Some(State::Failed),
-                limit: DEFAULT_LIST_LIMIT
+                limit: DEFAULT_LIST_LIMIT,
+                order: ListOrder::Due
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"op":"list","order":"recent","limit":5}"#),
+            Ok(Request::List {
+                state: None,
+                limit: 5,
+                order: ListOrder::Recent
             })
         );
         assert_eq!(

@@ -241,10 +241,14 @@ impl Service {
                     None => Err(ErrorBody::new(ErrorCode::NotFound, described)),
                 }
             }
-            Request::List { state, limit } => {
+            Request::List {
+                state,
+                limit,
+                order,
+            } => {
                 let jobs = self
                     .store
-                    .list(state, limit)
+                    .list(state, limit, order)
                     .await
                     .map_err(|e| internal(&e))?;
                 Ok(ok_line(json!({ "jobs": jobs })))

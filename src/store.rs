@@ -205,8 +205,10 @@ impl Store {
         &self,
         state: Option<crate::job::State>,
         limit: u32,
+        order: crate::protocol::ListOrder,
     ) -> Result<Vec<crate::protocol::JobView>, StoreError> {
-        self.call(move |c| queries::list(c, state, limit)).await
+        self.call(move |c| queries::list(c, state, limit, order))
+            .await
     }
 
     pub async fn cancel(

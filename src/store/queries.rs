@@ -6,7 +6,7 @@
 use super::StoreError;
 use super::delivery::next_due;
 use crate::job::{Kind, NewJob, State};
-use crate::protocol::{AttemptView, Enqueued, JobView};
+use crate::protocol::{AttemptView, Enqueued, JobView, ListOrder};
 use crate::time::{self, Millis};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
@@ -134,11 +134,16 @@ pub fn list(
     conn: &Connection,
     state: Option<State>,
     limit: u32,
+    order: ListOrder,
 ) -> Result<Vec<JobView>, StoreError> {
+    let order = match order {
+        ListOrder::Due => "scheduled_at, id",
+        ListOrder::Recent => "updated_at DESC, id DESC",
+    };
     let mut views = match state {
         Some(state) => conn
             .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY scheduled_at, id LIMIT ?2"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY {order} LIMIT ?2"
             ))
             .and_then(|mut s| {
                 s.query_map(params![state.as_str(), limit], job_row)?
@@ -146,7 +151,7 @@ pub fn list(
             }),
         None => conn
             .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs ORDER BY scheduled_at, id LIMIT ?1"
+                "SELECT {JOB_COLUMNS} FROM jobs ORDER BY {order} LIMIT ?1"
             ))
             .and_then(|mut s| {
                 s.query_map([limit], job_row)?

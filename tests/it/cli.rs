@@ -7,9 +7,9 @@
 //! exit statuses: 0 on `ok:true`, 1 on `ok:false`, 2 when the daemon cannot be
 //! reached or the command line is wrong.
 
-use crate::helpers::PATIENCE;
 use crate::helpers::coax::{CoaxStub, Reply};
 use crate::helpers::daemon::{TestDaemon, binary, config_text};
+use crate::helpers::{PATIENCE, wait_until};
 use coax_scheduler::time;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -858,6 +858,35 @@ async fn list_limit_1_prints_one_row_the_earliest() {
     let (header, rows) = table(&run.stdout);
     assert_eq!(rows.len(), 1, "{}", run.stdout);
     assert_eq!(cell(&header, &rows[0], "ID"), first.to_string());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_recent_puts_the_most_recently_changed_job_first() {
+    let (_coax, daemon) = daemon().await;
+    let changed = daemon.enqueue(job_in("2h", "changed-last")).await;
+    let earliest = daemon.enqueue(job_in("1h", "due-first")).await;
+    let created = time::now();
+    wait_until("the clock to pass the enqueue", PATIENCE, || async {
+        (time::now() > created).then_some(())
+    })
+    .await;
+    let run = client(&daemon)
+        .args(["cancel", &changed.to_string()])
+        .run()
+        .await;
+    run.expect_code(0);
+
+    for (args, first) in [
+        (vec!["list", "--limit", "1"], earliest),
+        (vec!["list", "--limit", "1", "--recent"], changed),
+    ] {
+        let run = client(&daemon).args(&args).run().await;
+        run.expect_code(0);
+        let (header, rows) = table(&run.stdout);
+        assert_eq!(rows.len(), 1, "{args:?}: {}", run.stdout);
+        assert_eq!(cell(&header, &rows[0], "ID"), first.to_string(), "{args:?}");
+    }
     daemon.stop().await;
 }
 

@@ -1011,6 +1011,70 @@ async fn list_orders_oldest_first_and_filters_by_state_and_limit() {
     daemon.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_order_recent_puts_the_most_recently_changed_first() {
+    let coax = stub().await;
+    let daemon = TestDaemon::start(&coax.base_url()).await;
+    let mut ids = Vec::new();
+    for key in ["w", "x", "y", "z"] {
+        ids.push(daemon.enqueue(later_message(key)).await);
+    }
+    // Changed from the newest job to the oldest, each in a later millisecond
+    // than the one before, so that neither id order nor due order matches.
+    for &id in ids.iter().rev() {
+        let changed = daemon
+            .request(json!({"op": "reschedule", "id": id, "scheduled_at": "2031-05-05T00:00:00Z"}))
+            .await;
+        assert_eq!(changed["ok"], true, "{changed}");
+        let stamp = changed["job"]["updated_at"].clone();
+        wait_until("the clock to pass the change", PATIENCE, || {
+            let stamp = stamp.clone();
+            async move {
+                let now = coax_scheduler::time::format(coax_scheduler::time::now());
+                (stamp != now.as_str()).then_some(())
+            }
+        })
+        .await;
+    }
+    let cancelled = daemon.request(json!({"op": "cancel", "id": ids[2]})).await;
+    assert_eq!(cancelled["ok"], true, "{cancelled}");
+
+    let listed = |answer: Value| -> Vec<i64> {
+        assert_eq!(answer["ok"], true, "{answer}");
+        answer["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect()
+    };
+    let recent = daemon
+        .request(json!({"op": "list", "order": "recent"}))
+        .await;
+    assert_eq!(listed(recent), vec![ids[2], ids[0], ids[1], ids[3]]);
+    let scheduled = daemon
+        .request(json!({"op": "list", "state": "scheduled", "order": "recent", "limit": 2}))
+        .await;
+    assert_eq!(listed(scheduled), vec![ids[0], ids[1]]);
+    let due = daemon.request(json!({"op": "list", "order": "due"})).await;
+    assert_eq!(listed(due), ids);
+
+    for bad in [
+        json!({"op": "list", "order": "oldest"}),
+        json!({"op": "list", "order": 1}),
+    ] {
+        let answer = daemon.request(bad).await;
+        assert_error(&answer, "bad_request");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("\"recent\"")),
+            "{answer}"
+        );
+    }
+    daemon.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 6. cancel, reschedule, requeue
 // ---------------------------------------------------------------------------
