@@ -1,5 +1,5 @@
 //! The Coax HTTP client: turns a claimed job into one PUT and reads the
-//! answer into a [`policy::Answer`].
+//! answer into a [`crate::policy::Answer`].
 //!
 //! It owns route rendering, authentication and the bounded reading of
 //! answers. It does not decide what an answer means; that is

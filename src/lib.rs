@@ -11,7 +11,14 @@
 //! new config on SIGHUP, [`housekeeping`] prunes finished jobs, [`summary`]
 //! and [`logging`] make the logs the status page, and [`systemd`] speaks to
 //! the service manager. [`simulate`] is a Coax stand-in that serves the
-//! [`demo`] and the [`bench`]mark.
+//! [`demo`] and the [`bench`](mod@bench)mark.
+//!
+//! The modules link to their private parts on purpose: read these docs with
+//! `cargo doc --document-private-items`, which CI builds with warnings denied.
+
+// A public module's overview names its private submodules, which only the
+// `--document-private-items` build shows.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod bench;
 pub mod cli;
