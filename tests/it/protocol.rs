@@ -950,6 +950,17 @@ async fn many_requests_written_at_once_are_answered_in_order() {
 // 5. list
 // ---------------------------------------------------------------------------
 
+/// The ids in a successful `list` answer, in its order.
+fn listed_ids(answer: &Value) -> Vec<i64> {
+    assert_eq!(answer["ok"], true, "{answer}");
+    answer["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_orders_oldest_first_and_filters_by_state_and_limit() {
     let coax = stub().await;
@@ -967,38 +978,29 @@ async fn list_orders_oldest_first_and_filters_by_state_and_limit() {
     let d = daemon.enqueue(at("d", "2031-04-04T00:00:00Z")).await;
     let b = daemon.enqueue(at("b", "2031-02-02T05:00:00+05:00")).await;
 
-    let ids = |answer: &Value| -> Vec<i64> {
-        assert_eq!(answer["ok"], true, "{answer}");
-        answer["jobs"]
-            .as_array()
-            .expect("jobs")
-            .iter()
-            .map(|j| j["id"].as_i64().unwrap())
-            .collect()
-    };
     let all = daemon.request(json!({"op": "list"})).await;
-    assert_eq!(ids(&all), vec![a, b, c, d]);
+    assert_eq!(listed_ids(&all), vec![a, b, c, d]);
     assert_eq!(all["jobs"][0]["scheduled_at"], "2031-01-01T00:00:00.000Z");
 
     let two = daemon.request(json!({"op": "list", "limit": 2})).await;
-    assert_eq!(ids(&two), vec![a, b]);
+    assert_eq!(listed_ids(&two), vec![a, b]);
 
     let cancelled = daemon.request(json!({"op": "cancel", "id": b})).await;
     assert_eq!(cancelled["ok"], true, "{cancelled}");
     let scheduled = daemon
         .request(json!({"op": "list", "state": "scheduled"}))
         .await;
-    assert_eq!(ids(&scheduled), vec![a, c, d]);
+    assert_eq!(listed_ids(&scheduled), vec![a, c, d]);
     let only = daemon
         .request(json!({"op": "list", "state": "cancelled", "limit": 10}))
         .await;
-    assert_eq!(ids(&only), vec![b]);
+    assert_eq!(listed_ids(&only), vec![b]);
     let none = daemon.request(json!({"op": "list", "state": "sent"})).await;
-    assert_eq!(ids(&none), Vec::<i64>::new());
+    assert_eq!(listed_ids(&none), Vec::<i64>::new());
     let scheduled_one = daemon
         .request(json!({"op": "list", "state": "scheduled", "limit": 1}))
         .await;
-    assert_eq!(ids(&scheduled_one), vec![a]);
+    assert_eq!(listed_ids(&scheduled_one), vec![a]);
 
     for bad in [
         json!({"op": "list", "state": "lost"}),
@@ -1039,25 +1041,16 @@ async fn list_order_recent_puts_the_most_recently_changed_first() {
     let cancelled = daemon.request(json!({"op": "cancel", "id": ids[2]})).await;
     assert_eq!(cancelled["ok"], true, "{cancelled}");
 
-    let listed = |answer: Value| -> Vec<i64> {
-        assert_eq!(answer["ok"], true, "{answer}");
-        answer["jobs"]
-            .as_array()
-            .expect("jobs")
-            .iter()
-            .map(|j| j["id"].as_i64().unwrap())
-            .collect()
-    };
     let recent = daemon
         .request(json!({"op": "list", "order": "recent"}))
         .await;
-    assert_eq!(listed(recent), vec![ids[2], ids[0], ids[1], ids[3]]);
+    assert_eq!(listed_ids(&recent), vec![ids[2], ids[0], ids[1], ids[3]]);
     let scheduled = daemon
         .request(json!({"op": "list", "state": "scheduled", "order": "recent", "limit": 2}))
         .await;
-    assert_eq!(listed(scheduled), vec![ids[0], ids[1]]);
+    assert_eq!(listed_ids(&scheduled), vec![ids[0], ids[1]]);
     let due = daemon.request(json!({"op": "list", "order": "due"})).await;
-    assert_eq!(listed(due), ids);
+    assert_eq!(listed_ids(&due), ids);
 
     for bad in [
         json!({"op": "list", "order": "oldest"}),
