@@ -12,6 +12,10 @@
 //! statement), every call in it so far is told that nothing was written, and
 //! the rest of the group goes on in a new transaction.
 //!
+//! Counts per state live in a table kept in step with every change (schema
+//! version 3), so `stats` costs the same at any queue size; start-up checks
+//! them against the jobs and corrects them, with a WARN, after a hand edit.
+//!
 //! It does not decide what happens to a job; [`crate::dispatch`] and
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
@@ -131,6 +135,14 @@ impl Store {
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
         let recovered = delivery::recover(&conn, crate::time::now(), options.on_ambiguous)?;
+        for (state, kept, counted) in queries::reconcile_counts(&conn)? {
+            tracing::warn!(
+                state,
+                kept,
+                counted,
+                "the count of jobs in a state disagreed with the jobs (was the database edited by hand?); corrected"
+            );
+        }
         let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
         std::thread::Builder::new()
             .name("store".into())
@@ -402,6 +414,28 @@ fn run_in_savepoint(conn: &Connection, work: Work) -> (bool, Completion) {
         tracing::error!(error = %e, "cannot end a savepoint");
     }
     (succeeded, completion)
+}
+
+/// Runs `work` in a transaction of its own, for the start-up steps that run
+/// before the store thread (and its group transactions) exist.
+fn in_transaction<T>(
+    conn: &Connection,
+    during: &'static str,
+    work: impl FnOnce() -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(StoreError::sqlite(during))?;
+    match work() {
+        Ok(value) => {
+            conn.execute_batch("COMMIT")
+                .map_err(StoreError::sqlite(during))?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(StoreError::sqlite(during)(e))
+        }
+    }
 }
 
 /// The path of the lock file that guards `db`.

@@ -226,14 +226,12 @@ pub fn recover(
     now: Millis,
     policy: OnAmbiguous,
 ) -> Result<Vec<Recovered>, StoreError> {
-    let err = || StoreError::sqlite("recovering interrupted sends");
     let (state, decision) = match policy {
         OnAmbiguous::Retry => (State::Scheduled, "retry"),
         OnAmbiguous::Hold => (State::Held, "held"),
     };
     let reason = "interrupted: the daemon stopped before Coax answered, so it may have been sent";
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(err())?;
-    let result = (|| {
+    super::in_transaction(conn, "recovering interrupted sends", || {
         let recovered = conn
             .prepare(
                 "UPDATE jobs SET state = ?1, last_error = ?2, updated_at = ?3
@@ -254,15 +252,5 @@ pub fn recover(
             params![now, reason, decision],
         )?;
         Ok(recovered)
-    })();
-    match result {
-        Ok(recovered) => {
-            conn.execute_batch("COMMIT").map_err(err())?;
-            Ok(recovered)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(err()(e))
-        }
-    }
+    })
 }

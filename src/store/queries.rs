@@ -10,7 +10,7 @@ use crate::protocol::{AttemptView, Enqueued, JobView, ListOrder};
 use crate::time::{self, Millis};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::protocol::Lookup;
 
@@ -270,6 +270,39 @@ pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
     Ok(Summary {
         counts,
         next_due: next_due(conn)?,
+    })
+}
+
+/// Counts the jobs per state and, where `state_counts` disagrees, rewrites
+/// it. Every change the daemon makes keeps the two in step; this catches a
+/// hand edit of the database. Runs at start-up, in its own transaction;
+/// returns each state whose count was wrong, as (state, kept, counted).
+pub fn reconcile_counts(conn: &Connection) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let read = |sql: &str| -> rusqlite::Result<BTreeMap<String, i64>> {
+        conn.prepare(sql)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .filter(|row| !matches!(row, Ok((_, 0))))
+            .collect()
+    };
+    super::in_transaction(conn, "checking the counts per state", || {
+        let kept = read("SELECT state, jobs FROM state_counts")?;
+        let counted = read("SELECT state, count(*) FROM jobs GROUP BY state")?;
+        let states: BTreeSet<&String> = kept.keys().chain(counted.keys()).collect();
+        let wrong: Vec<(String, i64, i64)> = states
+            .into_iter()
+            .map(|s| {
+                let n = |counts: &BTreeMap<String, i64>| counts.get(s).copied().unwrap_or(0);
+                (s.clone(), n(&kept), n(&counted))
+            })
+            .filter(|(_, kept, counted)| kept != counted)
+            .collect();
+        if !wrong.is_empty() {
+            conn.execute_batch(
+                "DELETE FROM state_counts;
+                 INSERT INTO state_counts (state, jobs) SELECT state, count(*) FROM jobs GROUP BY state;",
+            )?;
+        }
+        Ok(wrong)
     })
 }
 

@@ -365,3 +365,50 @@ fn a_fixed_sequence_reaches_every_state_with_matching_counts() {
     let all: BTreeSet<String> = State::ALL.iter().map(|s| s.as_str().to_owned()).collect();
     assert_eq!(seen, all);
 }
+
+#[test]
+fn counts_broken_by_a_hand_edit_are_corrected_at_start_up() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("queue.db");
+        let mut run = Run {
+            db: &db,
+            store: Some(reopen(&db, false).await),
+            ids: Vec::new(),
+            claimed: Vec::new(),
+            keys: 0,
+        };
+        run.apply(&Op::Enqueue {
+            n: 4,
+            repeat: false,
+            expiring: false,
+        })
+        .await;
+        drop(run.store.take());
+
+        // Someone edits the queue with the sqlite3 shell while the daemon is
+        // stopped: a job inserted by hand, a count set wrong.
+        let conn = Connection::open(&db).expect("open the queue");
+        conn.execute_batch(
+            "INSERT INTO jobs (key, kind, channel, scheduled_at, state, created_at, updated_at, payload)
+             VALUES ('by-hand', 'message', 'sms', 0, 'failed', 0, 0, '{}');
+             UPDATE state_counts SET jobs = 99 WHERE state = 'scheduled';",
+        )
+        .expect("edit the queue by hand");
+        drop(conn);
+        assert_ne!(
+            counted(&db).get("failed"),
+            None,
+            "the hand edit did not land"
+        );
+
+        let store = reopen(&db, false).await;
+        assert_eq!(reported(&store).await, counted(&db));
+        assert_eq!(reported(&store).await.get("scheduled"), Some(&4));
+        assert_eq!(reported(&store).await.get("failed"), Some(&1));
+    });
+}
