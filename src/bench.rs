@@ -429,8 +429,9 @@ fn scale_figures(scale: &scale::Scale, plan: Plan, rows: f64) -> Vec<Figure> {
         Figure::new(
             "scale_enqueue",
             format!(
-                "{n} queued: enqueue, {} connections, one job per request",
-                plan.parallel.connections
+                "{n} queued: enqueue, {} connections, one job per request (median of {})",
+                plan.parallel.connections,
+                scale::ENQUEUE_RUNS
             ),
             scale.full_rate,
             Unit::PerSecond,

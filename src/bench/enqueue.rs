@@ -76,6 +76,23 @@ pub async fn rate(socket: &Path, shape: Shape, prefix: &str) -> anyhow::Result<f
     Ok(shape.jobs as f64 / started.elapsed().as_secs_f64())
 }
 
+/// The median of `runs` measurements of [`rate`], each with its own keys
+/// (`{prefix}-{run}-{i}`): one measurement of a second or so moves with
+/// whatever else the machine is doing.
+pub async fn median_rate(
+    socket: &Path,
+    shape: Shape,
+    prefix: &str,
+    runs: usize,
+) -> anyhow::Result<f64> {
+    let mut rates = Vec::with_capacity(runs.max(1));
+    for run in 0..runs.max(1) {
+        rates.push(rate(socket, shape, &format!("{prefix}-{run}")).await?);
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,10 +3,11 @@
 //! (`coax-scheduler run`) so that its memory and CPU time are its own.
 //!
 //! ```text
-//! child on an empty db ─► enqueue rate (empty) ─► stop
+//! child on an empty db ─► enqueue rate (empty, median of 3) ─► stop
 //!   ─► fill N jobs due in 1–31 days through the store ─► wait for its lock
 //!   ─► start child: time until it answers ping ─► settle ─► idle window:
-//!      utime+stime and VmRSS from /proc ─► `stats` ×5 ─► enqueue rate (full)
+//!      utime+stime and VmRSS from /proc ─► `stats` ×5 ─► enqueue rate
+//!      (full, median of 3)
 //!   ─► stop
 //! ```
 
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// How many times `stats` is asked; the median is reported.
 const STATS_SAMPLES: usize = 5;
+/// How many times each enqueue rate is measured; the median is reported.
+pub const ENQUEUE_RUNS: usize = 3;
 
 /// What the scale phase measured.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +57,8 @@ pub async fn run(
 
     let child = ChildDaemon::spawn(dir, &base_url)?;
     fixture::wait_ready(&child.socket).await?;
-    let empty_rate = enqueue::rate(&child.socket, shape, "scale-empty").await?;
+    let empty_rate =
+        enqueue::median_rate(&child.socket, shape, "scale-empty", ENQUEUE_RUNS).await?;
     child.stop().await?;
 
     progress(&format!("filling the queue with {jobs} jobs"));
@@ -92,7 +96,7 @@ pub async fn run(
     samples.sort();
     let stats = samples[samples.len() / 2];
 
-    let full_rate = enqueue::rate(&child.socket, shape, "scale-full").await?;
+    let full_rate = enqueue::median_rate(&child.socket, shape, "scale-full", ENQUEUE_RUNS).await?;
     child.stop().await?;
     simulator
         .stop()
