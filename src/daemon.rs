@@ -30,14 +30,14 @@ impl Daemon {
     /// Opens the store: takes its lock, migrates it, and puts jobs that a
     /// crash left in `sending` back in line.
     pub fn open(config: Config) -> Result<Daemon, store::StoreError> {
-        let (store, recovered) = Store::open(&store::Options {
+        let (store, opened) = Store::open(&store::Options {
             path: config.store.path.clone(),
             on_ambiguous: config.dispatch.on_ambiguous,
         })?;
         Ok(Daemon {
             config,
             store,
-            recovered,
+            recovered: opened.recovered,
             reloads: None,
         })
     }

@@ -3,8 +3,8 @@
 //!
 //! A finished job (sent, skipped, failed, expired, cancelled) last updated
 //! longer ago than the retention is deleted with its history; then the WAL
-//! is checkpointed and SQLite optimises. The store deletes in batches (see
-//! [`Store::prune`]). Scheduled, sending and held jobs are never touched.
+//! is checkpointed and SQLite optimises. The store deletes in short steps
+//! (see [`Store::prune`]). Scheduled, sending and held jobs are never touched.
 //! The schedule runs on tokio-cron-scheduler in local time.
 
 use crate::store::{Pruned, Store, StoreError};

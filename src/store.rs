@@ -22,9 +22,11 @@
 mod delivery;
 mod queries;
 mod schema;
+#[cfg(test)]
+mod tests;
 
 pub use delivery::{Claimed, ClaimedJob, Finish};
-pub use queries::{Lookup, Pruned, Refusal, Summary};
+pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;
@@ -87,6 +89,15 @@ fn describe_sqlite(e: &rusqlite::Error) -> String {
     }
 }
 
+/// What opening the store found and put right.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// Jobs a crash left in `sending`, now back in line (or held).
+    pub recovered: Vec<Recovered>,
+    /// Counts per state that disagreed with the jobs and were corrected.
+    pub recounted: Vec<Recount>,
+}
+
 /// A job found in `sending` at start-up: its last request may have reached Coax.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -112,8 +123,8 @@ enum Call {
 /// How many waiting calls share one transaction at most.
 const MAX_GROUP: usize = 1024;
 
-/// How many jobs one call of a prune deletes at most.
-const PRUNE_BATCH: usize = 1_000;
+/// How many finished jobs one call of a prune examines at most.
+const PRUNE_STEP: usize = 1_000;
 
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
@@ -129,17 +140,18 @@ pub struct Options {
 }
 
 impl Store {
-    /// Opens (or creates) the database, takes the lock, migrates, and
-    /// recovers jobs left in `sending` by a crash.
-    pub fn open(options: &Options) -> Result<(Store, Vec<Recovered>), StoreError> {
+    /// Opens (or creates) the database, takes the lock, migrates, recovers
+    /// jobs left in `sending` by a crash, and checks the counts per state.
+    pub fn open(options: &Options) -> Result<(Store, Opened), StoreError> {
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
         let recovered = delivery::recover(&conn, crate::time::now(), options.on_ambiguous)?;
-        for (state, kept, counted) in queries::reconcile_counts(&conn)? {
+        let recounted = queries::reconcile_counts(&conn)?;
+        for r in &recounted {
             tracing::warn!(
-                state,
-                kept,
-                counted,
+                state = r.state,
+                kept = r.kept,
+                counted = r.counted,
                 "the count of jobs in a state disagreed with the jobs (was the database edited by hand?); corrected"
             );
         }
@@ -151,7 +163,13 @@ impl Store {
                 path: options.path.clone(),
                 detail: format!("cannot start the store thread: {e}"),
             })?;
-        Ok((Store { work: tx }, recovered))
+        Ok((
+            Store { work: tx },
+            Opened {
+                recovered,
+                recounted,
+            },
+        ))
     }
 
     /// Runs `op` on the store thread inside the next group transaction and
@@ -280,26 +298,24 @@ impl Store {
     /// them, on a dry run); after a real prune, checkpoints the WAL and lets
     /// SQLite optimise.
     ///
-    /// The deletes go in batches of [`PRUNE_BATCH`] jobs, each its own
-    /// call: calls waiting behind a large prune are answered between
-    /// batches, and the undo SQLite keeps in memory for a call stays small.
-    /// A failure stops the prune; the batches before it stay deleted.
+    /// The prune goes in steps, each its own call that examines at most
+    /// [`PRUNE_STEP`] finished jobs: calls waiting behind a large prune are
+    /// answered between steps, and the undo SQLite keeps in memory for a
+    /// call stays small. A failure stops the prune; the steps before it
+    /// stay done.
     pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
         if dry_run {
             return self.call(move |c| queries::count_prunable(c, before)).await;
         }
         let mut total = Pruned::default();
-        let mut after = 0;
-        loop {
-            let batch = self
-                .call(move |c| queries::prune_batch(c, before, after, PRUNE_BATCH))
+        let mut from = Some(queries::PruneCursor::START);
+        while let Some(cursor) = from {
+            let step = self
+                .call(move |c| queries::prune_step(c, before, cursor, PRUNE_STEP))
                 .await?;
-            total.jobs += batch.pruned.jobs;
-            total.attempts += batch.pruned.attempts;
-            match batch.through {
-                Some(through) => after = through,
-                None => break,
-            }
+            total.jobs += step.pruned.jobs;
+            total.attempts += step.pruned.attempts;
+            from = step.next;
         }
         self.call_alone(|c| {
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")

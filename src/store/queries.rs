@@ -1,7 +1,8 @@
 //! The SQL behind the operations callers ask for: enqueue, look up, list,
 //! change, count and prune. Every function here runs on the store thread
-//! inside a savepoint that [`super::Store::call`] opened. Delivery's SQL is
-//! in [`super::delivery`].
+//! inside a savepoint that [`super::Store::call`] opened, except
+//! [`reconcile_counts`], which runs at start-up in its own transaction.
+//! Delivery's SQL is in [`super::delivery`].
 
 use super::StoreError;
 use super::delivery::next_due;
@@ -264,7 +265,17 @@ pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
         .map_err(StoreError::sqlite("counting jobs"))?;
     for row in rows {
         let (state, n) = row.map_err(StoreError::sqlite("counting jobs"))?;
-        counts.insert(state, u64::try_from(n).unwrap_or(0));
+        let n = u64::try_from(n).unwrap_or_else(|_| {
+            // Only a hand edit while the daemon runs can do this; start-up
+            // recounts.
+            tracing::error!(
+                state = state.as_str(),
+                count = n,
+                "the count of jobs in a state is negative; restart the daemon to recount"
+            );
+            0
+        });
+        counts.insert(state, n);
     }
     drop(stmt);
     Ok(Summary {
@@ -273,11 +284,21 @@ pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
     })
 }
 
+/// A state whose kept count disagreed with its jobs at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recount {
+    pub state: String,
+    /// What `state_counts` said.
+    pub kept: i64,
+    /// How many jobs there were.
+    pub counted: i64,
+}
+
 /// Counts the jobs per state and, where `state_counts` disagrees, rewrites
 /// it. Every change the daemon makes keeps the two in step; this catches a
 /// hand edit of the database. Runs at start-up, in its own transaction;
-/// returns each state whose count was wrong, as (state, kept, counted).
-pub fn reconcile_counts(conn: &Connection) -> Result<Vec<(String, i64, i64)>, StoreError> {
+/// returns each state whose count was wrong.
+pub fn reconcile_counts(conn: &Connection) -> Result<Vec<Recount>, StoreError> {
     let read = |sql: &str| -> rusqlite::Result<BTreeMap<String, i64>> {
         conn.prepare(sql)?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -288,13 +309,17 @@ pub fn reconcile_counts(conn: &Connection) -> Result<Vec<(String, i64, i64)>, St
         let kept = read("SELECT state, jobs FROM state_counts")?;
         let counted = read("SELECT state, count(*) FROM jobs GROUP BY state")?;
         let states: BTreeSet<&String> = kept.keys().chain(counted.keys()).collect();
-        let wrong: Vec<(String, i64, i64)> = states
+        let wrong: Vec<Recount> = states
             .into_iter()
             .map(|s| {
                 let n = |counts: &BTreeMap<String, i64>| counts.get(s).copied().unwrap_or(0);
-                (s.clone(), n(&kept), n(&counted))
+                Recount {
+                    state: s.clone(),
+                    kept: n(&kept),
+                    counted: n(&counted),
+                }
             })
-            .filter(|(_, kept, counted)| kept != counted)
+            .filter(|r| r.kept != r.counted)
             .collect();
         if !wrong.is_empty() {
             conn.execute_batch(
@@ -313,13 +338,40 @@ pub struct Pruned {
     pub attempts: u64,
 }
 
-/// One batch of a prune: what it removed, and the highest job id it looked
-/// at (`None` once no finished job is left past the previous batch).
+/// Where a prune has got to: the finished state it is walking (an index
+/// into [`FINISHED_STATES`]) and the last job it examined there, in the
+/// order of the `jobs_by_state_due` index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneBatch {
-    pub pruned: Pruned,
-    pub through: Option<i64>,
+pub struct PruneCursor {
+    state: usize,
+    scheduled_at: Millis,
+    id: i64,
 }
+
+impl PruneCursor {
+    pub const START: PruneCursor = PruneCursor {
+        state: 0,
+        scheduled_at: Millis::MIN,
+        id: i64::MIN,
+    };
+}
+
+/// One step of a prune: what it removed, and where the next step starts
+/// (`None` once every finished state has been walked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PruneStep {
+    pub pruned: Pruned,
+    pub next: Option<PruneCursor>,
+}
+
+/// The states a prune may delete, in the order it walks them.
+const FINISHED_STATES: [State; 5] = [
+    State::Sent,
+    State::Skipped,
+    State::Failed,
+    State::Expired,
+    State::Cancelled,
+];
 
 const FINISHED: &str =
     "state IN ('sent', 'skipped', 'failed', 'expired', 'cancelled') AND updated_at < ?1";
@@ -340,48 +392,87 @@ pub fn count_prunable(conn: &Connection, before: Millis) -> Result<Pruned, Store
     })
 }
 
-/// Deletes up to `limit` finished jobs with ids above `after`, and their
-/// attempts. The jobs are walked in id order (`NOT INDEXED` keeps SQLite on
-/// the rowid), so a whole prune reads the table once however many batches
-/// it takes.
-pub fn prune_batch(
+/// The jobs of one state (?2) after a position (?3, ?4) in the
+/// `jobs_by_state_due` index, with whether each was last updated before ?1:
+/// first those due at the same instant with a higher id, then those due
+/// later. (A row-value comparison, `(scheduled_at, id) > (?3, ?4)`, seeks
+/// on `scheduled_at` alone and would rescan every job due at that instant
+/// on each step.)
+pub(super) const PRUNE_STEP_SQL: [&str; 2] = [
+    "SELECT id, scheduled_at, updated_at < ?1 FROM jobs
+     WHERE state = ?2 AND scheduled_at = ?3 AND id > ?4
+     ORDER BY id LIMIT ?5",
+    "SELECT id, scheduled_at, updated_at < ?1 FROM jobs
+     WHERE state = ?2 AND scheduled_at > ?3
+     ORDER BY scheduled_at, id LIMIT ?5",
+];
+
+/// Examines up to `limit` finished jobs from `from` on, through the
+/// `jobs_by_state_due` index, and deletes those last updated before
+/// `before`, with their attempts. Each step costs at most `limit` index
+/// entries and row lookups however the queue is made up, and a whole prune
+/// reads each finished job once; scheduled jobs are never read.
+pub fn prune_step(
     conn: &Connection,
     before: Millis,
-    after: i64,
+    from: PruneCursor,
     limit: usize,
-) -> Result<PruneBatch, StoreError> {
+) -> Result<PruneStep, StoreError> {
     let err = || StoreError::sqlite("pruning finished jobs");
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let through: Option<i64> = conn
-        .prepare_cached(&format!(
-            "SELECT max(id) FROM (SELECT id FROM jobs NOT INDEXED
-             WHERE id > ?2 AND {FINISHED} ORDER BY id LIMIT ?3)"
-        ))
-        .and_then(|mut s| s.query_row(params![before, after, limit], |r| r.get(0)))
-        .map_err(err())?;
-    let Some(through) = through else {
-        return Ok(PruneBatch {
+    let Some(state) = FINISHED_STATES.get(from.state) else {
+        return Ok(PruneStep {
             pruned: Pruned::default(),
-            through: None,
+            next: None,
         });
     };
-    let in_batch = format!("id > ?2 AND id <= ?3 AND {FINISHED}");
-    let attempts = conn
-        .prepare_cached(&format!(
-            "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs NOT INDEXED WHERE {in_batch})"
-        ))
-        .and_then(|mut s| s.execute(params![before, after, through]))
+    let mut examined: Vec<(i64, Millis, bool)> = Vec::with_capacity(limit);
+    for sql in PRUNE_STEP_SQL {
+        let room = i64::try_from(limit - examined.len()).unwrap_or(i64::MAX);
+        if room == 0 {
+            break;
+        }
+        conn.prepare_cached(sql)
+            .and_then(|mut s| {
+                let rows = s.query_map(
+                    params![before, state.as_str(), from.scheduled_at, from.id, room],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
+                for row in rows {
+                    examined.push(row?);
+                }
+                Ok(())
+            })
+            .map_err(err())?;
+    }
+
+    let mut pruned = Pruned::default();
+    let mut attempts = conn
+        .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")
         .map_err(err())?;
-    let jobs = conn
-        .prepare_cached(&format!("DELETE FROM jobs NOT INDEXED WHERE {in_batch}"))
-        .and_then(|mut s| s.execute(params![before, after, through]))
+    let mut jobs = conn
+        .prepare_cached("DELETE FROM jobs WHERE id = ?1")
         .map_err(err())?;
-    Ok(PruneBatch {
-        pruned: Pruned {
-            jobs: jobs as u64,
-            attempts: attempts as u64,
+    for &(id, _, old) in &examined {
+        if old {
+            pruned.attempts += attempts.execute([id]).map_err(err())? as u64;
+            pruned.jobs += jobs.execute([id]).map_err(err())? as u64;
+        }
+    }
+    let next = match examined.last() {
+        Some(&(id, scheduled_at, _)) if examined.len() >= limit => PruneCursor {
+            state: from.state,
+            scheduled_at,
+            id,
         },
-        through: Some(through),
+        // This state is done; the next starts from its beginning.
+        _ => PruneCursor {
+            state: from.state + 1,
+            ..PruneCursor::START
+        },
+    };
+    Ok(PruneStep {
+        pruned,
+        next: (next.state < FINISHED_STATES.len()).then_some(next),
     })
 }
 

@@ -7,7 +7,7 @@
 use coax_scheduler::config::OnAmbiguous;
 use coax_scheduler::job::{NewJob, State, validate};
 use coax_scheduler::policy::Decision;
-use coax_scheduler::store::{Finish, Options, Store, StoreError};
+use coax_scheduler::store::{Finish, Opened, Options, Recount, Store, StoreError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rusqlite::{Connection, OpenFlags};
@@ -216,8 +216,20 @@ impl Run<'_> {
     }
 }
 
-/// Opens the store once the previous store thread has let go of its lock.
+/// Opens the store once the previous store thread has let go of its lock,
+/// and checks that no count had to be corrected: every change, recovery
+/// and migration must have kept them right on its own.
 async fn reopen(db: &Path, hold: bool) -> Store {
+    let (store, opened) = open_when_free(db, hold).await;
+    assert_eq!(
+        opened.recounted,
+        [],
+        "counts were wrong when the store opened"
+    );
+    store
+}
+
+async fn open_when_free(db: &Path, hold: bool) -> (Store, Opened) {
     let options = Options {
         path: db.to_owned(),
         on_ambiguous: if hold {
@@ -229,7 +241,7 @@ async fn reopen(db: &Path, hold: bool) -> Store {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match Store::open(&options) {
-            Ok((store, _recovered)) => return store,
+            Ok(opened) => return opened,
             Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -406,9 +418,41 @@ fn counts_broken_by_a_hand_edit_are_corrected_at_start_up() {
             "the hand edit did not land"
         );
 
-        let store = reopen(&db, false).await;
+        let (store, opened) = open_when_free(&db, false).await;
+        let recount = |state: &str, kept, counted| Recount {
+            state: state.into(),
+            kept,
+            counted,
+        };
+        assert_eq!(
+            opened.recounted,
+            [recount("failed", 0, 1), recount("scheduled", 99, 4)]
+        );
         assert_eq!(reported(&store).await, counted(&db));
         assert_eq!(reported(&store).await.get("scheduled"), Some(&4));
         assert_eq!(reported(&store).await.get("failed"), Some(&1));
+    });
+}
+
+#[test]
+fn a_schema_v1_queue_is_counted_when_it_is_migrated() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("queue.db");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema-v1.db");
+        std::fs::copy(&fixture, &db).expect("copy the v1 fixture");
+        let before = counted(&db);
+        assert!(
+            before.len() >= 4,
+            "the fixture holds jobs in several states: {before:?}"
+        );
+
+        // reopen fails the test if the counts had to be corrected.
+        let store = reopen(&db, false).await;
+        assert_eq!(reported(&store).await, before);
     });
 }

@@ -586,12 +586,13 @@ async fn the_binary_refuses_a_newer_schema_naming_the_version() {
 // ---------------------------------------------------------------------------
 
 fn open_store(db: &Path) -> Store {
-    let (store, recovered) = Store::open(&Options {
+    let (store, opened) = Store::open(&Options {
         path: db.to_owned(),
         on_ambiguous: OnAmbiguous::Retry,
     })
     .expect("the store opens");
-    assert!(recovered.is_empty());
+    assert!(opened.recovered.is_empty());
+    assert!(opened.recounted.is_empty());
     store
 }
 
@@ -1126,12 +1127,12 @@ async fn concurrent_enqueues_of_one_key_make_one_job() {
 // Pruning
 // ---------------------------------------------------------------------------
 
-/// Gives the jobs with ids in `ids` the state `state`, an `updated_at` of
-/// `at` and one attempt each, as if they had been through delivery.
-async fn age_jobs(store: &Store, ids: Vec<i64>, state: &'static str, at: i64) {
+/// Gives each job (id, state, at) that state, an `updated_at` of `at` and
+/// one attempt, as if it had been through delivery; all in one call.
+async fn age_jobs(store: &Store, jobs: Vec<(i64, &'static str, i64)>) {
     store
         .call(move |c| {
-            for id in ids {
+            for (id, state, at) in jobs {
                 c.execute(
                     "UPDATE jobs SET state = ?2, updated_at = ?3 WHERE id = ?1",
                     rusqlite::params![id, state, at],
@@ -1150,7 +1151,7 @@ async fn age_jobs(store: &Store, ids: Vec<i64>, state: &'static str, at: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prune_of_many_batches_removes_exactly_the_old_finished_jobs() {
+async fn a_prune_of_many_steps_removes_exactly_the_old_finished_jobs() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("queue.db");
     let store = open_store(&db);
@@ -1172,6 +1173,7 @@ async fn a_prune_of_many_batches_removes_exactly_the_old_finished_jobs() {
     // stay whatever their age, across more ids than one batch covers.
     let (old, recent, before) = (1_000, 3_000, 2_000);
     let mut doomed = HashSet::new();
+    let mut aged = Vec::new();
     for (i, &id) in ids.iter().enumerate() {
         let (state, at) = match i % 7 {
             0 => ("sent", old),
@@ -1185,8 +1187,9 @@ async fn a_prune_of_many_batches_removes_exactly_the_old_finished_jobs() {
         if at == old && state != "held" {
             doomed.insert(id);
         }
-        age_jobs(&store, vec![id], state, at).await;
+        aged.push((id, state, at));
     }
+    age_jobs(&store, aged).await;
 
     let dry = store.prune(before, true).await.expect("dry run");
     assert_eq!(dry.jobs, doomed.len() as u64);
