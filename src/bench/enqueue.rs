@@ -77,14 +77,17 @@ pub async fn rate(socket: &Path, shape: Shape, prefix: &str) -> anyhow::Result<f
 }
 
 /// The median of `runs` measurements of [`rate`], each with its own keys
-/// (`{prefix}-{run}-{i}`): one measurement of a second or so moves with
-/// whatever else the machine is doing.
+/// (`{prefix}-{run}-{i}`), after one run that is not counted: the first
+/// run after start-up also warms the daemon and its caches, and one
+/// measurement of a second or so moves with whatever else the machine is
+/// doing.
 pub async fn median_rate(
     socket: &Path,
     shape: Shape,
     prefix: &str,
     runs: usize,
 ) -> anyhow::Result<f64> {
+    rate(socket, shape, &format!("{prefix}-warm-up")).await?;
     let mut rates = Vec::with_capacity(runs.max(1));
     for run in 0..runs.max(1) {
         rates.push(rate(socket, shape, &format!("{prefix}-{run}")).await?);

@@ -3,11 +3,11 @@
 //! (`coax-scheduler run`) so that its memory and CPU time are its own.
 //!
 //! ```text
-//! child on an empty db ─► enqueue rate (empty, median of 3) ─► stop
+//! child on an empty db ─► enqueue rate (empty, warm-up + median of 3) ─► stop
 //!   ─► fill N jobs due in 1–31 days through the store ─► wait for its lock
 //!   ─► start child: time until it answers ping ─► settle ─► idle window:
 //!      utime+stime and VmRSS from /proc ─► `stats` ×5 ─► enqueue rate
-//!      (full, median of 3)
+//!      (full, warm-up + median of 3)
 //!   ─► stop
 //! ```
 
