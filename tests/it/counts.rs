@@ -74,7 +74,18 @@ struct Run<'a> {
     keys: u32,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A run on a new queue at `db`.
+    async fn new(db: &'a Path) -> Run<'a> {
+        Run {
+            db,
+            store: Some(reopen(db, false).await),
+            ids: Vec::new(),
+            claimed: Vec::new(),
+            keys: 0,
+        }
+    }
+
     fn store(&self) -> &Store {
         self.store
             .as_ref()
@@ -287,13 +298,7 @@ fn check(ops: &[Op]) -> Result<BTreeSet<String>, TestCaseError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("queue.db");
         let mut seen = BTreeSet::new();
-        let mut run = Run {
-            db: &db,
-            store: Some(reopen(&db, false).await),
-            ids: Vec::new(),
-            claimed: Vec::new(),
-            keys: 0,
-        };
+        let mut run = Run::new(&db).await;
         for (step, op) in ops.iter().enumerate() {
             run.apply(op).await;
             let reported = reported(run.store()).await;
@@ -378,81 +383,63 @@ fn a_fixed_sequence_reaches_every_state_with_matching_counts() {
     assert_eq!(seen, all);
 }
 
-#[test]
-fn counts_broken_by_a_hand_edit_are_corrected_at_start_up() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("queue.db");
-        let mut run = Run {
-            db: &db,
-            store: Some(reopen(&db, false).await),
-            ids: Vec::new(),
-            claimed: Vec::new(),
-            keys: 0,
-        };
-        run.apply(&Op::Enqueue {
-            n: 4,
-            repeat: false,
-            expiring: false,
-        })
-        .await;
-        drop(run.store.take());
+#[tokio::test]
+async fn counts_broken_by_a_hand_edit_are_corrected_at_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("queue.db");
+    let mut run = Run::new(&db).await;
+    run.apply(&Op::Enqueue {
+        n: 4,
+        repeat: false,
+        expiring: false,
+    })
+    .await;
+    drop(run.store.take());
 
-        // Someone edits the queue with the sqlite3 shell while the daemon is
-        // stopped: a job inserted by hand, a count set wrong.
-        let conn = Connection::open(&db).expect("open the queue");
-        conn.execute_batch(
-            "INSERT INTO jobs (key, kind, channel, scheduled_at, state, created_at, updated_at, payload)
-             VALUES ('by-hand', 'message', 'sms', 0, 'failed', 0, 0, '{}');
-             UPDATE state_counts SET jobs = 99 WHERE state = 'scheduled';",
-        )
-        .expect("edit the queue by hand");
-        drop(conn);
-        assert_ne!(
-            counted(&db).get("failed"),
-            None,
-            "the hand edit did not land"
-        );
+    // Someone edits the queue with the sqlite3 shell while the daemon is
+    // stopped: a job inserted by hand, a count set wrong.
+    let conn = Connection::open(&db).expect("open the queue");
+    conn.execute_batch(
+        "INSERT INTO jobs (key, kind, channel, scheduled_at, state, created_at, updated_at, payload)
+         VALUES ('by-hand', 'message', 'sms', 0, 'failed', 0, 0, '{}');
+         UPDATE state_counts SET jobs = 99 WHERE state = 'scheduled';",
+    )
+    .expect("edit the queue by hand");
+    drop(conn);
+    assert_ne!(
+        counted(&db).get("failed"),
+        None,
+        "the hand edit did not land"
+    );
 
-        let (store, opened) = open_when_free(&db, false).await;
-        let recount = |state: &str, kept, counted| Recount {
-            state: state.into(),
-            kept,
-            counted,
-        };
-        assert_eq!(
-            opened.recounted,
-            [recount("failed", 0, 1), recount("scheduled", 99, 4)]
-        );
-        assert_eq!(reported(&store).await, counted(&db));
-        assert_eq!(reported(&store).await.get("scheduled"), Some(&4));
-        assert_eq!(reported(&store).await.get("failed"), Some(&1));
-    });
+    let (store, opened) = open_when_free(&db, false).await;
+    let recount = |state: &str, kept, counted| Recount {
+        state: state.into(),
+        kept,
+        counted,
+    };
+    assert_eq!(
+        opened.recounted,
+        [recount("failed", 0, 1), recount("scheduled", 99, 4)]
+    );
+    assert_eq!(reported(&store).await, counted(&db));
+    assert_eq!(reported(&store).await.get("scheduled"), Some(&4));
+    assert_eq!(reported(&store).await.get("failed"), Some(&1));
 }
 
-#[test]
-fn a_schema_v1_queue_is_counted_when_it_is_migrated() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("queue.db");
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema-v1.db");
-        std::fs::copy(&fixture, &db).expect("copy the v1 fixture");
-        let before = counted(&db);
-        assert!(
-            before.len() >= 4,
-            "the fixture holds jobs in several states: {before:?}"
-        );
+#[tokio::test]
+async fn a_schema_v1_queue_is_counted_when_it_is_migrated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("queue.db");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/schema-v1.db");
+    std::fs::copy(&fixture, &db).expect("copy the v1 fixture");
+    let before = counted(&db);
+    assert!(
+        before.len() >= 4,
+        "the fixture holds jobs in several states: {before:?}"
+    );
 
-        // reopen fails the test if the counts had to be corrected.
-        let store = reopen(&db, false).await;
-        assert_eq!(reported(&store).await, before);
-    });
+    // reopen fails the test if the counts had to be corrected.
+    let store = reopen(&db, false).await;
+    assert_eq!(reported(&store).await, before);
 }
