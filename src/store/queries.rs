@@ -322,10 +322,12 @@ pub fn reconcile_counts(conn: &Connection) -> Result<Vec<Recount>, StoreError> {
             .filter(|r| r.kept != r.counted)
             .collect();
         if !wrong.is_empty() {
-            conn.execute_batch(
-                "DELETE FROM state_counts;
-                 INSERT INTO state_counts (state, jobs) SELECT state, count(*) FROM jobs GROUP BY state;",
-            )?;
+            conn.execute("DELETE FROM state_counts", [])?;
+            let mut insert =
+                conn.prepare("INSERT INTO state_counts (state, jobs) VALUES (?1, ?2)")?;
+            for (state, n) in &counted {
+                insert.execute(params![state, n])?;
+            }
         }
         Ok(wrong)
     })
@@ -373,11 +375,13 @@ const FINISHED_STATES: [State; 5] = [
     State::Cancelled,
 ];
 
-const FINISHED: &str =
-    "state IN ('sent', 'skipped', 'failed', 'expired', 'cancelled') AND updated_at < ?1";
-
 /// How many finished jobs, and their attempts, a prune would remove.
 pub fn count_prunable(conn: &Connection, before: Millis) -> Result<Pruned, StoreError> {
+    let states: Vec<String> = FINISHED_STATES
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    let prunable = format!("state IN ({}) AND updated_at < ?1", states.join(", "));
     let count = |sql: &str| -> Result<u64, StoreError> {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.query_row([before], |r| r.get::<_, i64>(0)))
@@ -385,9 +389,9 @@ pub fn count_prunable(conn: &Connection, before: Millis) -> Result<Pruned, Store
             .map_err(StoreError::sqlite("counting finished jobs"))
     };
     Ok(Pruned {
-        jobs: count(&format!("SELECT count(*) FROM jobs WHERE {FINISHED}"))?,
+        jobs: count(&format!("SELECT count(*) FROM jobs WHERE {prunable}"))?,
         attempts: count(&format!(
-            "SELECT count(*) FROM jobs JOIN attempts ON attempts.job_id = jobs.id WHERE {FINISHED}"
+            "SELECT count(*) FROM jobs JOIN attempts ON attempts.job_id = jobs.id WHERE {prunable}"
         ))?,
     })
 }
