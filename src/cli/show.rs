@@ -1,5 +1,10 @@
 //! Printing answers for people: aligned tables, local and relative times.
 //! `--json` bypasses all of this.
+//!
+//! Every text that came from a client or from Coax (keys, channels,
+//! payloads, Coax's error messages) passes through [`text`], which escapes
+//! control characters: an ESC or OSC sequence in a key must not reach the
+//! operator's terminal as a command, nor a CR overwrite the line it is on.
 
 use super::Command;
 use crate::time::{self, Millis};
@@ -53,7 +58,7 @@ pub fn error(answer: &Value) -> String {
     let e = &answer["error"];
     let mut out = format!("error ({}): {}", text(&e["code"]), text(&e["message"]));
     if let Some(field) = e["field"].as_str() {
-        out.push_str(&format!(" [field {field}]"));
+        out.push_str(&format!(" [field {}]", printable(field)));
     }
     if let Some(index) = e["index"].as_u64() {
         out.push_str(&format!(" [job #{index} of the batch]"));
@@ -61,12 +66,38 @@ pub fn error(answer: &Value) -> String {
     out
 }
 
+/// A JSON value as a person reads it, safe to print on a terminal.
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s),
         Value::Null => "-".into(),
+        // serde_json escapes control characters inside strings, so the
+        // JSON text of an object or array is safe as it is.
         other => other.to_string(),
     }
+}
+
+/// `s` with every control character written as an escape (`\u{1b}`), and
+/// the invisible marks that reorder text on screen (bidi overrides) too.
+/// Terminals act on ESC, OSC and CSI sequences, and on CR and backspace;
+/// a value that carries them could rewrite what the operator sees.
+pub fn printable(s: &str) -> String {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// "2026-01-31 10:00:00 (in 4m)" in local time.
@@ -315,6 +346,25 @@ fn print_aligned(lines: &[Vec<String>], indent: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_escapes_in_keys_and_errors_are_escaped() {
+        let hostile = "k\u{1b}]0;pwned\u{7}\r\u{1b}[2Jx\u{9b}31m\u{202e}gnp.exe";
+        let shown = text(&Value::String(hostile.into()));
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown,
+            "k\\u{1b}]0;pwned\\u{7}\\u{d}\\u{1b}[2Jx\\u{9b}31m\\u{202e}gnp.exe"
+        );
+        // Ordinary text, accents and emoji included, is left alone.
+        assert_eq!(text(&Value::String("Zoë 👋 ok".into())), "Zoë 👋 ok");
+        let answer = serde_json::json!({"error": {"code": "invalid_job", "message": "bad\u{1b}[31m", "field": "key\r"}});
+        let line = error(&answer);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
 
     #[test]
     fn relative_times_read_naturally() {
