@@ -198,6 +198,8 @@ pub struct SocketConfig {
     /// When either list is set, only peers whose uid or gid is listed may talk.
     pub allowed_uids: Option<Vec<u32>>,
     pub allowed_gids: Option<Vec<u32>>,
+    /// The longest payload a job may carry, as compact JSON.
+    pub max_job_bytes: usize,
 }
 
 impl SocketConfig {

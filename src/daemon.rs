@@ -126,7 +126,10 @@ impl Tasks {
         let service = Service {
             store: store.clone(),
             dispatch: dispatch.clone(),
-            default_ttl: config.dispatch.default_ttl,
+            rules: crate::job::Rules {
+                default_ttl: config.dispatch.default_ttl,
+                max_job_bytes: config.socket.max_job_bytes,
+            },
             retention: config.store.retention,
         };
         let housekeeping = crate::housekeeping::run(

@@ -161,6 +161,34 @@ const JOB_FIELDS: &[&str] = &[
     "payload",
 ];
 
+/// The earliest instant a job may name: 1970-01-01T00:00:00Z.
+pub const EARLIEST: Millis = 0;
+/// The latest instant a job may name, 9999-12-31T23:59:59.999Z: past it a
+/// time no longer has the four-digit year RFC 3339 requires.
+pub const LATEST: Millis = 253_402_300_799_999;
+
+/// How a daemon's config shapes the jobs it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// `dispatch.default_ttl`: an expiry for jobs that bring none.
+    pub default_ttl: Option<Duration>,
+    /// `socket.max_job_bytes`: the longest payload, as compact JSON.
+    pub max_job_bytes: usize,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            default_ttl: None,
+            max_job_bytes: DEFAULT_MAX_JOB_BYTES,
+        }
+    }
+}
+
+/// `socket.max_job_bytes` when the config names none: Coax messages are
+/// text, and a payload this size is already a very long one.
+pub const DEFAULT_MAX_JOB_BYTES: usize = 64 * 1024;
+
 const MAX_KEY_LEN: usize = 200;
 const MAX_CHANNEL_LEN: usize = 64;
 const MAX_ENQUIRY_ID_LEN: usize = 20;
@@ -252,13 +280,9 @@ pub fn is_path_safe(text: &str) -> bool {
 
 /// Checks a caller's JOB object and turns it into a [`NewJob`].
 ///
-/// `now` resolves a missing `scheduled_at` or a `delay`; `default_ttl`
-/// gives an expiry to a job that brings none.
-pub fn validate(
-    job: &Value,
-    now: Millis,
-    default_ttl: Option<Duration>,
-) -> Result<NewJob, JobError> {
+/// `now` resolves a missing `scheduled_at` or a `delay`; `rules` give an
+/// expiry to a job that brings none and cap the payload's size.
+pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobError> {
     let Value::Object(fields) = job else {
         return Err(JobError::new("job", "must be a JSON object"));
     };
@@ -286,7 +310,7 @@ pub fn validate(
         fields.get("expires_at"),
         fields.get("ttl"),
         scheduled_at,
-        default_ttl,
+        rules.default_ttl,
     )?;
     let key = validate_key(fields.get("key"))?;
     let payload = match fields.get("payload") {
@@ -294,6 +318,7 @@ pub fn validate(
         Some(Value::Object(p)) => p.clone(),
         Some(_) => return Err(JobError::new("payload", "must be a JSON object")),
     };
+    check_payload_size(&payload, rules.max_job_bytes)?;
     let payload = validate_payload(kind, &channel, enquiry_id.is_some(), payload)?;
 
     Ok(NewJob {
@@ -347,6 +372,8 @@ fn validate_expiry(
             None => return Ok(None),
         },
     };
+    let field = if ttl.is_some() { "ttl" } else { "expires_at" };
+    check_instant(field, expires_at)?;
     if expires_at <= scheduled_at {
         return Err(JobError::new(
             "expires_at",
@@ -398,6 +425,60 @@ fn validate_when(
     delay: Option<&Value>,
     now: Millis,
 ) -> Result<Millis, JobError> {
+    let field = if delay.is_some() {
+        "delay"
+    } else {
+        "scheduled_at"
+    };
+    check_instant(field, when(at, delay, now)?)
+}
+
+/// Refuses an instant outside the years 1970 to 9999, naming `field`:
+/// later ones cannot be written as RFC 3339 and earlier ones are mistakes.
+pub fn check_instant(field: &str, at: Millis) -> Result<Millis, JobError> {
+    if (EARLIEST..=LATEST).contains(&at) {
+        return Ok(at);
+    }
+    let side = if at < EARLIEST {
+        "before 1970"
+    } else {
+        "after the year 9999"
+    };
+    Err(JobError::new(
+        field,
+        format!("lands {side}; give a time between 1970-01-01 and 9999-12-31 (UTC)"),
+    ))
+}
+
+/// Refuses a payload longer than `max` bytes as compact JSON, the form
+/// the store keeps and Coax receives.
+fn check_payload_size(payload: &Map<String, Value>, max: usize) -> Result<(), JobError> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut size = Counter(0);
+    serde_json::to_writer(&mut size, payload)
+        .map_err(|e| JobError::new("payload", format!("cannot be serialised: {e}")))?;
+    if size.0 > max {
+        return Err(JobError::new(
+            "payload",
+            format!(
+                "is {} bytes as JSON, over the cap of {max} bytes (socket.max_job_bytes)",
+                size.0
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn when(at: Option<&Value>, delay: Option<&Value>, now: Millis) -> Result<Millis, JobError> {
     match (at, delay) {
         (Some(_), Some(_)) => Err(JobError::new(
             "delay",

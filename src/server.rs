@@ -25,8 +25,9 @@ use tokio::sync::{Semaphore, watch};
 pub struct Service {
     pub store: Store,
     pub dispatch: Handle,
-    /// `dispatch.default_ttl`, for jobs that bring no expiry.
-    pub default_ttl: Option<Duration>,
+    /// What a job must be to be accepted: `dispatch.default_ttl` and
+    /// `socket.max_job_bytes`.
+    pub rules: job::Rules,
     /// `store.retention`, what `prune` removes by default.
     pub retention: Duration,
 }
@@ -264,11 +265,15 @@ impl Service {
                 Ok(ok_line(json!({ "job": job })))
             }
             Request::Reschedule { id, scheduled_at } => {
-                let at = time::parse_rfc3339(&scheduled_at).map_err(|e| {
-                    let mut err = ErrorBody::new(ErrorCode::BadRequest, e);
-                    err.field = Some("scheduled_at".into());
-                    err
-                })?;
+                let at = time::parse_rfc3339(&scheduled_at)
+                    .and_then(|at| {
+                        job::check_instant("scheduled_at", at).map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| {
+                        let mut err = ErrorBody::new(ErrorCode::BadRequest, e);
+                        err.field = Some("scheduled_at".into());
+                        err
+                    })?;
                 let job = self
                     .store
                     .reschedule(id, at)
@@ -336,7 +341,7 @@ impl Service {
     }
 
     fn validate(&self, job: &Value, index: Option<usize>) -> Result<NewJob, ErrorBody> {
-        job::validate(job, time::now(), self.default_ttl).map_err(|e| {
+        job::validate(job, time::now(), &self.rules).map_err(|e| {
             let message = match index {
                 Some(i) => format!("job {i}: {e}"),
                 None => e.to_string(),

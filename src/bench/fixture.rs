@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn the_jobs_and_config_are_valid() {
         let job = job_json("k-1", 1, 1_767_225_600_000);
-        let validated = crate::job::validate(&job, 0, None).unwrap();
+        let validated = crate::job::validate(&job, 0, &crate::job::Rules::default()).unwrap();
         assert_eq!(
             validated,
             new_job("k-1".into(), 1, 1_767_225_600_000),

@@ -103,6 +103,7 @@ pub(super) struct RawSocket {
     max_connections: usize,
     allowed_uids: Option<Vec<u32>>,
     allowed_gids: Option<Vec<u32>>,
+    max_job_bytes: usize,
 }
 
 impl Default for RawSocket {
@@ -114,6 +115,7 @@ impl Default for RawSocket {
             max_connections: default_max_connections(),
             allowed_uids: None,
             allowed_gids: None,
+            max_job_bytes: crate::job::DEFAULT_MAX_JOB_BYTES,
         }
     }
 }
@@ -372,6 +374,18 @@ impl RawConfig {
                 "must be at least 1".to_owned(),
             ));
         }
+        // A payload must fit in a request line with room for the job around it.
+        let most = crate::protocol::MAX_LINE_BYTES / 2;
+        if !(1024..=most).contains(&self.socket.max_job_bytes) {
+            return Err(invalid(
+                "socket.max_job_bytes",
+                format!(
+                    "is {}; it must be between 1024 and {most} bytes (a request line holds at most {} bytes)",
+                    self.socket.max_job_bytes,
+                    crate::protocol::MAX_LINE_BYTES
+                ),
+            ));
+        }
 
         // dispatch
         let poll_interval = positive("dispatch.poll_interval", self.dispatch.poll_interval)?;
@@ -462,6 +476,7 @@ impl RawConfig {
                 max_connections: self.socket.max_connections,
                 allowed_uids: self.socket.allowed_uids,
                 allowed_gids: self.socket.allowed_gids,
+                max_job_bytes: self.socket.max_job_bytes,
             },
             dispatch: DispatchConfig {
                 poll_interval,

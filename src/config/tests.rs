@@ -84,6 +84,7 @@ fn minimal_file_gets_all_defaults() {
             max_connections: 256,
             allowed_uids: None,
             allowed_gids: None,
+            max_job_bytes: 65536,
         }
     );
     assert_eq!(
@@ -397,6 +398,16 @@ fn numeric_rules() {
     );
     let (key, _) = invalid_key(parse(&text));
     assert_eq!(key, "socket.max_connections");
+
+    for bad in ["0", "1023", "524289"] {
+        let text = MINIMAL.replace(
+            "coax-scheduler.sock\"",
+            &format!("coax-scheduler.sock\"\nmax_job_bytes = {bad}"),
+        );
+        let (key, msg) = invalid_key(parse(&text));
+        assert_eq!(key, "socket.max_job_bytes", "{bad}");
+        assert!(msg.contains("1024") && msg.contains("524288"), "{msg}");
+    }
 
     assert!(parse_extra("[dispatch]\nconcurrency = 1024").is_ok());
     assert!(matches!(
@@ -798,6 +809,7 @@ fn peers_are_admitted_by_uid_or_gid() {
         max_connections: 1,
         allowed_uids: None,
         allowed_gids: None,
+        max_job_bytes: 65536,
     };
     assert!(socket.admits(1000, 1000), "no lists: everyone");
     socket.allowed_uids = Some(vec![0, 1000]);

@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn every_planned_job_is_valid() {
         for planned in jobs() {
-            crate::job::validate(&planned.job, 0, None)
+            crate::job::validate(&planned.job, 0, &crate::job::Rules::default())
                 .unwrap_or_else(|e| panic!("{}: {e}", planned.what));
         }
     }

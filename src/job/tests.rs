@@ -3,8 +3,15 @@ use serde_json::json;
 
 const NOW: Millis = 1_800_000_000_000;
 
+fn ttl_rules(seconds: u64) -> Rules {
+    Rules {
+        default_ttl: Some(Duration::from_secs(seconds)),
+        ..Rules::default()
+    }
+}
+
 fn err(job: Value) -> JobError {
-    validate(&job, NOW, None).unwrap_err()
+    validate(&job, NOW, &Rules::default()).unwrap_err()
 }
 
 #[test]
@@ -12,7 +19,7 @@ fn a_minimal_message_is_due_now() {
     let job = validate(
         &json!({"kind":"message","channel":"sms","payload":{"message":"hi","phone":"+15550100"}}),
         NOW,
-        None,
+        &Rules::default(),
     )
     .unwrap();
     assert_eq!(job.scheduled_at, NOW);
@@ -25,7 +32,7 @@ fn delay_is_counted_from_now() {
     let job = validate(
         &json!({"kind":"message","channel":"sms","delay":"2h","payload":{"message":"hi","email":"a@b.c"}}),
         NOW,
-        None,
+        &Rules::default(),
     )
     .unwrap();
     assert_eq!(job.scheduled_at, NOW + 7_200_000);
@@ -64,7 +71,7 @@ fn numeric_enquiry_id_is_accepted() {
     let job = validate(
         &json!({"kind":"message","channel":"sms","enquiry_id":77,"payload":{"message":"hi"}}),
         NOW,
-        None,
+        &Rules::default(),
     )
     .unwrap();
     assert_eq!(job.enquiry_id.as_deref(), Some("77"));
@@ -112,7 +119,7 @@ fn customer_routes_need_a_customer() {
     validate(
         &json!({"kind":"review_request","channel":"email","payload":{"customer_id":9}}),
         NOW,
-        None,
+        &Rules::default(),
     )
     .unwrap();
 }
@@ -129,7 +136,7 @@ fn review_channel_goes_into_the_body() {
     let job = validate(
         &json!({"kind":"review_request","channel":"email","enquiry_id":"12","payload":{}}),
         NOW,
-        None,
+        &Rules::default(),
     )
     .unwrap();
     assert_eq!(job.payload.get("channel"), Some(&json!("email")));
@@ -182,26 +189,24 @@ fn expiry_rules() {
         job[field] = value;
         job
     };
-    let job = validate(&with("ttl", json!("30m")), NOW, None).unwrap();
+    let job = validate(&with("ttl", json!("30m")), NOW, &Rules::default()).unwrap();
     assert_eq!(job.expires_at, Some(NOW + 3_600_000 + 1_800_000));
-    let job = validate(&base, NOW, Some(Duration::from_secs(60))).unwrap();
+    let job = validate(&base, NOW, &ttl_rules(60)).unwrap();
     assert_eq!(
         job.expires_at,
         Some(NOW + 3_600_000 + 60_000),
         "default_ttl counts from scheduled_at"
     );
-    let job = validate(
-        &with("ttl", json!("5m")),
-        NOW,
-        Some(Duration::from_secs(60)),
-    )
-    .unwrap();
+    let job = validate(&with("ttl", json!("5m")), NOW, &ttl_rules(60)).unwrap();
     assert_eq!(
         job.expires_at,
         Some(NOW + 3_600_000 + 300_000),
         "the job's own ttl wins"
     );
-    assert_eq!(validate(&base, NOW, None).unwrap().expires_at, None);
+    assert_eq!(
+        validate(&base, NOW, &Rules::default()).unwrap().expires_at,
+        None
+    );
     assert_eq!(
         err(with("expires_at", json!("2000-01-01T00:00:00Z"))).field,
         "expires_at"

@@ -21,7 +21,7 @@ fn jobs(conn: &Connection, prefix: &str, n: usize, state: &str, at: i64) {
                 "scheduled_at": "2030-01-01T00:00:00Z",
                 "payload": {"message": "hi", "phone": "+15550100"}
             });
-            validate(&job, 0, None).expect("a valid job")
+            validate(&job, 0, &crate::job::Rules::default()).expect("a valid job")
         })
         .collect();
     queries::enqueue(conn, &new, 0).expect("enqueue");

@@ -102,7 +102,7 @@ impl<'a> Run<'a> {
         if expiring {
             job["expires_at"] = json!("2000-01-01T00:00:01Z");
         }
-        validate(&job, 0, None).unwrap_or_else(|e| panic!("invalid test job: {e}"))
+        validate(&job, 0, &Default::default()).unwrap_or_else(|e| panic!("invalid test job: {e}"))
     }
 
     fn pick(&self, index: u8) -> Option<i64> {

@@ -1291,7 +1291,7 @@ mod properties {
     fn validate_never_panics_on_arbitrary_json() {
         runner()
             .run(&(json_value(), now()), |(v, now)| {
-                if let Ok(job) = job::validate(&v, now, None) {
+                if let Ok(job) = job::validate(&v, now, &job::Rules::default()) {
                     accepted_job_is_sound(&v, &job).map_err(TestCaseError::fail)?;
                 }
                 Ok(())
@@ -1305,7 +1305,14 @@ mod properties {
         runner()
             .run(&(job_object(), now(), default_ttl()), |(v, now, ttl)| {
                 for default_ttl in [None, ttl] {
-                    if let Ok(job) = job::validate(&v, now, default_ttl) {
+                    if let Ok(job) = job::validate(
+                        &v,
+                        now,
+                        &job::Rules {
+                            default_ttl,
+                            ..Default::default()
+                        },
+                    ) {
                         accepted.fetch_add(1, Ordering::Relaxed);
                         accepted_job_is_sound(&v, &job).map_err(TestCaseError::fail)?;
                     }

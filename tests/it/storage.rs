@@ -647,7 +647,7 @@ fn job_at(key: &str, size: usize, at: &str) -> NewJob {
         "kind": "message", "channel": "sms", "key": key, "scheduled_at": at,
         "payload": {"message": format!("{key}:{}", "x".repeat(size)), "phone": "+15550100"}
     });
-    validate(&job, 0, None).unwrap_or_else(|e| panic!("invalid test job: {e}"))
+    validate(&job, 0, &Default::default()).unwrap_or_else(|e| panic!("invalid test job: {e}"))
 }
 
 async fn total(store: &Store) -> u64 {
@@ -1021,7 +1021,7 @@ async fn a_full_database_answers_internal_and_the_daemon_keeps_serving() {
     assert_eq!(first["ok"], true, "{first}");
 
     cap_growth(&daemon.store, 4).await;
-    let answer = daemon.request(socket_job("too-big", 100_000)).await;
+    let answer = daemon.request(socket_job("too-big", 60_000)).await;
     assert_eq!(answer["ok"], false, "{answer}");
     assert_eq!(answer["error"]["code"], "internal", "{answer}");
     let message = answer["error"]["message"].as_str().unwrap_or_default();
@@ -1042,7 +1042,7 @@ async fn a_full_database_answers_internal_and_the_daemon_keeps_serving() {
     assert_eq!(missing["error"]["code"], "not_found", "{missing}");
 
     lift_cap(&daemon.store).await;
-    let answer = daemon.request(socket_job("too-big", 100_000)).await;
+    let answer = daemon.request(socket_job("too-big", 60_000)).await;
     assert_eq!(answer["ok"], true, "the enqueue still fails: {answer}");
     assert_eq!(answer["duplicate"], false, "{answer}");
     daemon.stop().await;
