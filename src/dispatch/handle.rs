@@ -159,9 +159,9 @@ impl Handle {
         }
     }
 
-    /// Runs `f` on the gate. Never held across an await; a panic while
-    /// holding it cannot leave the gate half-changed in a way that matters
-    /// more than stopping sending would.
+    /// Runs `f` on the gate; never held across an await. A poisoned lock is
+    /// used as it is: no gate method panics between two of its changes, and
+    /// a dispatcher that stops sending over a poisoned lock would be worse.
     pub(super) fn with_gate<R>(&self, f: impl FnOnce(&mut Gate) -> R) -> R {
         match self.gate.lock() {
             Ok(mut g) => f(&mut g),
