@@ -85,6 +85,8 @@ pub enum Command {
     Stats,
     /// Check that the daemon answers
     Ping,
+    /// End a 429 pause, an auth pause or an open breaker now
+    Resume,
     /// Run a Coax stand-in for trying the daemon without a Coax account
     Simulate(crate::simulate::SimArgs),
     /// Show the daemon at work against the simulator, in a temp dir
@@ -352,6 +354,7 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
         Command::Requeue { id } => json!({"op": "requeue", "id": id}),
         Command::Stats => json!({"op": "stats"}),
         Command::Ping => json!({"op": "ping"}),
+        Command::Resume => json!({"op": "resume"}),
     })
 }
 

@@ -222,6 +222,8 @@ pub struct DispatchConfig {
     pub concurrency: usize,
     pub shutdown_timeout: Duration,
     pub auth_pause: Duration,
+    /// The longest one 429 pauses all sending, whatever its `Retry-After`.
+    pub max_pause: Duration,
     pub on_ambiguous: OnAmbiguous,
     /// A cap on sends, or none for unlimited.
     pub rate_limit: Option<RateLimit>,

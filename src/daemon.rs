@@ -11,9 +11,10 @@ use crate::config::Config;
 use crate::dispatch::{Dispatcher, Handle};
 use crate::server::{self, Service};
 use crate::store::{self, Recovered, Store};
-use crate::time;
+use crate::time::{self, Clock};
 use anyhow::Context as _;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -24,6 +25,7 @@ pub struct Daemon {
     store: Store,
     recovered: Vec<Recovered>,
     reloads: Option<mpsc::Receiver<()>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl Daemon {
@@ -39,12 +41,20 @@ impl Daemon {
             store,
             recovered: opened.recovered,
             reloads: None,
+            clock: None,
         })
     }
 
     /// Re-reads the config file (see [`crate::reload`]) on each message.
     pub fn reload_on(mut self, reloads: mpsc::Receiver<()>) -> Daemon {
         self.reloads = Some(reloads);
+        self
+    }
+
+    /// Has the dispatcher read the time from `clock` instead of the system's
+    /// clocks (a test that steps the wall clock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Daemon {
+        self.clock = Some(clock);
         self
     }
 
@@ -65,6 +75,7 @@ impl Daemon {
             store,
             recovered,
             reloads,
+            clock,
         } = self;
         for job in &recovered {
             tracing::warn!(
@@ -82,7 +93,11 @@ impl Daemon {
             config.coax.routes.clone(),
         )
         .context("cannot set up the Coax client")?;
-        let dispatch = Handle::new(crate::reload::settings_of(&config));
+        let settings = crate::reload::settings_of(&config);
+        let dispatch = match clock {
+            Some(clock) => Handle::with_clock(settings, clock),
+            None => Handle::new(settings),
+        };
         let (summary_interval, summary_every) = watch::channel(config.log.summary_interval);
         let tasks = Tasks::spawn(&config, &store, &coax, &dispatch, listener, summary_every);
         announce(&config, &store, recovered.len()).await?;

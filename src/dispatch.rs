@@ -2,26 +2,35 @@
 //! each attempt ended.
 //!
 //! It owns the sending loop. It sleeps until the earliest due job (never
-//! longer than `poll_interval`), is woken early by a [`Notify`] that enqueue
-//! and reschedule fire, and claims at most `concurrency` jobs at a time, as
-//! many as the [`gate`] admits. Each claimed job is sent on its own task
+//! longer than `poll_interval`), is woken early by a
+//! [`Notify`](tokio::sync::Notify) that enqueue and reschedule fire, and
+//! claims at most `concurrency` jobs at a time, as many as the [`gate`]
+//! admits. Each claimed job is sent on its own task
 //! ([`attempt`]), which records the decision before the slot is freed. A
 //! claim is committed before its request leaves, so a crash mid-send leaves
 //! the job in `sending`, where start-up finds it. While the breaker is open
 //! the loop probes `GET /health` on the gate's schedule.
+//!
+//! It reads both clocks from the [`Clock`] its [`Handle`] was given: the
+//! wall clock for claims (is a job due), the monotonic clock for the gate.
+//! The gate sits in the handle, so that `stats` reports its real mode and
+//! `resume` acts on it directly.
 
 mod attempt;
 pub mod gate;
+mod handle;
+
+pub use handle::{Handle, Resumed, Status};
 
 use crate::coax::CoaxClient;
 use crate::config::{BreakerConfig, OnAmbiguous, RateLimit, RetryConfig};
 use crate::store::Store;
-use crate::time::{self, Millis};
+use crate::time::{self, Clock, Mono};
 use gate::{Gate, Mode};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -32,6 +41,7 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub shutdown_timeout: Duration,
     pub auth_pause: Duration,
+    pub max_pause: Duration,
     pub on_ambiguous: OnAmbiguous,
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
@@ -44,93 +54,8 @@ impl Settings {
             breaker_failures: self.breaker.failures,
             max_probe_interval: self.breaker.max_probe_interval,
             auth_pause: self.auth_pause,
+            max_pause: self.max_pause,
             rate_limit: self.rate_limit,
-        }
-    }
-}
-
-/// What the rest of the daemon shares with the dispatcher.
-#[derive(Clone)]
-pub struct Handle {
-    wake: Arc<Notify>,
-    mode: Arc<Mutex<Mode>>,
-    sent: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    settings: Arc<RwLock<Settings>>,
-    /// The earliest due time the loop last read (`i64::MAX`: none, or a
-    /// claim under way), so that an enqueue for later need not wake it.
-    next_due: Arc<AtomicI64>,
-    /// Set by [`Handle::reconfigure`], taken by the loop.
-    reconfigured: Arc<AtomicBool>,
-    key_changed: Arc<AtomicBool>,
-}
-
-impl Handle {
-    pub fn new(settings: Settings) -> Handle {
-        Handle {
-            wake: Arc::new(Notify::new()),
-            mode: Arc::new(Mutex::new(Mode::Running)),
-            sent: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicU64::new(0)),
-            settings: Arc::new(RwLock::new(settings)),
-            next_due: Arc::new(AtomicI64::new(i64::MAX)),
-            reconfigured: Arc::new(AtomicBool::new(false)),
-            key_changed: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Wakes the loop if a job due at `at` comes before the earliest due
-    /// time it knows of. A later job changes nothing the loop will do
-    /// before its next claim, which reads the queue again anyway.
-    pub fn wake_if_before(&self, at: Millis) {
-        if at < self.next_due.load(Ordering::SeqCst) {
-            self.wake();
-        }
-    }
-
-    /// The settings in force.
-    pub fn settings(&self) -> Settings {
-        match self.settings.read() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Puts new settings in force (a reload). `key_changed` ends a pause
-    /// for a rejected key at once.
-    pub fn reconfigure(&self, settings: Settings, key_changed: bool) {
-        match self.settings.write() {
-            Ok(mut s) => *s = settings,
-            Err(poisoned) => *poisoned.into_inner() = settings,
-        }
-        self.reconfigured.store(true, Ordering::SeqCst);
-        if key_changed {
-            self.key_changed.store(true, Ordering::SeqCst);
-        }
-        self.wake();
-    }
-
-    /// Tells the dispatcher that the earliest due time may have moved.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// The gate's mode, for `stats`.
-    pub fn mode(&self) -> Mode {
-        self.mode.lock().map(|m| *m).unwrap_or(Mode::Running)
-    }
-
-    /// Jobs sent and failed since the last call, for the summary line.
-    pub fn take_interval_counts(&self) -> (u64, u64) {
-        (
-            self.sent.swap(0, Ordering::Relaxed),
-            self.failed.swap(0, Ordering::Relaxed),
-        )
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        if let Ok(mut m) = self.mode.lock() {
-            *m = mode;
         }
     }
 }
@@ -146,6 +71,10 @@ impl Context {
     fn settings(&self) -> Settings {
         self.handle.settings()
     }
+
+    fn clock(&self) -> &dyn Clock {
+        self.handle.clock.as_ref()
+    }
 }
 
 pub struct Dispatcher {
@@ -155,7 +84,6 @@ pub struct Dispatcher {
 
 /// What the loop carries from one turn to the next.
 struct Turn {
-    gate: Gate,
     in_flight: JoinSet<attempt::Report>,
     /// A `/health` probe under way while the breaker is open.
     probe: Option<JoinHandle<bool>>,
@@ -179,7 +107,6 @@ impl Dispatcher {
     /// for the requests in flight and records their outcomes.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut turn = Turn {
-            gate: Gate::new(self.ctx.settings().gate(), time::now()),
             in_flight: JoinSet::new(),
             probe: None,
             claim_failing: false,
@@ -194,29 +121,25 @@ impl Dispatcher {
                 crate::systemd::watchdog_ping();
                 last_ping = Instant::now();
             }
-            let now = time::now();
             let settings = self.ctx.settings();
-            self.steer(&mut turn, &settings, now);
-            let mut wait = self.start_due(&mut turn, &settings, now).await;
+            self.steer(&mut turn, &settings, self.ctx.clock().mono());
+            let mut wait = self.start_due(&mut turn, &settings).await;
             if let Some(every) = watchdog {
                 wait = wait.min(every);
             }
             let deadline = Instant::now() + wait;
             let Turn {
-                gate,
-                in_flight,
-                probe,
-                ..
+                in_flight, probe, ..
             } = &mut turn;
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    self.absorb(gate, done);
+                    self.absorb(done);
                     // Take every attempt that has finished meanwhile, so the
                     // next claim fills all the free slots in one transaction.
                     while let Some(done) = in_flight.try_join_next() {
-                        self.absorb(gate, done);
+                        self.absorb(done);
                     }
                 }
                 Some(healthy) = async {
@@ -228,9 +151,8 @@ impl Dispatcher {
                     *probe = None;
                     let healthy = healthy.unwrap_or(false);
                     tracing::debug!(healthy, "health probe");
-                    if let Some(mode) = gate.probe_result(time::now(), healthy) {
-                        self.changed(mode);
-                    }
+                    let now = self.ctx.clock().mono();
+                    self.transition(|g| g.probe_result(now, healthy));
                 }
                 _ = self.handle.wake.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -239,25 +161,26 @@ impl Dispatcher {
         if let Some(probe) = turn.probe.take() {
             probe.abort();
         }
-        self.drain(&mut turn.gate, turn.in_flight).await;
+        self.drain(turn.in_flight).await;
     }
 
     /// Brings the gate up to date: a reload, a new key, a pause that has
     /// ended, a health probe that is due.
-    fn steer(&self, turn: &mut Turn, settings: &Settings, now: Millis) {
+    fn steer(&self, turn: &mut Turn, settings: &Settings, now: Mono) {
         if self.handle.reconfigured.swap(false, Ordering::SeqCst) {
-            turn.gate.reconfigure(settings.gate(), now);
+            self.transition(|g| g.reconfigure(settings.gate(), now));
         }
-        if self.handle.key_changed.swap(false, Ordering::SeqCst)
-            && let Some(mode) = turn.gate.key_changed()
-        {
-            tracing::info!("a new API key was loaded; the pause for the rejected key ends");
-            self.changed(mode);
+        if self.handle.key_changed.swap(false, Ordering::SeqCst) {
+            self.transition(|g| {
+                let ended = g.key_changed();
+                if ended.is_some() {
+                    tracing::info!("a new API key was loaded; the pause for the rejected key ends");
+                }
+                ended
+            });
         }
-        if let Some(mode) = turn.gate.tick(now) {
-            self.changed(mode);
-        }
-        if turn.probe.is_none() && turn.gate.probe_due(now) {
+        self.transition(|g| g.tick(now));
+        if turn.probe.is_none() && self.handle.with_gate(|g| g.probe_due(now)) {
             let coax = self.ctx.coax.clone();
             turn.probe = Some(tokio::spawn(async move { coax.healthy().await }));
         }
@@ -265,16 +188,17 @@ impl Dispatcher {
 
     /// Claims as many due jobs as there are free slots and the gate admits,
     /// starts their attempts, and returns how long the loop may sleep.
-    async fn start_due(&self, turn: &mut Turn, settings: &Settings, now: Millis) -> Duration {
+    async fn start_due(&self, turn: &mut Turn, settings: &Settings) -> Duration {
         let mut wait = settings.poll_interval;
         let free = settings.concurrency.saturating_sub(turn.in_flight.len());
         if free == 0 {
             // A finishing attempt wakes the loop.
             return wait;
         }
-        let admission = turn.gate.admit(now, free);
+        let mono = self.ctx.clock().mono();
+        let admission = self.handle.with_gate(|g| g.admit(mono, free));
         if let Some(at) = admission.retry_at {
-            wait = wait.min(time::until(at, now).max(Duration::from_millis(1)));
+            wait = wait.min(mono.until(at).max(Duration::from_millis(1)));
         }
         if admission.count == 0 {
             return wait;
@@ -282,6 +206,7 @@ impl Dispatcher {
         // While the claim reads the queue, any enqueue must wake the loop:
         // the claim may not see it.
         self.handle.next_due.store(i64::MAX, Ordering::SeqCst);
+        let now = self.ctx.clock().wall();
         let claimed = match self.ctx.store.claim(now, admission.count).await {
             Ok(claimed) => claimed,
             Err(e) => {
@@ -304,7 +229,7 @@ impl Dispatcher {
                 "expired before it could be sent; it will not be sent"
             );
         }
-        turn.gate.started(claimed.jobs.len());
+        self.handle.with_gate(|g| g.started(claimed.jobs.len()));
         for job in claimed.jobs {
             turn.in_flight
                 .spawn(attempt::attempt(self.ctx.clone(), job));
@@ -317,12 +242,12 @@ impl Dispatcher {
         if let Some(due) = claimed.next_due
             && turn.in_flight.len() < settings.concurrency
         {
-            wait = wait.min(time::until(due, time::now()));
+            wait = wait.min(time::until(due, self.ctx.clock().wall()));
         }
         wait
     }
 
-    fn absorb(&self, gate: &mut Gate, done: Result<attempt::Report, tokio::task::JoinError>) {
+    fn absorb(&self, done: Result<attempt::Report, tokio::task::JoinError>) {
         match done {
             Ok(report) => {
                 match report.decision {
@@ -330,19 +255,37 @@ impl Dispatcher {
                     "failed" => self.handle.failed.fetch_add(1, Ordering::Relaxed),
                     _ => 0,
                 };
-                if let Some(mode) = gate.record(time::now(), report.signal) {
-                    self.changed(mode);
-                }
+                let now = self.ctx.clock().mono();
+                self.transition(|g| g.record(now, report.signal));
             }
             Err(e) => tracing::error!(error = %e, "an attempt task failed"),
         }
     }
 
-    /// Publishes a new gate mode and logs it once.
-    fn changed(&self, mode: Mode) {
-        let previous = self.handle.mode();
-        self.handle.set_mode(mode);
-        let until = mode.until().map(time::format).unwrap_or_default();
+    /// Changes the gate by `f` and logs the change it reports, once.
+    fn transition(&self, f: impl FnOnce(&mut Gate) -> Option<Mode>) {
+        let (previous, changed) = self.handle.with_gate(|g| {
+            let previous = g.mode();
+            (previous, f(g))
+        });
+        if let Some(mode) = changed {
+            self.changed(previous, mode);
+        }
+    }
+
+    /// Logs a change of the gate's mode.
+    fn changed(&self, previous: Mode, mode: Mode) {
+        let until = self
+            .handle
+            .status(mode)
+            .until()
+            .map(time::format)
+            .unwrap_or_default();
+        // Only a lower max_pause (a reload) brings a 429 pause's end nearer.
+        let shortened = matches!(
+            (previous, mode),
+            (Mode::PausedRateLimit { until: old }, Mode::PausedRateLimit { until: new }) if new < old
+        );
         match mode {
             Mode::Running => {
                 tracing::info!(
@@ -355,6 +298,13 @@ impl Dispatcher {
                 until,
                 "Coax rejected the API key; all sending is paused. Check the key, then reload or wait"
             ),
+            Mode::PausedRateLimit { .. } if shortened => {
+                tracing::warn!(
+                    until,
+                    max_pause = %humantime::format_duration(self.ctx.settings().max_pause),
+                    "the pause for HTTP 429 now ends earlier, at dispatch.max_pause"
+                )
+            }
             Mode::PausedRateLimit { .. } => tracing::warn!(
                 until,
                 "Coax is throttling this key (HTTP 429); all sending is paused until then"
@@ -374,7 +324,7 @@ impl Dispatcher {
         }
     }
 
-    async fn drain(&self, gate: &mut Gate, mut in_flight: JoinSet<attempt::Report>) {
+    async fn drain(&self, mut in_flight: JoinSet<attempt::Report>) {
         if in_flight.is_empty() {
             return;
         }
@@ -386,7 +336,7 @@ impl Dispatcher {
         );
         let waited = tokio::time::timeout(timeout, async {
             while let Some(done) = in_flight.join_next().await {
-                self.absorb(gate, done);
+                self.absorb(done);
             }
         })
         .await;

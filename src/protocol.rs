@@ -63,6 +63,8 @@ pub enum Request {
     },
     Stats,
     Ping,
+    /// End a 429 pause, an auth pause or an open breaker at once.
+    Resume,
     /// Delete finished jobs older than `older_than` (default `store.retention`).
     Prune {
         older_than: Option<String>,
@@ -223,6 +225,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
         "requeue" => Request::Requeue { id: args.id()? },
         "stats" => Request::Stats,
         "ping" => Request::Ping,
+        "resume" => Request::Resume,
         "prune" => Request::Prune {
             older_than: args.optional_string("older_than")?,
             dry_run: args.flag("dry_run")?,
@@ -231,7 +234,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {op:?}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping, prune"
+                    "unknown op {op:?}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping, prune, resume"
                 ),
             ));
         }
@@ -379,6 +382,7 @@ mod tests {
     #[test]
     fn requests_parse() {
         assert_eq!(parse_request(br#"{"op":"ping"}"#), Ok(Request::Ping));
+        assert_eq!(parse_request(br#"{"op":"resume"}"#), Ok(Request::Resume));
         assert_eq!(
             parse_request(br#"{"op":"get","key":"k1"}"#),
             Ok(Request::Get(Lookup::Key("k1".into())))

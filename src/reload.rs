@@ -2,8 +2,9 @@
 //! without a restart.
 //!
 //! Applied at once: the API key (a new key also ends a pause for a rejected
-//! one), the rate limit, concurrency, the retry policy, the breaker, the log
-//! level and the summary interval. Other changes (paths, the Coax URL and
+//! one), the rate limit, concurrency, the retry policy, the breaker, the
+//! pauses (a lower `max_pause` shortens a 429 pause in force), the log level
+//! and the summary interval. Other changes (paths, the Coax URL and
 //! routes, socket limits, the log format, housekeeping) are logged as needing
 //! a restart. A file that does not load leaves the daemon on the config it
 //! has, with one ERROR line naming the problem.
@@ -21,6 +22,7 @@ pub fn settings_of(config: &Config) -> Settings {
         poll_interval: config.dispatch.poll_interval,
         shutdown_timeout: config.dispatch.shutdown_timeout,
         auth_pause: config.dispatch.auth_pause,
+        max_pause: config.dispatch.max_pause,
         on_ambiguous: config.dispatch.on_ambiguous,
         retry: config.retry.clone(),
         breaker: config.breaker.clone(),
@@ -84,6 +86,10 @@ impl Live {
             (
                 settings.auth_pause != current.auth_pause,
                 "dispatch.auth_pause",
+            ),
+            (
+                settings.max_pause != current.max_pause,
+                "dispatch.max_pause",
             ),
             (
                 settings.on_ambiguous != current.on_ambiguous,

@@ -126,6 +126,8 @@ async fn connection(
     idle: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
+    // For the log lines of requests that act for an operator (`resume`).
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -155,7 +157,7 @@ async fn connection(
             continue;
         }
         let answer = match parse_request(text) {
-            Ok(request) => service.handle(request).await,
+            Ok(request) => service.handle(request, uid).await,
             Err(e) => e.to_line(),
         };
         // A client that stops reading must not hold its slot for ever.
@@ -198,17 +200,19 @@ fn refusal(id: i64, op: &str, r: Refusal) -> ErrorBody {
 }
 
 impl Service {
-    /// Carries out one request and returns its answer line (no newline).
-    pub async fn handle(&self, request: Request) -> String {
-        match self.answer(request).await {
+    /// Carries out one request from the peer with `uid` and returns its
+    /// answer line (no newline).
+    pub async fn handle(&self, request: Request, uid: Option<u32>) -> String {
+        match self.answer(request, uid).await {
             Ok(line) => line,
             Err(e) => e.to_line(),
         }
     }
 
-    async fn answer(&self, request: Request) -> Result<String, ErrorBody> {
+    async fn answer(&self, request: Request, uid: Option<u32>) -> Result<String, ErrorBody> {
         match request {
             Request::Ping => Ok(ok_line(json!({}))),
+            Request::Resume => Ok(self.resume(uid)),
             Request::Enqueue(protocol::Enqueue::One(job)) => {
                 let job = self.validate(&job, None)?;
                 let mut done = self.enqueue(vec![job]).await?;
@@ -338,6 +342,26 @@ impl Service {
                 })))
             }
         }
+    }
+
+    /// Ends a pause or an open breaker for an operator, and says what it
+    /// ended; nothing paused is an answer, not an error.
+    fn resume(&self, uid: Option<u32>) -> String {
+        let resumed = self.dispatch.resume();
+        let uid = uid.map_or(-1, i64::from);
+        if resumed.ended_something() {
+            tracing::info!(
+                uid,
+                was = resumed.was.name(),
+                "resume: an operator ended the pause; sending resumes"
+            );
+        } else {
+            tracing::info!(uid, "resume: asked, but nothing was paused");
+        }
+        ok_line(json!({
+            "resumed": resumed.ended_something(),
+            "dispatch": {"state": resumed.now.name(), "was": resumed.was.name()},
+        }))
     }
 
     fn validate(&self, job: &Value, index: Option<usize>) -> Result<NewJob, ErrorBody> {

@@ -30,6 +30,7 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         }
         Command::Stats => stats(answer, now),
         Command::Ping => println!("the daemon is answering"),
+        Command::Resume => resumed(answer),
         Command::Prune { .. } => {
             let verb = if answer["dry_run"] == true {
                 "would remove"
@@ -50,6 +51,23 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         | Command::Bench(_)
         | Command::Status
         | Command::Completions { .. } => {}
+    }
+}
+
+/// What `resume` did, in words.
+fn resumed(answer: &Value) {
+    let d = &answer["dispatch"];
+    if answer["resumed"] == true {
+        println!(
+            "sending resumed (it was {}); the dispatcher is {}",
+            text(&d["was"]),
+            text(&d["state"])
+        );
+    } else {
+        println!(
+            "nothing was paused; the dispatcher is {}",
+            text(&d["state"])
+        );
     }
 }
 

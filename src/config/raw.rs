@@ -130,6 +130,8 @@ pub(super) struct RawDispatch {
     shutdown_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     auth_pause: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    max_pause: Duration,
     on_ambiguous: RawOnAmbiguous,
     rate_limit: Option<String>,
     default_ttl: Option<String>,
@@ -142,6 +144,7 @@ impl Default for RawDispatch {
             concurrency: default_concurrency(),
             shutdown_timeout: default_shutdown_timeout(),
             auth_pause: default_auth_pause(),
+            max_pause: default_max_pause(),
             on_ambiguous: RawOnAmbiguous::Retry,
             rate_limit: None,
             default_ttl: None,
@@ -242,6 +245,9 @@ pub(super) fn default_shutdown_timeout() -> Duration {
 }
 pub(super) fn default_auth_pause() -> Duration {
     Duration::from_secs(5 * 60)
+}
+pub(super) fn default_max_pause() -> Duration {
+    Duration::from_secs(60 * 60)
 }
 pub(super) fn default_max_attempts() -> u32 {
     10
@@ -401,6 +407,7 @@ impl RawConfig {
             ));
         }
         let auth_pause = positive("dispatch.auth_pause", self.dispatch.auth_pause)?;
+        let max_pause = positive("dispatch.max_pause", self.dispatch.max_pause)?;
         let rate_limit = match &self.dispatch.rate_limit {
             None => None,
             Some(text) => {
@@ -483,6 +490,7 @@ impl RawConfig {
                 concurrency: self.dispatch.concurrency,
                 shutdown_timeout: self.dispatch.shutdown_timeout,
                 auth_pause,
+                max_pause,
                 on_ambiguous: match self.dispatch.on_ambiguous {
                     RawOnAmbiguous::Retry => OnAmbiguous::Retry,
                     RawOnAmbiguous::Hold => OnAmbiguous::Hold,

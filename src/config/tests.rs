@@ -94,6 +94,7 @@ fn minimal_file_gets_all_defaults() {
             concurrency: 8,
             shutdown_timeout: Duration::from_secs(30),
             auth_pause: Duration::from_secs(300),
+            max_pause: Duration::from_secs(3600),
             on_ambiguous: OnAmbiguous::Retry,
             rate_limit: None,
             default_ttl: None,
@@ -153,6 +154,7 @@ poll_interval = "250ms"
 concurrency = 3
 shutdown_timeout = "0s"
 auth_pause = "1h"
+max_pause = "90s"
 on_ambiguous = "hold"
 
 [retry]
@@ -180,6 +182,7 @@ level = "coax_scheduler=debug,warn"
     assert_eq!(c.dispatch.concurrency, 3);
     assert_eq!(c.dispatch.shutdown_timeout, Duration::ZERO);
     assert_eq!(c.dispatch.auth_pause, Duration::from_secs(3600));
+    assert_eq!(c.dispatch.max_pause, Duration::from_secs(90));
     assert_eq!(c.dispatch.on_ambiguous, OnAmbiguous::Hold);
     assert_eq!(c.retry.max_attempts, 2);
     assert_eq!(c.retry.base_delay, c.retry.max_delay);
@@ -429,6 +432,7 @@ fn duration_rules() {
             "dispatch.poll_interval",
         ),
         ("[dispatch]\nauth_pause = \"0s\"", "dispatch.auth_pause"),
+        ("[dispatch]\nmax_pause = \"0s\"", "dispatch.max_pause"),
     ];
     for (extra, key) in cases {
         let (got, _) = invalid_key(parse_extra(extra));
@@ -859,4 +863,17 @@ fn housekeeping_keys_are_read_and_checked() {
     assert!(err.contains("store.prune_schedule"), "{err}");
     let err = load("retention = \"0s\"\n").unwrap_err().to_string();
     assert!(err.contains("store.retention"), "{err}");
+}
+
+/// One 429 with `Retry-After: 315360000` paused sending for ten years: the
+/// pause now has a ceiling, an hour unless set, and no ceiling of zero.
+#[test]
+fn retry_after_has_a_ceiling_dispatch_max_pause() {
+    let c = parse_extra("").unwrap();
+    assert_eq!(c.dispatch.max_pause, Duration::from_secs(3600));
+    let c = parse_extra("[dispatch]\nmax_pause = \"10m\"").unwrap();
+    assert_eq!(c.dispatch.max_pause, Duration::from_secs(600));
+    let (key, message) = invalid_key(parse_extra("[dispatch]\nmax_pause = \"0s\""));
+    assert_eq!(key, "dispatch.max_pause");
+    assert!(!message.is_empty());
 }

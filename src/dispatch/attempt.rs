@@ -23,7 +23,8 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     let started = Instant::now();
     let answer = ctx.coax.send(&job).await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let now = time::now();
+    let now = ctx.clock().wall();
+    let read_at = ctx.clock().mono();
     let outcome = policy::classify(&answer);
     let settings = ctx.settings();
     let decision = policy::decide(
@@ -37,7 +38,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     // The gate reads the answer itself (a 429's retry time pauses everyone),
     // whether or not this job may still be retried.
     let fallback = policy::backoff(job.attempt, &settings.retry, 1.0);
-    let signal = gate::signal(status_of(&answer), &outcome, now, fallback);
+    let signal = gate::signal(status_of(&answer), &outcome, read_at, fallback);
     let decision = policy::bound_by_expiry(decision, job.expires_at);
     let ambiguous = matches!(
         outcome,

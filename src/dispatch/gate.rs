@@ -5,6 +5,10 @@
 //! the gate how each attempt ended ([`Gate::record`]) and how each health
 //! probe went ([`Gate::probe_result`]), and logs the transitions it returns.
 //!
+//! Every time here is monotonic ([`Mono`]): a step of the wall clock neither
+//! stretches a pause nor stops the token bucket. Whether a job is due is not
+//! the gate's question.
+//!
 //! ```text
 //!                 401/403                          auth_pause over
 //!   running ────────────────────► paused_auth ─────────────────► running
@@ -12,13 +16,18 @@
 //!   running ── N transient ─────► breaker_open ── /health ok ──► trial
 //!   trial ──── answer ok ───────► running
 //!   trial ──── transient ───────► breaker_open (next probe waits twice as long)
+//!   any ────── resume ──────────► running   (an operator's `resume`)
 //! ```
+//!
+//! A 429's pause lasts its `Retry-After`, but never more than `max_pause`
+//! from the 429 that set it; a reload that lowers `max_pause` shortens the
+//! pause in force by the same rule.
 //!
 //! While the gate is shut no job is claimed, so no job uses an attempt. A
 //! token bucket enforces `dispatch.rate_limit` on every send, the trial too.
 
 use crate::config::RateLimit;
-use crate::time::{self, Millis};
+use crate::time::Mono;
 use std::time::Duration;
 
 /// The first wait between health probes after the breaker opens.
@@ -30,15 +39,15 @@ pub enum Mode {
     Running,
     /// Coax rejected the key; sending resumes at `until`.
     PausedAuth {
-        until: Millis,
+        until: Mono,
     },
     /// Coax said 429; sending resumes at `until`.
     PausedRateLimit {
-        until: Millis,
+        until: Mono,
     },
     /// Too many transient failures in a row; `/health` is probed at `probe_at`.
     BreakerOpen {
-        probe_at: Millis,
+        probe_at: Mono,
     },
     /// Coax looks healthy again; one trial send decides.
     Trial,
@@ -56,7 +65,7 @@ impl Mode {
     }
 
     /// When the mode next changes by itself, if it does.
-    pub fn until(self) -> Option<Millis> {
+    pub fn until(self) -> Option<Mono> {
         match self {
             Mode::Running | Mode::Trial => None,
             Mode::PausedAuth { until } | Mode::PausedRateLimit { until } => Some(until),
@@ -73,9 +82,11 @@ pub enum Signal {
     /// A transient failure: 5xx, timeout, refused connection...
     Transient,
     KeyRejected,
-    /// 429: no sends until `until`.
+    /// 429: no sends for `pause` from `from`, when the answer was read
+    /// (capped at `max_pause`).
     Throttled {
-        until: Millis,
+        from: Mono,
+        pause: Duration,
     },
 }
 
@@ -85,6 +96,8 @@ pub struct Settings {
     pub breaker_failures: u32,
     pub max_probe_interval: Duration,
     pub auth_pause: Duration,
+    /// The longest a 429 pauses sending, whatever its `Retry-After`.
+    pub max_pause: Duration,
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -95,7 +108,7 @@ pub struct Admission {
     pub count: usize,
     /// When to ask again if fewer than wanted were allowed and time alone
     /// will change that.
-    pub retry_at: Option<Millis>,
+    pub retry_at: Option<Mono>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,11 +116,11 @@ struct Bucket {
     tokens: f64,
     capacity: f64,
     per_ms: f64,
-    last: Millis,
+    last: Mono,
 }
 
 impl Bucket {
-    fn new(limit: RateLimit, now: Millis) -> Bucket {
+    fn new(limit: RateLimit, now: Mono) -> Bucket {
         let per_second = limit.per_second();
         // A burst of up to one second's worth, and at least one send.
         let capacity = per_second.max(1.0);
@@ -119,8 +132,8 @@ impl Bucket {
         }
     }
 
-    fn refill(&mut self, now: Millis) {
-        let elapsed = (now - self.last).max(0) as f64;
+    fn refill(&mut self, now: Mono) {
+        let elapsed = self.last.until(now).as_millis() as f64;
         self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
         self.last = now.max(self.last);
     }
@@ -130,13 +143,13 @@ impl Bucket {
     }
 
     /// When one whole token will be there after `taking` more are spent.
-    fn next_token_at(&self, taking: usize) -> Millis {
+    fn next_token_at(&self, taking: usize) -> Mono {
         let missing = (1.0 - (self.tokens - taking as f64)).max(0.0);
-        self.last + (missing / self.per_ms).ceil() as Millis
+        self.last + Duration::from_millis((missing / self.per_ms).ceil() as u64)
     }
 
     /// Up to `wanted` sends now, and when to ask again if fewer.
-    fn admit(&mut self, now: Millis, wanted: usize) -> Admission {
+    fn admit(&mut self, now: Mono, wanted: usize) -> Admission {
         self.refill(now);
         let count = wanted.min(self.available());
         let retry_at = (count < wanted).then(|| self.next_token_at(count));
@@ -150,17 +163,20 @@ pub struct Gate {
     failures: u32,
     probe_wait: Duration,
     trial_out: bool,
+    /// When the 429 that set the rate-limit pause in force was read.
+    throttled_at: Mono,
     bucket: Option<Bucket>,
     settings: Settings,
 }
 
 impl Gate {
-    pub fn new(settings: Settings, now: Millis) -> Gate {
+    pub fn new(settings: Settings, now: Mono) -> Gate {
         Gate {
             mode: Mode::Running,
             failures: 0,
             probe_wait: FIRST_PROBE_WAIT.min(settings.max_probe_interval),
             trial_out: false,
+            throttled_at: now,
             bucket: settings.rate_limit.map(|l| Bucket::new(l, now)),
             settings,
         }
@@ -170,13 +186,29 @@ impl Gate {
         self.mode
     }
 
-    /// Takes new settings. A changed rate limit starts a fresh bucket.
-    pub fn reconfigure(&mut self, settings: Settings, now: Millis) {
+    /// Takes new settings. A changed rate limit starts a fresh bucket. A
+    /// lower `max_pause` shortens a 429 pause in force to the new cap from
+    /// the 429 that set it; that change is returned.
+    pub fn reconfigure(&mut self, settings: Settings, now: Mono) -> Option<Mode> {
         if settings.rate_limit != self.settings.rate_limit {
             self.bucket = settings.rate_limit.map(|l| Bucket::new(l, now));
         }
         self.probe_wait = self.probe_wait.min(settings.max_probe_interval);
+        let cap = self.throttled_at + settings.max_pause;
         self.settings = settings;
+        match self.mode {
+            Mode::PausedRateLimit { until } if until > cap => {
+                self.set(Mode::PausedRateLimit { until: cap })
+            }
+            _ => None,
+        }
+    }
+
+    /// Ends a pause or an open breaker at once (an operator's `resume`);
+    /// returns the mode that was ended, if any.
+    pub fn resume(&mut self) -> Option<Mode> {
+        let was = self.mode;
+        self.set(Mode::Running).map(|_| was)
     }
 
     /// Ends a pause for a rejected key at once (a new key was loaded).
@@ -188,7 +220,7 @@ impl Gate {
     }
 
     /// Lets pauses whose time has come end; returns the new mode if it changed.
-    pub fn tick(&mut self, now: Millis) -> Option<Mode> {
+    pub fn tick(&mut self, now: Mono) -> Option<Mode> {
         match self.mode {
             Mode::PausedAuth { until } | Mode::PausedRateLimit { until } if until <= now => {
                 self.set(Mode::Running)
@@ -198,7 +230,7 @@ impl Gate {
     }
 
     /// How many of `wanted` sends may start at `now`.
-    pub fn admit(&mut self, now: Millis, wanted: usize) -> Admission {
+    pub fn admit(&mut self, now: Mono, wanted: usize) -> Admission {
         match self.mode {
             Mode::PausedAuth { until } | Mode::PausedRateLimit { until } => Admission {
                 count: 0,
@@ -244,7 +276,7 @@ impl Gate {
     }
 
     /// Takes in how an attempt ended; returns the new mode if it changed.
-    pub fn record(&mut self, now: Millis, signal: Signal) -> Option<Mode> {
+    pub fn record(&mut self, now: Mono, signal: Signal) -> Option<Mode> {
         match signal {
             Signal::Answered => {
                 self.failures = 0;
@@ -266,24 +298,30 @@ impl Gate {
             Signal::KeyRejected => match self.mode {
                 Mode::PausedAuth { .. } => None,
                 _ => self.set(Mode::PausedAuth {
-                    until: time::add(now, self.settings.auth_pause),
+                    until: now + self.settings.auth_pause,
                 }),
             },
-            Signal::Throttled { until } => match self.mode {
-                Mode::PausedAuth { .. } => None,
-                Mode::PausedRateLimit { until: current } if current >= until => None,
-                _ => self.set(Mode::PausedRateLimit { until }),
-            },
+            Signal::Throttled { from, pause } => {
+                let until = from + pause.min(self.settings.max_pause);
+                match self.mode {
+                    Mode::PausedAuth { .. } => None,
+                    Mode::PausedRateLimit { until: current } if current >= until => None,
+                    _ => {
+                        self.throttled_at = from;
+                        self.set(Mode::PausedRateLimit { until })
+                    }
+                }
+            }
         }
     }
 
     /// Whether a `/health` probe is due.
-    pub fn probe_due(&self, now: Millis) -> bool {
+    pub fn probe_due(&self, now: Mono) -> bool {
         matches!(self.mode, Mode::BreakerOpen { probe_at } if probe_at <= now)
     }
 
     /// Takes in a probe's result; returns the new mode if it changed.
-    pub fn probe_result(&mut self, now: Millis, healthy: bool) -> Option<Mode> {
+    pub fn probe_result(&mut self, now: Mono, healthy: bool) -> Option<Mode> {
         if !matches!(self.mode, Mode::BreakerOpen { .. }) {
             return None;
         }
@@ -297,8 +335,8 @@ impl Gate {
 
     /// Opens (or keeps open) the breaker with the next probe after the current
     /// wait, which doubles up to `max_probe_interval`.
-    fn open(&mut self, now: Millis) -> Option<Mode> {
-        let probe_at = time::add(now, self.probe_wait);
+    fn open(&mut self, now: Mono) -> Option<Mode> {
+        let probe_at = now + self.probe_wait;
         self.probe_wait = (self.probe_wait * 2).min(self.settings.max_probe_interval);
         self.set(Mode::BreakerOpen { probe_at })
     }
@@ -317,22 +355,24 @@ impl Gate {
     }
 }
 
-/// The gate's reading of one attempt at `now`.
+/// The gate's reading of one attempt whose answer was read at `now`.
 ///
 /// A 429 pauses everyone for its whole `Retry-After` (the job's own retry
-/// may be capped at `max_delay`; the pause is not), or for `fallback` (the
-/// job's backoff) when Coax gave none, whether or not this job may retry.
+/// may be capped at `max_delay`; the pause is capped only at `max_pause`),
+/// or for `fallback` (the job's backoff) when Coax gave none, whether or not
+/// this job may retry.
 pub fn signal(
     status: Option<u16>,
     outcome: &crate::policy::Outcome,
-    now: Millis,
+    now: Mono,
     fallback: Duration,
 ) -> Signal {
     use crate::policy::Outcome;
     match outcome {
         Outcome::KeyRejected { .. } => Signal::KeyRejected,
         Outcome::Transient { retry_after, .. } if status == Some(429) => Signal::Throttled {
-            until: time::add(now, retry_after.unwrap_or(fallback)),
+            from: now,
+            pause: retry_after.unwrap_or(fallback),
         },
         Outcome::Transient { .. } => Signal::Transient,
         _ => Signal::Answered,

@@ -8,6 +8,7 @@ mod bench;
 mod chaos;
 mod cli;
 mod counts;
+mod gate;
 mod helpers;
 mod lifecycle;
 mod outcomes;

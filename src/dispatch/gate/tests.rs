@@ -6,18 +6,20 @@ use crate::policy::{Decision, Outcome};
 
 /// An arbitrary wall-clock start, far from zero so that no arithmetic hides
 /// behind small numbers.
-const T0: Millis = 1_700_000_000_000;
-const SEC: Millis = 1_000;
+const T0: Mono = Mono::from_millis(1_700_000_000_000);
+const SEC: Duration = Duration::from_secs(1);
 
 const FAILURES: u32 = 5;
 const MAX_PROBE: Duration = Duration::from_secs(60);
 const AUTH_PAUSE: Duration = Duration::from_secs(300);
+const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
 fn settings(rate_limit: Option<RateLimit>) -> Settings {
     Settings {
         breaker_failures: FAILURES,
         max_probe_interval: MAX_PROBE,
         auth_pause: AUTH_PAUSE,
+        max_pause: MAX_PAUSE,
         rate_limit,
     }
 }
@@ -37,14 +39,14 @@ fn gate_with(s: Settings) -> Gate {
 
 /// Records `n` transient failures at `now`, asserting that none of them
 /// changes the mode.
-fn fail_quietly(g: &mut Gate, now: Millis, n: u32) {
+fn fail_quietly(g: &mut Gate, now: Mono, n: u32) {
     for i in 0..n {
         assert_eq!(g.record(now, Signal::Transient), None, "failure #{}", i + 1);
     }
 }
 
 /// Opens the breaker from running at `now` and returns the first probe time.
-fn open_breaker(g: &mut Gate, now: Millis) -> Millis {
+fn open_breaker(g: &mut Gate, now: Mono) -> Mono {
     assert_eq!(g.mode(), Mode::Running);
     let failures = g.settings.breaker_failures;
     fail_quietly(g, now, failures - 1);
@@ -54,14 +56,30 @@ fn open_breaker(g: &mut Gate, now: Millis) -> Millis {
     }
 }
 
-fn probe_at(g: &Gate) -> Millis {
+fn probe_at(g: &Gate) -> Mono {
     match g.mode() {
         Mode::BreakerOpen { probe_at } => probe_at,
         other => panic!("breaker is not open: {other:?}"),
     }
 }
 
-fn admission(count: usize, retry_at: Option<Millis>) -> Admission {
+/// A 429 read at `now` that asks for a pause until `until`.
+fn throttled(now: Mono, until: Mono) -> Signal {
+    Signal::Throttled {
+        from: now,
+        pause: now.until(until),
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn ms_u(n: i64) -> Duration {
+    Duration::from_millis(n.unsigned_abs())
+}
+
+fn admission(count: usize, retry_at: Option<Mono>) -> Admission {
     Admission { count, retry_at }
 }
 
@@ -85,12 +103,21 @@ fn mode_names_are_the_words_stats_and_logs_use() {
 fn mode_until_is_when_the_mode_changes_by_itself() {
     assert_eq!(Mode::Running.until(), None);
     assert_eq!(Mode::Trial.until(), None);
-    assert_eq!(Mode::PausedAuth { until: T0 + 7 }.until(), Some(T0 + 7));
     assert_eq!(
-        Mode::PausedRateLimit { until: T0 + 8 }.until(),
-        Some(T0 + 8)
+        Mode::PausedAuth { until: T0 + ms(7) }.until(),
+        Some(T0 + ms(7))
     );
-    assert_eq!(Mode::BreakerOpen { probe_at: T0 + 9 }.until(), Some(T0 + 9));
+    assert_eq!(
+        Mode::PausedRateLimit { until: T0 + ms(8) }.until(),
+        Some(T0 + ms(8))
+    );
+    assert_eq!(
+        Mode::BreakerOpen {
+            probe_at: T0 + ms(9)
+        }
+        .until(),
+        Some(T0 + ms(9))
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -104,14 +131,14 @@ fn a_new_gate_runs_and_without_a_rate_limit_admits_all_wanted() {
     g.started(7);
     assert_eq!(g.admit(T0, 1024), admission(1024, None));
     assert_eq!(g.admit(T0, 0), admission(0, None));
-    assert!(!g.probe_due(T0 + 1_000_000));
+    assert!(!g.probe_due(T0 + ms(1_000_000)));
 }
 
 #[test]
 fn answers_and_ticks_while_running_change_nothing() {
     let mut g = gate();
     assert_eq!(g.record(T0, Signal::Answered), None);
-    assert_eq!(g.tick(T0 + 1_000_000), None);
+    assert_eq!(g.tick(T0 + ms(1_000_000)), None);
     assert_eq!(g.key_changed(), None);
     assert_eq!(g.probe_result(T0, true), None);
     assert_eq!(g.probe_result(T0, false), None);
@@ -127,13 +154,13 @@ fn the_breaker_opens_on_exactly_the_configured_number_of_consecutive_failures() 
     fail_quietly(&mut g, T0, FAILURES - 1);
     assert_eq!(g.mode(), Mode::Running);
     assert_eq!(
-        g.record(T0 + 5, Signal::Transient),
+        g.record(T0 + ms(5), Signal::Transient),
         Some(Mode::BreakerOpen {
-            probe_at: T0 + 5 + SEC
+            probe_at: T0 + ms(5) + SEC
         })
     );
     assert_eq!(g.mode().name(), "breaker_open");
-    assert_eq!(g.mode().until(), Some(T0 + 5 + SEC));
+    assert_eq!(g.mode().until(), Some(T0 + ms(5) + SEC));
 }
 
 #[test]
@@ -155,10 +182,7 @@ fn failures_are_counted_across_time_not_per_window() {
     // Consecutive means consecutive: hours between failures do not reset them.
     let mut g = gate();
     for i in 0..(FAILURES - 1) {
-        assert_eq!(
-            g.record(T0 + Millis::from(i) * 3_600 * SEC, Signal::Transient),
-            None
-        );
+        assert_eq!(g.record(T0 + i * 3_600 * SEC, Signal::Transient), None);
     }
     assert!(matches!(
         g.record(T0 + 10 * 3_600 * SEC, Signal::Transient),
@@ -184,7 +208,7 @@ fn while_open_nothing_is_admitted_and_the_retry_time_is_the_probe_time() {
     let probe = open_breaker(&mut g, T0);
     assert_eq!(probe, T0 + SEC);
     assert_eq!(g.admit(T0, 10), admission(0, Some(probe)));
-    assert_eq!(g.admit(probe - 1, 1), admission(0, Some(probe)));
+    assert_eq!(g.admit(probe - ms(1), 1), admission(0, Some(probe)));
     // Time alone does not close the breaker: only a probe does.
     assert_eq!(g.tick(probe + 10 * SEC), None);
     assert_eq!(g.admit(probe + 10 * SEC, 1), admission(0, Some(probe)));
@@ -196,7 +220,7 @@ fn a_probe_is_due_from_the_probe_time_on() {
     let mut g = gate();
     let probe = open_breaker(&mut g, T0);
     assert!(!g.probe_due(T0));
-    assert!(!g.probe_due(probe - 1));
+    assert!(!g.probe_due(probe - ms(1)));
     assert!(g.probe_due(probe));
     assert!(g.probe_due(probe + 60 * SEC));
 }
@@ -206,9 +230,9 @@ fn attempts_ending_while_open_change_nothing() {
     // Sends that were in flight when the breaker opened may end afterwards.
     let mut g = gate();
     let probe = open_breaker(&mut g, T0);
-    assert_eq!(g.record(T0 + 10, Signal::Transient), None);
-    assert_eq!(g.record(T0 + 20, Signal::Answered), None);
-    assert_eq!(g.record(T0 + 30, Signal::Transient), None);
+    assert_eq!(g.record(T0 + ms(10), Signal::Transient), None);
+    assert_eq!(g.record(T0 + ms(20), Signal::Answered), None);
+    assert_eq!(g.record(T0 + ms(30), Signal::Transient), None);
     assert_eq!(g.mode(), Mode::BreakerOpen { probe_at: probe });
 }
 
@@ -227,8 +251,8 @@ fn probe_waits_double_from_one_second_up_to_the_maximum() {
             panic!("a failed probe must keep the breaker open with a new probe time");
         };
         assert_eq!(g.mode(), Mode::BreakerOpen { probe_at });
-        assert!(!g.probe_due(probe_at - 1));
-        waits.push((probe_at - now) / SEC);
+        assert!(!g.probe_due(probe_at - ms(1)));
+        waits.push((probe_at - now).as_secs());
         now = probe_at;
     }
     assert_eq!(waits, [2, 4, 8, 10, 10, 10]);
@@ -239,7 +263,7 @@ fn probe_waits_use_the_time_of_the_result_not_the_scheduled_time() {
     // A probe that takes a while to fail: the next wait counts from its end.
     let mut g = gate();
     let probe = open_breaker(&mut g, T0);
-    let ended = probe + 750;
+    let ended = probe + ms(750);
     assert_eq!(
         g.probe_result(ended, false),
         Some(Mode::BreakerOpen {
@@ -255,11 +279,11 @@ fn the_first_probe_waits_the_maximum_when_the_maximum_is_under_a_second() {
         ..settings(None)
     });
     let probe = open_breaker(&mut g, T0);
-    assert_eq!(probe, T0 + 300);
+    assert_eq!(probe, T0 + ms(300));
     assert_eq!(
         g.probe_result(probe, false),
         Some(Mode::BreakerOpen {
-            probe_at: probe + 300
+            probe_at: probe + ms(300)
         })
     );
 }
@@ -297,10 +321,13 @@ fn a_trial_that_is_answered_resumes_running() {
     g.probe_result(probe, true);
     g.admit(probe, 1);
     g.started(1);
-    assert_eq!(g.record(probe + 40, Signal::Answered), Some(Mode::Running));
-    assert_eq!(g.admit(probe + 40, 9), admission(9, None));
+    assert_eq!(
+        g.record(probe + ms(40), Signal::Answered),
+        Some(Mode::Running)
+    );
+    assert_eq!(g.admit(probe + ms(40), 9), admission(9, None));
     // And the failure count starts afresh.
-    fail_quietly(&mut g, probe + 50, FAILURES - 1);
+    fail_quietly(&mut g, probe + ms(50), FAILURES - 1);
     assert_eq!(g.mode(), Mode::Running);
 }
 
@@ -313,7 +340,7 @@ fn a_trial_that_fails_reopens_the_breaker_with_a_longer_wait() {
     g.probe_result(probe, true);
     g.started(1);
     // One failure is enough in trial, whatever breaker.failures says.
-    let failed = probe + 100;
+    let failed = probe + ms(100);
     assert_eq!(
         g.record(failed, Signal::Transient),
         Some(Mode::BreakerOpen {
@@ -375,10 +402,10 @@ fn probe_results_outside_the_open_breaker_are_ignored() {
     g.probe_result(probe, true);
     g.started(1);
     // A stray second probe result in trial neither reopens nor re-offers.
-    assert_eq!(g.probe_result(probe + 1, false), None);
-    assert_eq!(g.probe_result(probe + 1, true), None);
+    assert_eq!(g.probe_result(probe + ms(1), false), None);
+    assert_eq!(g.probe_result(probe + ms(1), true), None);
     assert_eq!(g.mode(), Mode::Trial);
-    assert_eq!(g.admit(probe + 1, 1), admission(0, None));
+    assert_eq!(g.admit(probe + ms(1), 1), admission(0, None));
 
     let mut g = gate();
     g.record(T0, Signal::KeyRejected);
@@ -392,7 +419,7 @@ fn probe_results_outside_the_open_breaker_are_ignored() {
 #[test]
 fn a_rejected_key_pauses_for_auth_pause_then_resumes_by_itself() {
     let mut g = gate();
-    let at = T0 + 123;
+    let at = T0 + ms(123);
     let until = at + 300 * SEC;
     assert_eq!(
         g.record(at, Signal::KeyRejected),
@@ -401,8 +428,8 @@ fn a_rejected_key_pauses_for_auth_pause_then_resumes_by_itself() {
     assert_eq!(g.mode().name(), "paused_auth");
     assert_eq!(g.mode().until(), Some(until));
     assert_eq!(g.admit(at, 5), admission(0, Some(until)));
-    assert_eq!(g.admit(until - 1, 5), admission(0, Some(until)));
-    assert_eq!(g.tick(until - 1), None);
+    assert_eq!(g.admit(until - ms(1), 5), admission(0, Some(until)));
+    assert_eq!(g.tick(until - ms(1)), None);
     assert_eq!(g.tick(until), Some(Mode::Running));
     assert_eq!(g.tick(until), None, "the change is reported once");
     assert_eq!(g.admit(until, 5), admission(5, None));
@@ -421,13 +448,13 @@ fn a_changed_key_ends_the_auth_pause_at_once() {
     g.record(T0, Signal::KeyRejected);
     assert_eq!(g.key_changed(), Some(Mode::Running));
     assert_eq!(g.key_changed(), None);
-    assert_eq!(g.admit(T0 + 1, 3), admission(3, None));
+    assert_eq!(g.admit(T0 + ms(1), 3), admission(3, None));
 }
 
 #[test]
 fn a_changed_key_does_not_end_other_pauses() {
     let mut g = gate();
-    g.record(T0, Signal::Throttled { until: T0 + SEC });
+    g.record(T0, throttled(T0, T0 + SEC));
     assert_eq!(g.key_changed(), None);
     assert_eq!(g.mode(), Mode::PausedRateLimit { until: T0 + SEC });
 
@@ -457,12 +484,7 @@ fn more_rejections_during_the_auth_pause_do_not_extend_it() {
 #[test]
 fn a_rejected_key_during_a_rate_limit_pause_switches_to_paused_auth() {
     let mut g = gate();
-    g.record(
-        T0,
-        Signal::Throttled {
-            until: T0 + 30 * SEC,
-        },
-    );
+    g.record(T0, throttled(T0, T0 + 30 * SEC));
     let at = T0 + SEC;
     assert_eq!(
         g.record(at, Signal::KeyRejected),
@@ -472,12 +494,7 @@ fn a_rejected_key_during_a_rate_limit_pause_switches_to_paused_auth() {
     );
     // A 429 for the bad key does not turn it back.
     assert_eq!(
-        g.record(
-            at + 1,
-            Signal::Throttled {
-                until: at + 400 * SEC
-            }
-        ),
+        g.record(at + ms(1), throttled(at + ms(1), at + 400 * SEC)),
         None
     );
     assert_eq!(g.mode().name(), "paused_auth");
@@ -489,9 +506,9 @@ fn a_rejected_key_while_the_breaker_is_open_pauses_for_auth() {
     let mut g = gate();
     open_breaker(&mut g, T0);
     assert_eq!(
-        g.record(T0 + 5, Signal::KeyRejected),
+        g.record(T0 + ms(5), Signal::KeyRejected),
         Some(Mode::PausedAuth {
-            until: T0 + 5 + 300 * SEC
+            until: T0 + ms(5) + 300 * SEC
         })
     );
     assert!(!g.probe_due(T0 + 301 * SEC));
@@ -521,15 +538,15 @@ fn a_429_pauses_all_sending_until_its_retry_time() {
     let mut g = gate();
     let until = T0 + 30 * SEC;
     assert_eq!(
-        g.record(T0, Signal::Throttled { until }),
+        g.record(T0, throttled(T0, until)),
         Some(Mode::PausedRateLimit { until })
     );
     assert_eq!(g.mode().name(), "paused_rate_limit");
     assert_eq!(g.mode().until(), Some(until));
     assert_eq!(g.admit(T0, 8), admission(0, Some(until)));
-    assert_eq!(g.tick(until - 1), None);
+    assert_eq!(g.tick(until - ms(1)), None);
     assert_eq!(g.tick(until), Some(Mode::Running));
-    assert_eq!(g.tick(until + 1), None);
+    assert_eq!(g.tick(until + ms(1)), None);
     assert_eq!(g.admit(until, 8), admission(8, None));
 }
 
@@ -537,17 +554,12 @@ fn a_429_pauses_all_sending_until_its_retry_time() {
 fn an_earlier_429_does_not_shorten_the_pause() {
     let mut g = gate();
     let until = T0 + 30 * SEC;
-    g.record(T0, Signal::Throttled { until });
+    g.record(T0, throttled(T0, until));
     assert_eq!(
-        g.record(
-            T0 + 1,
-            Signal::Throttled {
-                until: until - 10 * SEC
-            }
-        ),
+        g.record(T0 + ms(1), throttled(T0 + ms(1), until - 10 * SEC)),
         None
     );
-    assert_eq!(g.record(T0 + 2, Signal::Throttled { until }), None);
+    assert_eq!(g.record(T0 + ms(2), throttled(T0 + ms(2), until)), None);
     assert_eq!(g.mode(), Mode::PausedRateLimit { until });
     assert_eq!(g.tick(until - 10 * SEC), None);
     assert_eq!(g.admit(until - 10 * SEC, 1), admission(0, Some(until)));
@@ -556,15 +568,10 @@ fn an_earlier_429_does_not_shorten_the_pause() {
 #[test]
 fn a_later_429_extends_the_pause() {
     let mut g = gate();
-    g.record(
-        T0,
-        Signal::Throttled {
-            until: T0 + 30 * SEC,
-        },
-    );
+    g.record(T0, throttled(T0, T0 + 30 * SEC));
     let later = T0 + 45 * SEC;
     assert_eq!(
-        g.record(T0 + 1, Signal::Throttled { until: later }),
+        g.record(T0 + ms(1), throttled(T0 + ms(1), later)),
         Some(Mode::PausedRateLimit { until: later })
     );
     assert_eq!(g.tick(T0 + 30 * SEC), None);
@@ -579,7 +586,7 @@ fn a_429_in_trial_pauses_for_the_rate_limit() {
     g.started(1);
     let until = probe + 5 * SEC;
     assert_eq!(
-        g.record(probe, Signal::Throttled { until }),
+        g.record(probe, throttled(probe, until)),
         Some(Mode::PausedRateLimit { until })
     );
     assert_eq!(g.tick(until), Some(Mode::Running));
@@ -590,9 +597,9 @@ fn failures_before_a_pause_do_not_count_after_it() {
     let mut g = gate();
     fail_quietly(&mut g, T0, FAILURES - 1);
     let until = T0 + 10 * SEC;
-    g.record(T0, Signal::Throttled { until });
+    g.record(T0, throttled(T0, until));
     // In-flight failures during the pause neither open the breaker...
-    fail_quietly(&mut g, T0 + 1, 3);
+    fail_quietly(&mut g, T0 + ms(1), 3);
     assert_eq!(g.mode(), Mode::PausedRateLimit { until });
     // ... nor carry over once sending resumes.
     assert_eq!(g.tick(until), Some(Mode::Running));
@@ -636,9 +643,9 @@ fn every_transition_is_reported_once() {
     note(c, &g);
     let c = g.record(now, Signal::Answered);
     note(c, &g);
-    let c = g.record(now, Signal::Throttled { until: now + SEC });
+    let c = g.record(now, throttled(now, now + SEC));
     note(c, &g);
-    let c = g.record(now, Signal::Throttled { until: now + SEC });
+    let c = g.record(now, throttled(now, now + SEC));
     note(c, &g);
     let c = g.record(now, Signal::KeyRejected);
     note(c, &g);
@@ -678,17 +685,17 @@ fn two_per_second_admits_two_then_one_every_half_second() {
     let empty = g.admit(T0, 5);
     assert_eq!(empty.count, 0);
     let retry = empty.retry_at.expect("time alone will refill the bucket");
-    assert!((T0 + 499..=T0 + 501).contains(&retry), "{retry}");
-    assert_eq!(g.admit(T0 + 250, 5).count, 0);
-    assert_eq!(g.admit(T0 + 499, 1).count, 0);
+    assert!((T0 + ms(499)..=T0 + ms(501)).contains(&retry), "{retry}");
+    assert_eq!(g.admit(T0 + ms(250), 5).count, 0);
+    assert_eq!(g.admit(T0 + ms(499), 1).count, 0);
 
-    assert_eq!(g.admit(T0 + 500, 1), admission(1, None));
+    assert_eq!(g.admit(T0 + ms(500), 1), admission(1, None));
     g.started(1);
-    assert_eq!(g.admit(T0 + 500, 1).count, 0);
-    assert_eq!(g.admit(T0 + 999, 1).count, 0);
-    assert_eq!(g.admit(T0 + 1000, 5).count, 1);
+    assert_eq!(g.admit(T0 + ms(500), 1).count, 0);
+    assert_eq!(g.admit(T0 + ms(999), 1).count, 0);
+    assert_eq!(g.admit(T0 + ms(1000), 5).count, 1);
     g.started(1);
-    assert_eq!(g.admit(T0 + 1000, 5).count, 0);
+    assert_eq!(g.admit(T0 + ms(1000), 5).count, 0);
 }
 
 #[test]
@@ -708,11 +715,11 @@ fn six_hundred_a_minute_is_ten_a_second() {
     let empty = g.admit(T0, 50);
     assert_eq!(empty.count, 0);
     let retry = empty.retry_at.unwrap();
-    assert!((T0 + 99..=T0 + 101).contains(&retry), "{retry}");
-    assert_eq!(g.admit(T0 + 100, 50).count, 1);
-    assert_eq!(g.admit(T0 + 450, 50).count, 4);
+    assert!((T0 + ms(99)..=T0 + ms(101)).contains(&retry), "{retry}");
+    assert_eq!(g.admit(T0 + ms(100), 50).count, 1);
+    assert_eq!(g.admit(T0 + ms(450), 50).count, 4);
     g.started(4);
-    assert_eq!(g.admit(T0 + 450, 50).count, 0);
+    assert_eq!(g.admit(T0 + ms(450), 50).count, 0);
     assert_eq!(g.admit(T0 + 10 * SEC, 50).count, 10);
 }
 
@@ -722,10 +729,13 @@ fn a_slow_rate_still_allows_one_send_at_a_time() {
     let mut g = gate_with(settings(Some(rate("1/min"))));
     assert_eq!(g.admit(T0, 3).count, 1);
     g.started(1);
-    let empty = g.admit(T0 + 1, 3);
+    let empty = g.admit(T0 + ms(1), 3);
     assert_eq!(empty.count, 0);
     let retry = empty.retry_at.unwrap();
-    assert!((T0 + 59_999..=T0 + 60_001).contains(&retry), "{retry}");
+    assert!(
+        (T0 + ms(59_999)..=T0 + ms(60_001)).contains(&retry),
+        "{retry}"
+    );
     assert_eq!(g.admit(T0 + 30 * SEC, 1).count, 0);
     assert_eq!(g.admit(T0 + 60 * SEC, 1).count, 1);
     // Never more than one at a time, however long the quiet.
@@ -747,7 +757,7 @@ fn a_clock_that_steps_back_neither_refills_nor_panics() {
     g.admit(T0, 2);
     g.started(2);
     assert_eq!(g.admit(T0 - 10 * SEC, 1).count, 0);
-    assert_eq!(g.admit(T0 + 500, 1).count, 1);
+    assert_eq!(g.admit(T0 + ms(500), 1).count, 1);
 }
 
 /// Every rate the tests drive through the simulation, as (text, per second).
@@ -770,7 +780,7 @@ fn over_ten_seconds_the_bucket_never_exceeds_rate_times_elapsed_plus_burst() {
         let mut g = gate_with(settings(Some(rate(text))));
         let mut sent = 0usize;
         for ms in 0..=10_000i64 {
-            let now = T0 + ms;
+            let now = T0 + ms_u(ms);
             // Vary how many are wanted: none, one, a few, a flood.
             let wanted = [0usize, 1, 3, 1000][(ms % 4) as usize];
             let a = g.admit(now, wanted);
@@ -794,7 +804,7 @@ fn over_ten_seconds_the_bucket_never_exceeds_rate_times_elapsed_plus_burst() {
         // And the bucket is not stingier than the limit either: what was
         // sent plus what is on offer at the end is all that was allowed, but
         // for rounding.
-        let end = g.admit(T0 + 10_000, usize::MAX).count;
+        let end = g.admit(T0 + ms(10_000), usize::MAX).count;
         let sent = sent + end;
         let full = per_second * 10.0 + burst;
         assert!(sent as f64 <= full + 1e-9, "{text}: {sent} > {full}");
@@ -820,17 +830,17 @@ fn when_nothing_is_admitted_the_retry_time_is_when_a_send_is() {
             // Not late by more than a millisecond...
             let mut early = g.clone();
             assert!(
-                early.admit(retry + 1, 1).count == 1,
+                early.admit(retry + ms(1), 1).count == 1,
                 "{text}: nothing at the retry time {retry} (+1ms)"
             );
             // ... nor so early that asking then is pointless.
             let mut before = g.clone();
             assert_eq!(
-                before.admit(retry - 2, 1).count,
+                before.admit(retry - ms(2), 1).count,
                 0,
                 "{text}: a token was there before {retry}"
             );
-            now = retry + 1;
+            now = retry + ms(1);
         }
     }
 }
@@ -839,7 +849,7 @@ fn when_nothing_is_admitted_the_retry_time_is_when_a_send_is() {
 fn a_pause_admits_nothing_despite_a_full_bucket() {
     let mut g = gate_with(settings(Some(rate("10/s"))));
     let until = T0 + 5 * SEC;
-    g.record(T0, Signal::Throttled { until });
+    g.record(T0, throttled(T0, until));
     assert_eq!(g.admit(T0 + SEC, 10), admission(0, Some(until)));
     g.tick(until);
     assert_eq!(g.admit(until, 50).count, 10);
@@ -851,8 +861,12 @@ fn reconfiguring_the_same_rate_keeps_the_bucket() {
     let mut g = gate_with(s.clone());
     g.admit(T0, 2);
     g.started(2);
-    g.reconfigure(s, T0 + 1);
-    assert_eq!(g.admit(T0 + 1, 2).count, 0, "the spent tokens stay spent");
+    g.reconfigure(s, T0 + ms(1));
+    assert_eq!(
+        g.admit(T0 + ms(1), 2).count,
+        0,
+        "the spent tokens stay spent"
+    );
 }
 
 #[test]
@@ -860,15 +874,15 @@ fn reconfiguring_a_changed_rate_starts_a_fresh_bucket() {
     let mut g = gate_with(settings(Some(rate("2/s"))));
     g.admit(T0, 2);
     g.started(2);
-    g.reconfigure(settings(Some(rate("5/s"))), T0 + 1);
-    assert_eq!(g.admit(T0 + 1, 100).count, 5);
+    g.reconfigure(settings(Some(rate("5/s"))), T0 + ms(1));
+    assert_eq!(g.admit(T0 + ms(1), 100).count, 5);
     g.started(5);
-    let retry = g.admit(T0 + 1, 1).retry_at.unwrap();
-    assert!((T0 + 200..=T0 + 202).contains(&retry), "{retry}");
+    let retry = g.admit(T0 + ms(1), 1).retry_at.unwrap();
+    assert!((T0 + ms(200)..=T0 + ms(202)).contains(&retry), "{retry}");
 
     // Same per-second rate, different words: still a change of setting.
-    g.reconfigure(settings(Some(rate("300/min"))), T0 + 2);
-    assert_eq!(g.admit(T0 + 2, 100).count, 5);
+    g.reconfigure(settings(Some(rate("300/min"))), T0 + ms(2));
+    assert_eq!(g.admit(T0 + ms(2), 100).count, 5);
 }
 
 #[test]
@@ -876,11 +890,11 @@ fn reconfiguring_the_rate_limit_away_and_back() {
     let mut g = gate_with(settings(Some(rate("2/s"))));
     g.admit(T0, 2);
     g.started(2);
-    g.reconfigure(settings(None), T0 + 1);
-    assert_eq!(g.admit(T0 + 1, 500), admission(500, None));
+    g.reconfigure(settings(None), T0 + ms(1));
+    assert_eq!(g.admit(T0 + ms(1), 500), admission(500, None));
     g.started(500);
-    g.reconfigure(settings(Some(rate("3/s"))), T0 + 2);
-    assert_eq!(g.admit(T0 + 2, 500).count, 3, "a fresh, full bucket");
+    g.reconfigure(settings(Some(rate("3/s"))), T0 + ms(2));
+    assert_eq!(g.admit(T0 + ms(2), 500).count, 3, "a fresh, full bucket");
 }
 
 #[test]
@@ -951,13 +965,13 @@ fn a_trial_waits_for_a_token_under_a_slow_rate_limit() {
     });
     assert_eq!(g.admit(T0, 1).count, 1);
     g.started(1);
-    g.record(T0 + 10, Signal::Transient);
+    g.record(T0 + ms(10), Signal::Transient);
     let probe = probe_at(&g);
     g.probe_result(probe, true);
     // 1/min: a second send one second after the first breaks the limit.
     let a = g.admit(probe, 1);
     assert_eq!(a.count, 0, "trial admitted 1s after a send under 1/min");
-    assert!(a.retry_at.is_some_and(|at| at >= T0 + 59_999));
+    assert!(a.retry_at.is_some_and(|at| at >= T0 + ms(59_999)));
 }
 
 #[test]
@@ -968,7 +982,7 @@ fn a_partial_admission_says_when_the_next_token_comes() {
     let retry = a.retry_at.unwrap();
     // Once the two admitted have started, the third can go ~500ms later;
     // asking again at T0 cannot change anything.
-    assert!(retry >= T0 + 499, "retry at +{}ms", retry - T0);
+    assert!(retry >= T0 + ms(499), "retry at +{:?}", retry - T0);
 }
 
 #[test]
@@ -989,7 +1003,7 @@ fn lowering_max_probe_interval_caps_the_next_wait() {
     );
     g.probe_result(now, false);
     let wait = probe_at(&g) - now;
-    assert!(wait <= 5 * SEC, "waits {wait}ms with max_probe_interval 5s");
+    assert!(wait <= 5 * SEC, "waits {wait:?} with max_probe_interval 5s");
 }
 
 #[test]
@@ -1004,7 +1018,7 @@ fn probe_waits_reset_when_a_throttled_trial_leads_back_to_running() {
     g.started(1);
     // Coax answered the trial, with a 429: it is up.
     let until = now + SEC;
-    g.record(now, Signal::Throttled { until });
+    g.record(now, throttled(now, until));
     assert_eq!(g.tick(until), Some(Mode::Running));
 
     let probe = open_breaker(&mut g, until + 60 * SEC);
@@ -1046,16 +1060,11 @@ fn signal_a_429_to_be_retried_throttles_until_the_retry() {
         ambiguous: false,
         retry_after: Some(Duration::from_secs(30)),
     };
-    assert_eq!(
-        signal(Some(429), &outcome, T0, FALLBACK),
-        Signal::Throttled { until: at }
-    );
+    assert_eq!(signal(Some(429), &outcome, T0, FALLBACK), throttled(T0, at));
     // Without Retry-After, the job's backoff pauses sending.
     assert_eq!(
         signal(Some(429), &transient(None), T0, FALLBACK),
-        Signal::Throttled {
-            until: T0 + 7 * SEC
-        }
+        throttled(T0, T0 + 7 * SEC)
     );
 }
 
@@ -1070,9 +1079,7 @@ fn signal_a_429_pauses_sending_even_when_the_job_gives_up() {
     };
     assert_eq!(
         signal(Some(429), &outcome, T0, FALLBACK),
-        Signal::Throttled {
-            until: T0 + 120 * SEC
-        },
+        throttled(T0, T0 + 120 * SEC),
         "the whole Retry-After, not capped by the job's max_delay"
     );
 }
@@ -1170,7 +1177,7 @@ fn signal_from_classify_and_decide_end_to_end() {
         };
         let outcome = classify(&answer);
         // The decision (retry or give up) does not change the gate's reading.
-        let _ = decide(attempt, &outcome, &retry, OnAmbiguous::Retry, T0, 1.0);
+        let _ = decide(attempt, &outcome, &retry, OnAmbiguous::Retry, 0, 1.0);
         signal(Some(status), &outcome, T0, FALLBACK)
     };
     assert_eq!(read(200, None, 1), Signal::Answered);
@@ -1178,15 +1185,11 @@ fn signal_from_classify_and_decide_end_to_end() {
     assert_eq!(read(403, None, 1), Signal::KeyRejected);
     assert_eq!(
         read(429, Some(Duration::from_secs(7)), 1),
-        Signal::Throttled {
-            until: T0 + 7 * SEC
-        }
+        throttled(T0, T0 + 7 * SEC)
     );
     assert_eq!(
         read(429, Some(Duration::from_secs(7)), 3),
-        Signal::Throttled {
-            until: T0 + 7 * SEC
-        }
+        throttled(T0, T0 + 7 * SEC)
     );
     assert_eq!(read(503, None, 1), Signal::Transient);
     assert_eq!(read(404, None, 1), Signal::Answered);
@@ -1204,7 +1207,7 @@ fn an_outage_from_first_failure_to_recovery() {
     });
     let mut now = T0;
     fail_quietly(&mut g, now, 2);
-    now += 10;
+    now = now + ms(10);
     assert_eq!(
         g.record(now, Signal::Transient),
         Some(Mode::BreakerOpen {
@@ -1223,16 +1226,238 @@ fn an_outage_from_first_failure_to_recovery() {
     assert_eq!(g.mode(), Mode::Trial);
     assert_eq!(g.admit(now, 8).count, 1);
     g.started(1);
-    now += 200;
+    now = now + ms(200);
     g.record(now, Signal::Transient);
     now = probe_at(&g);
     probes.push(now);
     assert_eq!(g.probe_result(now, true), Some(Mode::Trial));
     g.started(1);
-    assert_eq!(g.record(now + 200, Signal::Answered), Some(Mode::Running));
+    assert_eq!(
+        g.record(now + ms(200), Signal::Answered),
+        Some(Mode::Running)
+    );
 
     let gaps: Vec<_> = probes.windows(2).map(|w| w[1] - w[0]).collect();
     // 2s, 4s, 4s (capped), then the trial's failure adds 200ms before a 4s wait.
-    assert_eq!(gaps, [2 * SEC, 4 * SEC, 4 * SEC, 200 + 4 * SEC]);
-    assert_eq!(probes[0], T0 + 10 + SEC);
+    assert_eq!(gaps, [2 * SEC, 4 * SEC, 4 * SEC, ms(200) + 4 * SEC]);
+    assert_eq!(probes[0], T0 + ms(10) + SEC);
+}
+
+// ---------------------------------------------------------------------------
+// Steps of the wall clock (the gate reads only the monotonic one)
+
+/// Both clocks, as the dispatcher reads them: `advance` is time passing,
+/// `step` is the wall clock alone jumping (NTP, a VM restore).
+#[derive(Debug)]
+struct Clocks {
+    wall: crate::time::Millis,
+    mono: Mono,
+}
+
+impl Clocks {
+    fn new() -> Clocks {
+        Clocks {
+            wall: 1_800_000_000_000,
+            mono: T0,
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.wall += d.as_millis() as i64;
+        self.mono = self.mono + d;
+    }
+
+    fn step(&mut self, ms: i64) {
+        self.wall += ms;
+    }
+}
+
+impl crate::time::Clock for Clocks {
+    fn wall(&self) -> crate::time::Millis {
+        self.wall
+    }
+    fn mono(&self) -> Mono {
+        self.mono
+    }
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+#[test]
+fn wall_clock_steps_do_not_stop_or_flood_the_token_bucket() {
+    use crate::time::Clock as _;
+    for step in [-HOUR_MS, HOUR_MS] {
+        let mut c = Clocks::new();
+        let mut g = Gate::new(settings(Some(rate("2/s"))), c.mono());
+        assert_eq!(g.admit(c.mono(), 5).count, 2);
+        g.started(2);
+        c.step(step);
+        // A step forward brings no burst of tokens...
+        assert_eq!(g.admit(c.mono(), 5).count, 0, "step {step}");
+        // ... and a step back does not stop the refill.
+        c.advance(ms(500));
+        assert_eq!(g.admit(c.mono(), 5).count, 1, "step {step}");
+    }
+}
+
+#[test]
+fn wall_clock_steps_neither_stretch_nor_cut_an_auth_pause() {
+    use crate::time::Clock as _;
+    for step in [-HOUR_MS, HOUR_MS] {
+        let mut c = Clocks::new();
+        let mut g = gate();
+        g.record(c.mono(), Signal::KeyRejected);
+        let shown = c.wall_at(g.mode().until().unwrap());
+        assert_eq!(shown, c.wall() + 300_000);
+        c.step(step);
+        assert_eq!(g.tick(c.mono()), None, "step {step}");
+        // `stats` shows the end as far away as before the step.
+        assert_eq!(c.wall_at(g.mode().until().unwrap()), shown + step);
+        c.advance(AUTH_PAUSE - ms(1));
+        assert_eq!(g.tick(c.mono()), None, "step {step}");
+        c.advance(ms(1));
+        assert_eq!(g.tick(c.mono()), Some(Mode::Running), "step {step}");
+    }
+}
+
+#[test]
+fn wall_clock_steps_neither_stretch_nor_cut_a_429_pause() {
+    use crate::time::Clock as _;
+    for step in [-HOUR_MS, HOUR_MS] {
+        let mut c = Clocks::new();
+        let mut g = gate();
+        let pause = 30 * SEC;
+        g.record(
+            c.mono(),
+            Signal::Throttled {
+                from: c.mono(),
+                pause,
+            },
+        );
+        c.step(step);
+        assert_eq!(g.tick(c.mono()), None, "step {step}");
+        assert_eq!(g.admit(c.mono(), 1).count, 0, "step {step}");
+        c.advance(pause);
+        assert_eq!(g.tick(c.mono()), Some(Mode::Running), "step {step}");
+    }
+}
+
+#[test]
+fn wall_clock_steps_do_not_move_the_breaker_probes() {
+    use crate::time::Clock as _;
+    for step in [-HOUR_MS, HOUR_MS] {
+        let mut c = Clocks::new();
+        let mut g = gate();
+        open_breaker(&mut g, c.mono());
+        c.step(step);
+        assert!(!g.probe_due(c.mono()), "step {step}");
+        c.advance(SEC);
+        assert!(g.probe_due(c.mono()), "step {step}");
+        g.probe_result(c.mono(), false);
+        c.step(step);
+        c.advance(2 * SEC - ms(1));
+        assert!(!g.probe_due(c.mono()), "step {step}");
+        c.advance(ms(1));
+        assert!(g.probe_due(c.mono()), "step {step}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// max_pause and resume
+
+#[test]
+fn retry_after_315360000_pauses_for_at_most_max_pause() {
+    let mut g = gate();
+    let ten_years = Duration::from_secs(315_360_000);
+    assert_eq!(
+        g.record(
+            T0,
+            Signal::Throttled {
+                from: T0,
+                pause: ten_years
+            }
+        ),
+        Some(Mode::PausedRateLimit {
+            until: T0 + MAX_PAUSE
+        })
+    );
+    // Another such answer later moves the end to its own cap, no further.
+    let later = T0 + 10 * SEC;
+    assert_eq!(
+        g.record(
+            later,
+            Signal::Throttled {
+                from: later,
+                pause: ten_years
+            }
+        ),
+        Some(Mode::PausedRateLimit {
+            until: later + MAX_PAUSE
+        })
+    );
+    assert_eq!(g.tick(later + MAX_PAUSE), Some(Mode::Running));
+}
+
+#[test]
+fn a_reload_lowering_max_pause_shortens_the_pause_from_its_429() {
+    let mut g = gate();
+    g.record(T0, throttled(T0, T0 + 3_000 * SEC));
+    let now = T0 + 20 * SEC;
+    let lower = |max: Duration| Settings {
+        max_pause: max,
+        ..settings(None)
+    };
+    // Counted from the 429: 60s after it, 40s from now.
+    assert_eq!(
+        g.reconfigure(lower(60 * SEC), now),
+        Some(Mode::PausedRateLimit {
+            until: T0 + 60 * SEC
+        })
+    );
+    // Raising it again does not lengthen the pause.
+    assert_eq!(g.reconfigure(lower(MAX_PAUSE), now), None);
+    // A cap already past ends the pause at the next tick.
+    assert_eq!(
+        g.reconfigure(lower(10 * SEC), now),
+        Some(Mode::PausedRateLimit {
+            until: T0 + 10 * SEC
+        })
+    );
+    assert_eq!(g.tick(now), Some(Mode::Running));
+    // Other modes are left alone.
+    let mut g = gate();
+    g.record(T0, Signal::KeyRejected);
+    assert_eq!(g.reconfigure(lower(SEC), T0 + SEC), None);
+    assert!(matches!(g.mode(), Mode::PausedAuth { .. }));
+}
+
+#[test]
+fn resume_ends_every_kind_of_stop_and_says_what_it_ended() {
+    let mut g = gate();
+    assert_eq!(g.resume(), None, "nothing to resume");
+
+    g.record(T0, Signal::KeyRejected);
+    let was = g.mode();
+    assert_eq!(g.resume(), Some(was));
+    assert_eq!(g.mode(), Mode::Running);
+
+    g.record(T0, throttled(T0, T0 + 30 * SEC));
+    assert_eq!(
+        g.resume(),
+        Some(Mode::PausedRateLimit {
+            until: T0 + 30 * SEC
+        })
+    );
+    assert_eq!(g.admit(T0, 3).count, 3);
+
+    let probe = open_breaker(&mut g, T0);
+    assert_eq!(g.resume(), Some(Mode::BreakerOpen { probe_at: probe }));
+    // Running afresh: a whole new run of failures opens it again, with the
+    // first probe wait.
+    assert_eq!(open_breaker(&mut g, T0 + SEC), T0 + 2 * SEC);
+    g.probe_result(T0 + 2 * SEC, true);
+    assert_eq!(g.resume(), Some(Mode::Trial));
+    // A probe that was under way when resumed changes nothing.
+    assert_eq!(g.probe_result(T0 + 3 * SEC, false), None);
+    assert_eq!(g.mode(), Mode::Running);
 }

@@ -5,9 +5,11 @@ use super::{PATIENCE, wait_until};
 use coax_scheduler::client::Client;
 use coax_scheduler::config::Config;
 use coax_scheduler::daemon::Daemon;
+use coax_scheduler::time::Clock;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -77,12 +79,29 @@ impl TestDaemon {
 
     /// Starts a daemon in an existing dir (for restarts on the same database).
     pub async fn start_in(dir: TempDir, config: &str) -> TestDaemon {
+        TestDaemon::start_in_with(dir, config, None).await
+    }
+
+    /// Starts a daemon whose dispatcher reads the time from `clock`.
+    pub async fn start_with_clock(config: &str, clock: Arc<dyn Clock>) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestDaemon::start_in_with(dir, config, Some(clock)).await
+    }
+
+    async fn start_in_with(
+        dir: TempDir,
+        config: &str,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> TestDaemon {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
         let config = Config::load_with_env(&path, &test_env).expect("test config is valid");
         let socket = config.socket.path.clone();
         let db = config.store.path.clone();
-        let daemon = Daemon::open(config.clone()).expect("daemon opens");
+        let mut daemon = Daemon::open(config.clone()).expect("daemon opens");
+        if let Some(clock) = clock {
+            daemon = daemon.with_clock(clock);
+        }
         let listener =
             coax_scheduler::socket::bind(&socket, config.socket.mode).expect("socket binds");
         let (stop, stopped) = oneshot::channel::<()>();
