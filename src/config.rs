@@ -194,8 +194,11 @@ pub struct SocketConfig {
     /// Permission bits, at most `0o777`.
     pub mode: u32,
     pub idle_timeout: Duration,
+    /// How long a request line may take from its first byte to its newline.
+    pub line_timeout: Duration,
     pub max_connections: usize,
-    /// When either list is set, only peers whose uid or gid is listed may talk.
+    /// When either list is set, only peers whose uid, or primary or
+    /// supplementary gid, is listed may talk.
     pub allowed_uids: Option<Vec<u32>>,
     pub allowed_gids: Option<Vec<u32>>,
 }

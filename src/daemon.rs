@@ -122,6 +122,7 @@ impl Tasks {
         summary_every: watch::Receiver<Option<std::time::Duration>>,
     ) -> Tasks {
         let (stop, stopped) = watch::channel(false);
+        let connections = std::sync::Arc::new(server::ConnectionCounts::default());
         let dispatcher = Dispatcher::new(store.clone(), coax.clone(), dispatch.clone());
         let service = Service {
             store: store.clone(),
@@ -141,11 +142,13 @@ impl Tasks {
                 listener,
                 service,
                 config.socket.clone(),
+                connections.clone(),
                 stopped.clone(),
             )),
             summarising: tokio::spawn(crate::summary::run(
                 store.clone(),
                 dispatch.clone(),
+                connections,
                 summary_every,
                 stopped,
             )),

@@ -7,6 +7,7 @@
 mod bench;
 mod chaos;
 mod cli;
+mod connections;
 mod counts;
 mod helpers;
 mod lifecycle;
