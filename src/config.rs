@@ -324,10 +324,16 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let source = absolute(path)?;
-        let text = fs::read_to_string(&source).map_err(|err| ConfigError::Read {
-            path: source.clone(),
-            source: err,
-        })?;
+        // A FIFO here would hang check-config, start-up and reloads.
+        let text = key::open_regular(&source)
+            .and_then(|mut file| {
+                let mut text = String::new();
+                file.read_to_string(&mut text).map(|_| text)
+            })
+            .map_err(|err| ConfigError::Read {
+                path: source.clone(),
+                source: err,
+            })?;
         Config::from_toml(&text, &source, env)
     }
 

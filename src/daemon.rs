@@ -6,6 +6,8 @@
 //! shutdown future from its caller, so a test can start the daemon on a temp
 //! dir and stop it. Signals and socket binding belong to the caller.
 
+pub mod fds;
+
 use crate::coax::CoaxClient;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Handle};

@@ -18,5 +18,6 @@ mod reload;
 mod service;
 mod simulate;
 mod smoke;
+mod startup;
 mod storage;
 mod systemd;
