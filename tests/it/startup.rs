@@ -144,8 +144,18 @@ async fn key_file_fifo_fails_check_config_and_run_at_once_naming_it() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
 
+/// A child process killed when the test ends, even by a panic.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The daemon reading its key from `api-key`, with its output in a log file.
-fn spawn_daemon(dir: &Path, config: &Path) -> (Child, PathBuf) {
+fn spawn_daemon(dir: &Path, config: &Path) -> (Killed, PathBuf) {
     let log = dir.join("daemon.log");
     let out = std::fs::File::create(&log).expect("log file");
     let child = command(
@@ -156,7 +166,7 @@ fn spawn_daemon(dir: &Path, config: &Path) -> (Child, PathBuf) {
     .stderr(Stdio::from(out))
     .spawn()
     .expect("start the daemon");
-    (child, log)
+    (Killed(child), log)
 }
 
 #[tokio::test]
@@ -167,7 +177,7 @@ async fn key_file_fifo_on_reload_is_refused_and_sigterm_still_stops_the_daemon()
     std::fs::write(&key, "ck_test_first\n").expect("write key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let (mut child, log) = spawn_daemon(dir.path(), &config);
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the daemon to start", PATIENCE, || async {
         logs().contains("coax-scheduler started").then_some(())
@@ -191,7 +201,7 @@ async fn key_file_fifo_on_reload_is_refused_and_sigterm_still_stops_the_daemon()
         .status()
         .expect("kill -TERM");
     let status = wait_until("the daemon to exit after SIGTERM", PATIENCE, || {
-        let status = child.try_wait().expect("try_wait");
+        let status = child.0.try_wait().expect("try_wait");
         async move { status }
     })
     .await;
