@@ -59,14 +59,15 @@ fn connect(socket: &Path) -> (UnixStream, BufReader<UnixStream>) {
 // ---------------------------------------------------------------------------
 
 const LARGE_CLIENTS: usize = 256;
-/// One client in this many sends a batch that is stored; the others' last
-/// job is invalid, so their whole line is parsed and validated (the costly
-/// part) but the test does not wait for millions of rows to be written.
+/// One client in this many sends a batch that is stored; the others' first
+/// job is invalid, so their whole line is read and parsed into JSON values
+/// (the costly part) but the test does not wait for millions of jobs to be
+/// validated and written.
 const LARGE_STORED_EVERY: usize = 16;
 const LARGE_RSS_LIMIT_KIB: u64 = 256 * 1024;
 
 /// One enqueue line of just under 1 MiB: a batch of small jobs, the most
-/// expensive shape to parse per byte; the last job invalid unless `valid`.
+/// expensive shape to parse per byte; the first job invalid unless `valid`.
 fn large_batch_line(valid: bool) -> String {
     let mut jobs = Vec::new();
     let mut size = 0;
@@ -76,8 +77,8 @@ fn large_batch_line(valid: bool) -> String {
         size += job.to_string().len() + 1;
         jobs.push(job);
     }
-    if !valid && let Some(last) = jobs.last_mut() {
-        last["channel"] = json!("../admin");
+    if !valid && let Some(first) = jobs.first_mut() {
+        first["channel"] = json!("../admin");
     }
     json!({"op": "enqueue", "jobs": jobs}).to_string()
 }
