@@ -163,18 +163,23 @@ fn config_path(cli: &Cli) -> PathBuf {
 fn check_config(cli: &Cli) -> anyhow::Result<()> {
     let path = config_path(cli);
     let config = Config::load(&path)?;
+    let fds = crate::daemon::fds::ensure(&config)
+        .with_context(|| format!("{}: the config does not fit this process", path.display()))?;
     println!(
-        "{}: OK (coax {}, store {}, socket {})",
+        "{}: OK (coax {}, store {}, socket {}, {} of {} file descriptors)",
         path.display(),
         config.coax.base_url,
         config.store.path.display(),
-        config.socket.path.display()
+        config.socket.path.display(),
+        fds.needed,
+        fds.limit
     );
     Ok(())
 }
 
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&config_path(cli))?;
+    crate::daemon::fds::ensure(&config)?;
     crate::logging::init(&config.log)?;
     // Taken before any other thread exists: listenfd clears LISTEN_* from
     // the environment, which is only sound while single-threaded.

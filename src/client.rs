@@ -47,12 +47,20 @@ impl Client {
 
     /// Sends `request` and returns the raw answer line, without its newline.
     pub fn send_line(&mut self, request: &str) -> Result<String, ClientError> {
-        self.writer.write_all(request.as_bytes())?;
-        self.writer.write_all(b"\n")?;
-        self.writer.flush()?;
+        let sent = self
+            .writer
+            .write_all(request.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"))
+            .and_then(|()| self.writer.flush());
+        // A daemon that refuses a connection (forbidden, too many
+        // connections) answers one line and closes without reading, so the
+        // write may fail while that answer is waiting to be read.
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(ClientError::Closed);
+        match (sent, self.reader.read_line(&mut line)) {
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) => return Err(e.into()),
+            (Ok(()), Ok(_)) => return Err(ClientError::Closed),
+            (Ok(()), Err(e)) => return Err(e.into()),
         }
         while line.ends_with('\n') || line.ends_with('\r') {
             line.pop();

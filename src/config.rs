@@ -194,8 +194,11 @@ pub struct SocketConfig {
     /// Permission bits, at most `0o777`.
     pub mode: u32,
     pub idle_timeout: Duration,
+    /// How long a request line may take from its first byte to its newline.
+    pub line_timeout: Duration,
     pub max_connections: usize,
-    /// When either list is set, only peers whose uid or gid is listed may talk.
+    /// When either list is set, only peers whose uid, or primary or
+    /// supplementary gid, is listed may talk.
     pub allowed_uids: Option<Vec<u32>>,
     pub allowed_gids: Option<Vec<u32>>,
     /// The longest payload a job may carry, as compact JSON.
@@ -325,10 +328,16 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let source = absolute(path)?;
-        let text = fs::read_to_string(&source).map_err(|err| ConfigError::Read {
-            path: source.clone(),
-            source: err,
-        })?;
+        // A FIFO here would hang check-config, start-up and reloads.
+        let text = key::open_regular(&source)
+            .and_then(|mut file| {
+                let mut text = String::new();
+                file.read_to_string(&mut text).map(|_| text)
+            })
+            .map_err(|err| ConfigError::Read {
+                path: source.clone(),
+                source: err,
+            })?;
         Config::from_toml(&text, &source, env)
     }
 

@@ -6,6 +6,8 @@
 //! shutdown future from its caller, so a test can start the daemon on a temp
 //! dir and stop it. Signals and socket binding belong to the caller.
 
+pub mod fds;
+
 use crate::coax::CoaxClient;
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Handle};
@@ -137,6 +139,7 @@ impl Tasks {
         summary_every: watch::Receiver<Option<std::time::Duration>>,
     ) -> Tasks {
         let (stop, stopped) = watch::channel(false);
+        let connections = std::sync::Arc::new(server::ConnectionCounts::default());
         let dispatcher = Dispatcher::new(store.clone(), coax.clone(), dispatch.clone());
         let service = Service {
             store: store.clone(),
@@ -159,11 +162,13 @@ impl Tasks {
                 listener,
                 service,
                 config.socket.clone(),
+                connections.clone(),
                 stopped.clone(),
             )),
             summarising: tokio::spawn(crate::summary::run(
                 store.clone(),
                 dispatch.clone(),
+                connections,
                 summary_every,
                 stopped,
             )),

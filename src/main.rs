@@ -9,6 +9,16 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// mimalloc keeps freed pages for reuse; after a burst of large requests the
+// server asks for them to be returned (mi_collect(true) purges them).
+unsafe extern "C" {
+    fn mi_collect(force: bool);
+}
+
 fn main() -> ExitCode {
+    coax_scheduler::server::give_memory_back_with(|| {
+        // SAFETY: mi_collect only walks mimalloc's own heaps and arenas.
+        unsafe { mi_collect(true) }
+    });
     coax_scheduler::cli::main()
 }

@@ -42,7 +42,15 @@ impl Live {
     /// Re-reads the config file and applies it.
     pub fn reload(&mut self) {
         match Config::load(&self.config.source) {
-            Ok(new) => self.apply(new),
+            // A concurrency the descriptor limit cannot carry would fail
+            // request by request; refuse it whole, as start-up does.
+            Ok(new) => match crate::daemon::fds::ensure(&new) {
+                Ok(_) => self.apply(new),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "reload failed; still running on the previous config"
+                ),
+            },
             Err(e) => tracing::error!(
                 error = %e,
                 "reload failed; still running on the previous config"

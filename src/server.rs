@@ -1,24 +1,26 @@
 //! The control socket server: reads request lines, answers each in order.
 //!
-//! It owns connection handling (line caps, idle time, the connection limit)
-//! and carrying out each [`Request`] against the store. Parsing lines is
-//! [`protocol`]'s job and validating jobs is [`job`]'s. An answer that
-//! reports a change is written only after the store has committed it.
+//! This module carries out each [`Request`] against the store; accepting
+//! connections (who, how many, counted for the summary) is [`accept`]'s
+//! job, and reading lines under their time and memory bounds is
+//! [`connection`]'s. Parsing lines is [`protocol`]'s job and validating jobs
+//! is [`job`]'s. An answer that reports a change is written only after the
+//! store has committed it.
 
-use crate::config::SocketConfig;
+mod accept;
+mod connection;
+mod peer;
+
+pub use accept::{ConnectionCounts, RESERVED_OPS, RESERVED_SLOTS, serve};
+pub use connection::give_memory_back_with;
+
 use crate::dispatch::Handle;
 use crate::job::{self, NewJob};
-use crate::protocol::{
-    self, ErrorBody, ErrorCode, MAX_LINE_BYTES, Request, Stats, ok_line, parse_request,
-};
+use crate::protocol::{self, ErrorBody, ErrorCode, Request, Stats, ok_line};
 use crate::store::{Refusal, Store, StoreError};
 use crate::time;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
 
 /// What a connection needs to carry out requests.
 #[derive(Clone)]
@@ -30,151 +32,6 @@ pub struct Service {
     pub rules: job::Rules,
     /// `store.retention`, what `prune` removes by default.
     pub retention: Duration,
-}
-
-/// Accepts connections until `shutdown` turns true.
-pub async fn serve(
-    listener: UnixListener,
-    service: Service,
-    limits: SocketConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept a connection");
-                // Out of descriptors, typically; give the system a moment.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let credentials = stream.peer_cred().ok();
-        let peer = credentials
-            .map(|c| {
-                format!(
-                    "uid={} gid={} pid={}",
-                    c.uid(),
-                    c.gid(),
-                    c.pid().unwrap_or(0)
-                )
-            })
-            .unwrap_or_else(|| "unknown".into());
-        if !credentials.is_some_and(|c| limits.admits(c.uid(), c.gid())) {
-            tracing::warn!(%peer, "connection refused: peer not in socket.allowed_uids or allowed_gids");
-            tokio::spawn(refuse(
-                stream,
-                ErrorBody::new(
-                    ErrorCode::Forbidden,
-                    format!("{peer} may not use this socket (socket.allowed_uids, allowed_gids)"),
-                ),
-            ));
-            continue;
-        }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
-            tokio::spawn(refuse(
-                stream,
-                ErrorBody::new(
-                    ErrorCode::Internal,
-                    "too many connections; try again shortly",
-                ),
-            ));
-            continue;
-        };
-        let service = service.clone();
-        let idle = limits.idle_timeout;
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tracing::info!(%peer, "client connected");
-            if let Err(e) = connection(stream, &service, idle, shutdown).await {
-                tracing::info!(%peer, error = %e, "client connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-}
-
-/// Answers a connection that will not be served with one error line.
-async fn refuse(mut stream: UnixStream, error: ErrorBody) {
-    let _ = stream
-        .write_all(format!("{}\n", error.to_line()).as_bytes())
-        .await;
-}
-
-/// Why a connection was closed early.
-#[derive(Debug, thiserror::Error)]
-enum ConnectionError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("idle for longer than {0:?}")]
-    Idle(Duration),
-    #[error("did not read its answer within {0:?}")]
-    Stalled(Duration),
-    #[error("sent a line longer than {MAX_LINE_BYTES} bytes")]
-    LineTooLong,
-}
-
-async fn connection(
-    stream: UnixStream,
-    service: &Service,
-    idle: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), ConnectionError> {
-    // For the log lines of requests that act for an operator (`resume`).
-    let uid = stream.peer_cred().ok().map(|c| c.uid());
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let mut limited = (&mut reader).take(MAX_LINE_BYTES as u64);
-        let read = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
-            read = tokio::time::timeout(idle, limited.read_until(b'\n', &mut line)) => read,
-        };
-        let n = read.map_err(|_| ConnectionError::Idle(idle))??;
-        if n == 0 {
-            return Ok(());
-        }
-        if line.last() != Some(&b'\n') && line.len() >= MAX_LINE_BYTES {
-            let e = ErrorBody::new(
-                ErrorCode::BadRequest,
-                format!("the line is longer than {MAX_LINE_BYTES} bytes; the connection is closed"),
-            );
-            write
-                .write_all(format!("{}\n", e.to_line()).as_bytes())
-                .await?;
-            return Err(ConnectionError::LineTooLong);
-        }
-        let text = trim_line(&line);
-        if text.is_empty() {
-            continue;
-        }
-        let answer = match parse_request(text) {
-            Ok(request) => service.handle(request, uid).await,
-            Err(e) => e.to_line(),
-        };
-        // A client that stops reading must not hold its slot for ever.
-        let mut answer = answer.into_bytes();
-        answer.push(b'\n');
-        tokio::time::timeout(idle, write.write_all(&answer))
-            .await
-            .map_err(|_| ConnectionError::Stalled(idle))??;
-    }
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    let end = line
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    &line[..end]
 }
 
 fn internal(e: &StoreError) -> ErrorBody {
@@ -224,10 +81,12 @@ impl Service {
                 })))
             }
             Request::Enqueue(protocol::Enqueue::Batch(jobs)) => {
+                // Each JSON value is dropped once validated: a large batch
+                // does not hold both forms at once.
                 let jobs = jobs
-                    .iter()
+                    .into_iter()
                     .enumerate()
-                    .map(|(i, job)| self.validate(job, Some(i)))
+                    .map(|(i, job)| self.validate(&job, Some(i)))
                     .collect::<Result<Vec<_>, _>>()?;
                 let done = self.enqueue(jobs).await?;
                 let results: Vec<Value> = done

@@ -1,12 +1,15 @@
 //! The status page: a periodic one-line queue summary in the log, and the
 //! same line as systemd's `STATUS=`.
 //!
-//! It reads the store and the dispatcher's counters; it changes nothing.
+//! It reads the store, the dispatcher's counters and the socket's connection
+//! counts; it changes nothing.
 
 use crate::dispatch::Handle;
 use crate::job::State;
+use crate::server::ConnectionCounts;
 use crate::store::Store;
 use crate::time;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -19,6 +22,7 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(
     store: Store,
     dispatch: Handle,
+    connections: Arc<ConnectionCounts>,
     mut log_every: watch::Receiver<Option<Duration>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -43,7 +47,7 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(next_log), if period.is_some() => {
                 next_log = next(period);
-                log(&store, &dispatch).await;
+                log(&store, &dispatch, &connections).await;
             }
         }
     }
@@ -77,7 +81,7 @@ async fn line(store: &Store, dispatch: &Handle) -> Option<Line> {
     })
 }
 
-async fn log(store: &Store, dispatch: &Handle) {
+async fn log(store: &Store, dispatch: &Handle, connections: &ConnectionCounts) {
     let now = time::now();
     let (summary, due_now, oldest) = match store.overview(now).await {
         Ok(overview) => overview,
@@ -87,6 +91,9 @@ async fn log(store: &Store, dispatch: &Handle) {
         }
     };
     let (sent, failed) = dispatch.take_interval_counts();
+    // Per-connection lines are DEBUG (a connect loop must not flood the
+    // journal); these counts are what INFO sees of them.
+    let (accepted, refused) = connections.take();
     let count = |s: State| summary.counts.get(&s).copied().unwrap_or(0);
     let lateness_ms = oldest.map_or(0, |at| now.saturating_sub(at).max(0));
     let mode = dispatch.mode();
@@ -103,6 +110,8 @@ async fn log(store: &Store, dispatch: &Handle) {
         oldest_overdue_ms = lateness_ms,
         sent_in_interval = sent,
         failed_in_interval = failed,
+        connections = accepted,
+        refused,
         dispatch = mode.name(),
         until = %mode.until().map(time::format).unwrap_or_default(),
         "queue summary"

@@ -1,6 +1,12 @@
 //! Loading the Coax API key: environment, systemd credential, or key file.
+//!
+//! Files are opened without blocking and must be regular files once symlinks
+//! are followed: a FIFO, a device or a directory given as a key file would
+//! otherwise hang `check-config`, start-up or a reload (and with it the
+//! signal handling that runs beside the reload).
 
 use super::*;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
 pub(super) fn load_api_key(
     key_file: Option<&Path>,
@@ -15,7 +21,11 @@ pub(super) fn load_api_key(
     if let Some(dir) = env(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
         let path = Path::new(&dir).join(API_KEY_CREDENTIAL);
         // No permission check here: systemd owns this file and its mode.
-        match fs::read_to_string(&path) {
+        let read = open_regular(&path).and_then(|mut file| {
+            let mut text = String::new();
+            file.read_to_string(&mut text).map(|_| text)
+        });
+        match read {
             Ok(text) => {
                 return ApiKey::from_text(&text, &format!("systemd credential {}", path.display()));
             }
@@ -31,7 +41,7 @@ pub(super) fn load_api_key(
         };
         // Check the mode of the file actually opened, not of whatever the
         // path points to a moment earlier.
-        let mut file = fs::File::open(path).map_err(read_err)?;
+        let mut file = open_regular(path).map_err(read_err)?;
         let mode = file.metadata().map_err(read_err)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(ConfigError::ApiKey(format!(
@@ -53,4 +63,107 @@ pub(super) fn load_api_key(
         "no API key: set {API_KEY_ENV}, or coax.api_key_file, \
          or provide the systemd credential {API_KEY_CREDENTIAL} (LoadCredential=)"
     )))
+}
+
+/// Opens `path` for reading, following symlinks, and refuses anything that
+/// is not a regular file with an error of kind `InvalidInput`.
+///
+/// `O_NONBLOCK` makes opening a FIFO return at once instead of waiting for a
+/// writer; the type is then checked on the opened file, so nothing can be
+/// swapped in between a check and the open. Reading a regular file ignores
+/// the flag.
+pub(super) fn open_regular(path: &Path) -> io::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("it is {}, not a regular file", describe(kind)),
+    ))
+}
+
+/// What a file that is not a regular file is, in words.
+fn describe(kind: fs::FileType) -> &'static str {
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(dir: &Path) -> PathBuf {
+        let path = dir.join("api-key");
+        fs::write(&path, "ck_live_abc\n").expect("write key");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn key_file_fifo_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("api-key");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let err = load_api_key(Some(&path), &no_env).expect_err("a FIFO is refused");
+        let text = err.to_string();
+        assert!(text.contains("FIFO"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn key_file_directory_and_char_device_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = load_api_key(Some(dir.path()), &no_env).expect_err("a directory");
+        assert!(
+            err.to_string().contains("a directory, not a regular file"),
+            "{err}"
+        );
+        let err = load_api_key(Some(Path::new("/dev/zero")), &no_env).expect_err("a device");
+        assert!(err.to_string().contains("a character device"), "{err}");
+    }
+
+    #[test]
+    fn key_file_symlink_to_a_regular_file_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let target = key_file(dir.path());
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let key = load_api_key(Some(&link), &no_env).expect("a symlink to a file works");
+        assert_eq!(key.expose(), "ck_live_abc");
+    }
+
+    #[test]
+    fn credential_that_is_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(API_KEY_CREDENTIAL);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let dir_text = dir.path().display().to_string();
+        let env = |name: &str| (name == CREDENTIALS_DIRECTORY_ENV).then(|| dir_text.clone());
+        let err = load_api_key(None, &env).expect_err("a FIFO credential is refused");
+        assert!(err.to_string().contains("FIFO"), "{err}");
+    }
 }

@@ -100,6 +100,8 @@ pub(super) struct RawSocket {
     mode: String,
     #[serde(deserialize_with = "de_duration")]
     idle_timeout: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    line_timeout: Duration,
     max_connections: usize,
     allowed_uids: Option<Vec<u32>>,
     allowed_gids: Option<Vec<u32>>,
@@ -112,6 +114,7 @@ impl Default for RawSocket {
             path: None,
             mode: default_socket_mode(),
             idle_timeout: default_idle_timeout(),
+            line_timeout: default_line_timeout(),
             max_connections: default_max_connections(),
             allowed_uids: None,
             allowed_gids: None,
@@ -230,6 +233,9 @@ pub(super) fn default_socket_mode() -> String {
 }
 pub(super) fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+pub(super) fn default_line_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 pub(super) fn default_max_connections() -> usize {
     256
@@ -374,6 +380,7 @@ impl RawConfig {
         }
         let mode = parse_mode(&self.socket.mode).map_err(|m| invalid("socket.mode", m))?;
         let idle_timeout = positive("socket.idle_timeout", self.socket.idle_timeout)?;
+        let line_timeout = positive("socket.line_timeout", self.socket.line_timeout)?;
         if self.socket.max_connections < 1 {
             return Err(invalid(
                 "socket.max_connections",
@@ -480,6 +487,7 @@ impl RawConfig {
                 path: socket_path,
                 mode,
                 idle_timeout,
+                line_timeout,
                 max_connections: self.socket.max_connections,
                 allowed_uids: self.socket.allowed_uids,
                 allowed_gids: self.socket.allowed_gids,

@@ -7,6 +7,7 @@
 mod bench;
 mod chaos;
 mod cli;
+mod connections;
 mod counts;
 mod gate;
 mod helpers;
@@ -19,5 +20,6 @@ mod reload;
 mod service;
 mod simulate;
 mod smoke;
+mod startup;
 mod storage;
 mod systemd;

@@ -1408,6 +1408,13 @@ async fn a_connection_beyond_max_connections_gets_one_error_line_and_is_closed()
     assert_pong(&first.request(json!({"op": "ping"})).await);
     let mut second = Conn::open(&daemon.socket).await;
     assert_pong(&second.request(json!({"op": "ping"})).await);
+    // Then the reserved slots, which still answer ping.
+    let mut reserved = Vec::new();
+    for _ in 0..coax_scheduler::server::RESERVED_SLOTS {
+        let mut conn = Conn::open(&daemon.socket).await;
+        assert_pong(&conn.request(json!({"op": "ping"})).await);
+        reserved.push(conn);
+    }
 
     let mut third = Conn::open(&daemon.socket).await;
     let line = third
@@ -1439,6 +1446,7 @@ async fn a_connection_beyond_max_connections_gets_one_error_line_and_is_closed()
     })
     .await;
     drop(first);
+    drop(reserved);
     daemon.stop().await;
 }
 
