@@ -20,6 +20,7 @@
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
 mod delivery;
+mod identity;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -143,6 +144,7 @@ impl Store {
     /// Opens (or creates) the database, takes the lock, migrates, recovers
     /// jobs left in `sending` by a crash, and checks the counts per state.
     pub fn open(options: &Options) -> Result<(Store, Opened), StoreError> {
+        schema::check(&options.path)?;
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
         let recovered = delivery::recover(&conn, crate::time::now(), options.on_ambiguous)?;

@@ -12,6 +12,7 @@ mod helpers;
 mod lifecycle;
 mod outcomes;
 mod protocol;
+mod refusal;
 mod reliability;
 mod reload;
 mod service;
