@@ -175,7 +175,8 @@ fn trim_line(line: &[u8]) -> &[u8] {
 }
 
 fn internal(e: &StoreError) -> ErrorBody {
-    tracing::error!(error = %e, "request failed in the store");
+    // The store logs an outage once; each failed request is only a detail.
+    tracing::debug!(error = %e, "request failed in the store");
     ErrorBody::new(ErrorCode::Internal, e.to_string())
 }
 

@@ -21,6 +21,7 @@
 
 mod delivery;
 mod identity;
+mod outage;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -63,17 +64,51 @@ pub enum StoreError {
         during: &'static str,
         detail: String,
     },
+    /// Storage itself failed (a full disk, I/O, a read-only or locked
+    /// file), not the call: an outage, logged once by the store.
+    #[error("storage failure while {during}: {detail}")]
+    Unavailable {
+        during: &'static str,
+        detail: String,
+    },
     #[error("the store has shut down")]
     Closed,
 }
 
 impl StoreError {
     pub(crate) fn sqlite(during: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-        move |e| StoreError::Sqlite {
-            during,
-            detail: describe_sqlite(&e),
+        move |e| {
+            let detail = describe_sqlite(&e);
+            if is_outage(&e) {
+                StoreError::Unavailable { during, detail }
+            } else {
+                StoreError::Sqlite { during, detail }
+            }
         }
     }
+
+    /// Whether storage itself failed, rather than this one call.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// Failures of the storage under the database, as opposed to a call's own.
+fn is_outage(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::OutOfMemory
+        )
+    )
 }
 
 /// SQLite's own words are terse; the commonest runtime failures get a hint.
@@ -131,6 +166,7 @@ const PRUNE_STEP: usize = 1_000;
 #[derive(Clone)]
 pub struct Store {
     work: mpsc::Sender<Call>,
+    outage: std::sync::Arc<outage::Outage>,
 }
 
 /// Settings for opening the store.
@@ -166,7 +202,10 @@ impl Store {
                 detail: format!("cannot start the store thread: {e}"),
             })?;
         Ok((
-            Store { work: tx },
+            Store {
+                work: tx,
+                outage: std::sync::Arc::new(outage::Outage::new(options.path.clone())),
+            },
             Opened {
                 recovered,
                 recounted,
@@ -200,14 +239,18 @@ impl Store {
     {
         let (reply, answer) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
-            let result = match conn {
-                Ok(conn) => op(conn),
-                Err(e) => Err(e.clone()),
+            let (result, wrote) = match conn {
+                Ok(conn) => {
+                    let before = conn.total_changes();
+                    let result = op(conn);
+                    (result, conn.total_changes() != before)
+                }
+                Err(e) => (Err(e.clone()), false),
             };
             let succeeded = result.is_ok();
             let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
                 // The caller may have gone away; its answer is then unneeded.
-                let _ = reply.send(result.and_then(|value| commit.map(|()| value)));
+                let _ = reply.send((result.and_then(|value| commit.map(|()| value)), wrote));
             });
             (succeeded, completion)
         });
@@ -215,7 +258,9 @@ impl Store {
             .send(kind(work))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let (result, wrote) = answer.await.map_err(|_| StoreError::Closed)?;
+        self.outage.observe(&result, wrote);
+        result
     }
 
     pub async fn enqueue(
@@ -376,7 +421,7 @@ fn run_group(conn: &Connection, group: &mut Vec<Work>) {
             // Some failures (SQLITE_FULL in a statement without a statement
             // journal) make SQLite roll back the whole transaction, not just
             // the savepoint: the calls before this one were undone too.
-            let lost = StoreError::Sqlite {
+            let lost = StoreError::Unavailable {
                 during: "committing",
                 detail: "another change in the same transaction failed and SQLite rolled \
                          back all of it; nothing was written, try again"

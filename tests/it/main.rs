@@ -10,6 +10,7 @@ mod cli;
 mod counts;
 mod helpers;
 mod lifecycle;
+mod outage;
 mod outcomes;
 mod protocol;
 mod refusal;

@@ -656,7 +656,7 @@ async fn total(store: &Store) -> u64 {
 
 fn assert_disk_full(e: &StoreError) {
     match e {
-        StoreError::Sqlite { detail, .. } => {
+        StoreError::Unavailable { detail, .. } => {
             assert!(detail.contains("disk is full"), "{e}");
         }
         other => panic!("expected a storage failure, got {other:?}"),
