@@ -135,6 +135,10 @@ impl Tasks {
             config.store.retention,
             stopped.clone(),
         );
+        let sweep = {
+            let (store, stopped) = (store.clone(), stopped.clone());
+            async move { store.sweep_unreadable(stopped).await }
+        };
         Tasks {
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
             serving: tokio::spawn(server::serve(
@@ -150,6 +154,9 @@ impl Tasks {
                 stopped,
             )),
             housekeeping: tokio::spawn(async move {
+                // The start-up check for unreadable rows goes in steps after
+                // start, so a large queue does not delay it.
+                sweep.await;
                 if let Err(e) = housekeeping.await {
                     tracing::error!(error = %e, "housekeeping is not running");
                 }

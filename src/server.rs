@@ -238,7 +238,7 @@ impl Service {
                     protocol::Lookup::Key(key) => format!("no job with key {key:?}"),
                 };
                 match self.store.get(lookup).await.map_err(|e| internal(&e))? {
-                    Some(job) => Ok(ok_line(json!({ "job": job }))),
+                    Some(job) => Ok(protocol::job_line(&job)),
                     None => Err(ErrorBody::new(ErrorCode::NotFound, described)),
                 }
             }
@@ -246,13 +246,14 @@ impl Service {
                 state,
                 limit,
                 order,
+                after,
             } => {
-                let jobs = self
+                let page = self
                     .store
-                    .list(state, limit, order)
+                    .list(state, limit, order, after)
                     .await
                     .map_err(|e| internal(&e))?;
-                Ok(ok_line(json!({ "jobs": jobs })))
+                Ok(protocol::list_line(&page.jobs, page.next))
             }
             Request::Cancel { id } => {
                 let job = self
@@ -262,7 +263,7 @@ impl Service {
                     .map_err(|e| internal(&e))?
                     .map_err(|r| refusal(id, "cancel", r))?;
                 tracing::info!(job_id = id, "job cancelled");
-                Ok(ok_line(json!({ "job": job })))
+                Ok(protocol::job_line(&job))
             }
             Request::Reschedule { id, scheduled_at } => {
                 let at = time::parse_rfc3339(&scheduled_at).map_err(|e| {
@@ -278,7 +279,7 @@ impl Service {
                     .map_err(|r| refusal(id, "reschedule", r))?;
                 self.dispatch.wake();
                 tracing::info!(job_id = id, scheduled_at = %job.scheduled_at, "job rescheduled");
-                Ok(ok_line(json!({ "job": job })))
+                Ok(protocol::job_line(&job))
             }
             Request::Requeue { id } => {
                 let job = self
@@ -289,7 +290,7 @@ impl Service {
                     .map_err(|r| refusal(id, "requeue", r))?;
                 self.dispatch.wake();
                 tracing::info!(job_id = id, "job requeued");
-                Ok(ok_line(json!({ "job": job })))
+                Ok(protocol::job_line(&job))
             }
             Request::Prune {
                 older_than,

@@ -16,12 +16,20 @@
 //! version 3), so `stats` costs the same at any queue size; start-up checks
 //! them against the jobs and corrects them, with a WARN, after a hand edit.
 //!
+//! Reads that could be large go in bounded steps, each its own call, so the
+//! calls behind them are answered in between: a prune, a `list` (which also
+//! stops at one answer line's byte budget, see [`listing`]) and the sweep
+//! for unreadable rows after start-up (see [`quarantine`]). A storage
+//! outage is logged once, not once per call (see [`outage`]).
+//!
 //! It does not decide what happens to a job; [`crate::dispatch`] and
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
 mod delivery;
 mod identity;
+mod listing;
 mod outage;
+mod quarantine;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -134,6 +142,14 @@ pub struct Opened {
     pub recounted: Vec<Recount>,
 }
 
+/// One page of a `list`.
+#[derive(Debug)]
+pub struct ListPage {
+    pub jobs: Vec<crate::protocol::JobView>,
+    /// Where the next page starts; `None` when this page reaches the end.
+    pub next: Option<crate::protocol::ListCursor>,
+}
+
 /// A job found in `sending` at start-up: its last request may have reached Coax.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -161,6 +177,12 @@ const MAX_GROUP: usize = 1024;
 
 /// How many finished jobs one call of a prune examines at most.
 const PRUNE_STEP: usize = 1_000;
+
+/// How many jobs one call of a list reads at most.
+const LIST_STEP: usize = 200;
+
+/// How many jobs one call of the unreadable-row sweep checks at most.
+const SWEEP_STEP: usize = 1_000;
 
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
@@ -278,14 +300,46 @@ impl Store {
         self.call(move |c| queries::get(c, &lookup)).await
     }
 
+    /// Up to `limit` jobs after `after` (from the start when `None`), in
+    /// `order`, of `state` or of every state, within one answer line's
+    /// byte budget; and where the next page starts, or `None` at the end.
+    ///
+    /// It goes in steps of [`LIST_STEP`] jobs, each its own call, so a
+    /// long list does not hold up the calls behind it, and it stops early
+    /// when the next job's view would not fit in the answer line.
     pub async fn list(
         &self,
         state: Option<crate::job::State>,
         limit: u32,
         order: crate::protocol::ListOrder,
-    ) -> Result<Vec<crate::protocol::JobView>, StoreError> {
-        self.call(move |c| queries::list(c, state, limit, order))
-            .await
+        after: Option<crate::protocol::ListCursor>,
+    ) -> Result<ListPage, StoreError> {
+        let limit = limit as usize;
+        let mut page = ListPage {
+            jobs: Vec::new(),
+            next: None,
+        };
+        let mut bytes = 0;
+        let mut cursor = after.unwrap_or_else(|| listing::start(order));
+        loop {
+            let rows = LIST_STEP.min(limit - page.jobs.len());
+            let budget =
+                listing::VIEWS_BUDGET.saturating_sub(bytes + usize::from(!page.jobs.is_empty()));
+            let first = page.jobs.is_empty();
+            let step = self
+                .call(move |c| listing::step(c, state, cursor, rows, budget, first))
+                .await?;
+            bytes += step.bytes + usize::from(!first && !step.jobs.is_empty());
+            page.jobs.extend(step.jobs);
+            cursor = step.last;
+            if step.end {
+                return Ok(page);
+            }
+            if step.full || page.jobs.len() >= limit {
+                page.next = Some(cursor);
+                return Ok(page);
+            }
+        }
     }
 
     pub async fn cancel(
@@ -370,6 +424,35 @@ impl Store {
         })
         .await?;
         Ok(total)
+    }
+
+    /// Checks every scheduled and held job's row, in steps of
+    /// [`SWEEP_STEP`] jobs, and quarantines those that cannot be read; the
+    /// claim checks due rows too, but a bad row not yet due would otherwise
+    /// wait unnoticed. Stops early when `stop` turns true. Returns how many
+    /// it quarantined.
+    pub async fn sweep_unreadable(&self, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+        let mut total = 0;
+        let mut from = Some(quarantine::SweepCursor::START);
+        while let Some(cursor) = from {
+            if *stop.borrow() {
+                break;
+            }
+            let step = self
+                .call(move |c| quarantine::sweep_step(c, cursor, SWEEP_STEP, crate::time::now()))
+                .await;
+            match step {
+                Ok((quarantined, next)) => {
+                    total += quarantined;
+                    from = next;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the queue for unreadable rows");
+                    break;
+                }
+            }
+        }
+        total
     }
 
     /// The earliest `scheduled_at` among scheduled jobs.
