@@ -26,6 +26,7 @@
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
 mod delivery;
+mod group;
 mod identity;
 mod listing;
 mod outage;
@@ -41,8 +42,8 @@ pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;
 use crate::time::Millis;
+use group::{Call, Completion, Work};
 use rusqlite::Connection;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
 
@@ -160,21 +161,6 @@ pub struct Recovered {
     pub held: bool,
 }
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A call: runs on the store thread, says whether it succeeded, and hands
-/// back what answers its caller once the group's commit is known.
-type Work = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Completion) + Send>;
-
-/// A call for the store thread: most share the group transaction; a few
-/// (checkpoints) must run outside any transaction.
-enum Call {
-    Grouped(Work),
-    Alone(Work),
-}
-
-/// How many waiting calls share one transaction at most.
-const MAX_GROUP: usize = 1024;
-
 /// How many finished jobs one call of a prune examines at most.
 const PRUNE_STEP: usize = 1_000;
 
@@ -215,10 +201,10 @@ impl Store {
                 "the count of jobs in a state disagreed with the jobs (was the database edited by hand?); corrected"
             );
         }
-        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        let (tx, rx) = mpsc::channel(group::MAX_GROUP * 4);
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || serve(conn, lock, rx))
+            .spawn(move || group::serve(conn, lock, rx))
             .map_err(|e| StoreError::Open {
                 path: options.path.clone(),
                 detail: format!("cannot start the store thread: {e}"),
@@ -459,107 +445,6 @@ impl Store {
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.call(delivery::next_due).await
     }
-}
-
-/// The store thread: group waiting calls into one transaction each.
-fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Call>) {
-    let mut group: Vec<Work> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(call) = next.take() {
-            match call {
-                Call::Grouped(work) => group.push(work),
-                Call::Alone(work) => {
-                    run_group(&conn, &mut group);
-                    (work(Ok(&conn)).1)(Ok(()));
-                }
-            }
-            if group.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
-        }
-        run_group(&conn, &mut group);
-    }
-    tracing::debug!("store thread stopped");
-}
-
-fn run_group(conn: &Connection, group: &mut Vec<Work>) {
-    if group.is_empty() {
-        return;
-    }
-    let mut pending: Vec<Completion> = Vec::with_capacity(group.len());
-    let mut open: Result<(), StoreError> = Err(StoreError::Closed);
-    for work in group.drain(..) {
-        if open.is_err() {
-            open = conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(StoreError::sqlite("starting a transaction"));
-        }
-        if let Err(e) = &open {
-            (work(Err(e)).1)(Err(e.clone()));
-            continue;
-        }
-        let (succeeded, completion) = run_in_savepoint(conn, work);
-        if !succeeded && conn.is_autocommit() {
-            // Some failures (SQLITE_FULL in a statement without a statement
-            // journal) make SQLite roll back the whole transaction, not just
-            // the savepoint: the calls before this one were undone too.
-            let lost = StoreError::Unavailable {
-                during: "committing",
-                detail: "another change in the same transaction failed and SQLite rolled \
-                         back all of it; nothing was written, try again"
-                    .into(),
-            };
-            for done in pending.drain(..) {
-                done(Err(lost.clone()));
-            }
-            // The failing call reports its own error.
-            completion(Ok(()));
-            open = Err(StoreError::Closed);
-            continue;
-        }
-        pending.push(completion);
-    }
-    if open.is_err() {
-        return;
-    }
-    let commit = conn
-        .execute_batch("COMMIT")
-        .map_err(StoreError::sqlite("committing"));
-    if commit.is_err() && !conn.is_autocommit() {
-        // A failed COMMIT can leave the transaction open; end it so the next
-        // group starts clean. Nothing of this group was written.
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    for done in pending {
-        done(commit.clone());
-    }
-}
-
-/// Runs one call; if it fails, its writes are undone and the group goes on.
-/// Returns whether the call succeeded, and what answers its caller.
-fn run_in_savepoint(conn: &Connection, work: Work) -> (bool, Completion) {
-    if let Err(e) = conn
-        .execute_batch("SAVEPOINT call")
-        .map_err(StoreError::sqlite("opening a savepoint"))
-    {
-        return (false, work(Err(&e)).1);
-    }
-    let (succeeded, completion) = work(Ok(conn));
-    if conn.is_autocommit() {
-        // SQLite already rolled the whole transaction back.
-        return (succeeded, completion);
-    }
-    let end = if succeeded {
-        "RELEASE call"
-    } else {
-        "ROLLBACK TO call; RELEASE call"
-    };
-    if let Err(e) = conn.execute_batch(end) {
-        // The commit that follows reports the failure to every caller.
-        tracing::error!(error = %e, "cannot end a savepoint");
-    }
-    (succeeded, completion)
 }
 
 /// Runs `work` in a transaction of its own, for the start-up steps that run
