@@ -61,6 +61,7 @@ pub enum Command {
     List {
         #[arg(long)]
         state: Option<String>,
+        /// How many jobs to show in all [default: 100]; the daemon's pages are followed
         #[arg(long)]
         limit: Option<u32>,
         /// Most recently updated first instead
