@@ -137,7 +137,9 @@ impl Tasks {
         );
         let sweep = {
             let (store, stopped) = (store.clone(), stopped.clone());
-            async move { store.sweep_unreadable(stopped).await }
+            async move {
+                store.sweep_unreadable(stopped).await;
+            }
         };
         Tasks {
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
@@ -155,9 +157,9 @@ impl Tasks {
             )),
             housekeeping: tokio::spawn(async move {
                 // The start-up check for unreadable rows goes in steps after
-                // start, so a large queue does not delay it.
-                sweep.await;
-                if let Err(e) = housekeeping.await {
+                // start, beside the schedule, so a large queue delays neither.
+                let ((), housekeeping) = tokio::join!(sweep, housekeeping);
+                if let Err(e) = housekeeping {
                     tracing::error!(error = %e, "housekeeping is not running");
                 }
             }),
