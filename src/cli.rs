@@ -61,6 +61,7 @@ pub enum Command {
     List {
         #[arg(long)]
         state: Option<String>,
+        /// How many jobs to show in all [default: 100]; the daemon's pages are followed
         #[arg(long)]
         limit: Option<u32>,
         /// Most recently updated first instead
@@ -130,6 +131,13 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status => match status_command(&cli) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::List { limit, .. } => match list_command(&cli, limit) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -274,6 +282,50 @@ fn client_command(cli: &Cli) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `list`: the daemon answers in pages (each line at most 8 MiB); this
+/// follows `next` until it has `--limit` jobs (default 100) or the list
+/// ends. With `--json` each page's answer line is printed as it comes, one
+/// line per page; otherwise the jobs of every page make one table.
+fn list_command(cli: &Cli, limit: Option<u32>) -> anyhow::Result<ExitCode> {
+    let total = limit.unwrap_or(crate::protocol::DEFAULT_LIST_LIMIT) as usize;
+    let mut request = build_request(&cli.command)?;
+    let mut client = Client::connect(&socket_path(cli)?)?;
+    let mut jobs: Vec<Value> = Vec::new();
+    let mut taken = 0;
+    loop {
+        let want = (total - taken).min(crate::protocol::MAX_LIST_LIMIT as usize);
+        request["limit"] = json!(want);
+        let (line, answer) = client.request(&request)?;
+        if answer.get("ok").and_then(Value::as_bool) != Some(true) {
+            if cli.json {
+                println!("{line}");
+            } else {
+                eprintln!("{}", show::error(&answer));
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        let page = answer["jobs"].as_array().map_or(&[][..], Vec::as_slice);
+        taken += page.len();
+        if cli.json {
+            println!("{line}");
+        } else {
+            jobs.extend(page.iter().cloned());
+        }
+        match answer["next"].as_str() {
+            Some(next) if taken < total => request["after"] = json!(next),
+            _ => break,
+        }
+    }
+    if !cli.json {
+        show::answer(
+            &cli.command,
+            &json!({"ok": true, "jobs": jobs}),
+            time::now(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `status`: several requests on one connection, shown as one screen.

@@ -156,6 +156,12 @@ impl Tasks {
             config.store.retention,
             stopped.clone(),
         );
+        let sweep = {
+            let (store, stopped) = (store.clone(), stopped.clone());
+            async move {
+                store.sweep_unreadable(stopped).await;
+            }
+        };
         Tasks {
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
             serving: tokio::spawn(server::serve(
@@ -173,7 +179,10 @@ impl Tasks {
                 stopped,
             )),
             housekeeping: tokio::spawn(async move {
-                if let Err(e) = housekeeping.await {
+                // The start-up check for unreadable rows goes in steps after
+                // start, beside the schedule, so a large queue delays neither.
+                let ((), housekeeping) = tokio::join!(sweep, housekeeping);
+                if let Err(e) = housekeeping {
                     tracing::error!(error = %e, "housekeeping is not running");
                 }
             }),

@@ -210,7 +210,11 @@ impl Dispatcher {
         let claimed = match self.ctx.store.claim(now, admission.count).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                if !turn.claim_failing {
+                if !turn.claim_failing && e.is_unavailable() {
+                    // The store has logged the outage.
+                    tracing::warn!(error = %e, "cannot claim due jobs; retrying every poll_interval");
+                    turn.claim_failing = true;
+                } else if !turn.claim_failing {
                     tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
                     turn.claim_failing = true;
                 }

@@ -17,8 +17,9 @@
 //!   │ ◄───────────────────────────────────── │
 //! ```
 
-use crate::job::{Kind, State};
+use crate::job::State;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -28,6 +29,10 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// The most jobs one `list` returns.
 pub const MAX_LIST_LIMIT: u32 = 10_000;
+/// The longest answer line the daemon writes, newline included: `list`
+/// stops early to stay within it, and a job whose view alone would not fit
+/// is shown without its payload.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// The order of `list`'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +45,42 @@ pub enum ListOrder {
     Recent,
 }
 
+/// Where a `list` answer stopped: its order and the last job it holds.
+/// Clients see it only as an opaque string (`"next"`, given back as
+/// `"after"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub order: ListOrder,
+    /// The last job's `scheduled_at` (order `due`) or `updated_at` (`recent`).
+    pub at: i64,
+    pub id: i64,
+}
+
+impl ListCursor {
+    /// The cursor as clients see it, e.g. `d1767225600000.42`.
+    pub fn encode(&self) -> String {
+        let order = match self.order {
+            ListOrder::Due => 'd',
+            ListOrder::Recent => 'r',
+        };
+        format!("{order}{}.{}", self.at, self.id)
+    }
+
+    pub fn parse(text: &str) -> Option<ListCursor> {
+        let order = match text.get(..1)? {
+            "d" => ListOrder::Due,
+            "r" => ListOrder::Recent,
+            _ => return None,
+        };
+        let (at, id) = text.get(1..)?.split_once('.')?;
+        Some(ListCursor {
+            order,
+            at: at.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -50,6 +91,8 @@ pub enum Request {
         state: Option<State>,
         limit: u32,
         order: ListOrder,
+        /// Continue after this job (the `next` of the answer before).
+        after: Option<ListCursor>,
     },
     Cancel {
         id: i64,
@@ -130,11 +173,16 @@ impl ErrorBody {
 }
 
 /// One job as `get` and `list` show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The payload and result are kept as the JSON text stored, not parsed into
+/// a tree (which costs many times the text's size). A row that cannot be
+/// read still shows: `kind` as the text stored, `payload` null when it is
+/// not JSON text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobView {
     pub id: i64,
     pub key: Option<String>,
-    pub kind: Kind,
+    pub kind: String,
     pub channel: String,
     pub enquiry_id: Option<String>,
     pub scheduled_at: String,
@@ -142,13 +190,18 @@ pub struct JobView {
     pub expires_at: Option<String>,
     pub state: State,
     /// Tries counted against `retry.max_attempts`.
-    pub attempts: u32,
+    pub attempts: i64,
     pub created_at: String,
     pub updated_at: String,
     pub last_error: Option<String>,
     /// The final answer: `{"status":…,"message":…,"body":…}`.
-    pub result: Option<Value>,
-    pub payload: Value,
+    pub result: Option<Box<RawValue>>,
+    pub payload: Box<RawValue>,
+    /// Set, to the payload's size in bytes, when the payload is left out
+    /// (`payload` is then null) because the view would not fit in one
+    /// answer line of [`MAX_ANSWER_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_omitted: Option<u64>,
     pub history: Vec<AttemptView>,
 }
 
@@ -194,6 +247,35 @@ pub fn ok_line(fields: Value) -> String {
     Value::Object(out).to_string()
 }
 
+/// The answer line to a `get` or a change: `{"ok":true,"job":VIEW}`.
+pub fn job_line(job: &JobView) -> String {
+    format!(r#"{{"ok":true,"job":{}}}"#, view_text(job))
+}
+
+/// The answer line to a `list`: `{"ok":true,"jobs":[...],"next":CURSOR|null}`.
+/// The views are written as they are, without building a tree of them.
+pub fn list_line(jobs: &[JobView], next: Option<ListCursor>) -> String {
+    let mut line = String::from(r#"{"ok":true,"jobs":["#);
+    for (i, job) in jobs.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        line.push_str(&view_text(job));
+    }
+    line.push_str(r#"],"next":"#);
+    match next {
+        Some(cursor) => line.push_str(&json!(cursor.encode()).to_string()),
+        None => line.push_str("null"),
+    }
+    line.push('}');
+    line
+}
+
+fn view_text(job: &JobView) -> String {
+    // Serialising a struct of strings, numbers and raw JSON cannot fail.
+    serde_json::to_string(job).unwrap_or_else(|_| "null".into())
+}
+
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
     let value: Value = serde_json::from_slice(line)
@@ -212,11 +294,15 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
     let request = match op.as_str() {
         "enqueue" => Request::Enqueue(args.enqueue()?),
         "get" => Request::Get(args.lookup()?),
-        "list" => Request::List {
-            state: args.state()?,
-            limit: args.limit()?,
-            order: args.order()?,
-        },
+        "list" => {
+            let (state, limit, order) = (args.state()?, args.limit()?, args.order()?);
+            Request::List {
+                state,
+                limit,
+                order,
+                after: args.after(order)?,
+            }
+        }
         "cancel" => Request::Cancel { id: args.id()? },
         "reschedule" => Request::Reschedule {
             id: args.id()?,
@@ -339,6 +425,29 @@ impl Args<'_> {
         }
     }
 
+    fn after(&mut self, order: ListOrder) -> Result<Option<ListCursor>, ErrorBody> {
+        let bad = |message: &str| {
+            let mut e = ErrorBody::bad_request(message);
+            e.field = Some("after".into());
+            e
+        };
+        match self.fields.remove("after") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => match ListCursor::parse(&s) {
+                Some(cursor) if cursor.order == order => Ok(Some(cursor)),
+                Some(_) => Err(bad(
+                    "\"after\" comes from a list in another order; give the same \"order\"",
+                )),
+                None => Err(bad(
+                    "\"after\" is not a cursor; give the \"next\" of a list answer",
+                )),
+            },
+            Some(_) => Err(bad(
+                "\"after\" must be a string, the \"next\" of a list answer",
+            )),
+        }
+    }
+
     fn limit(&mut self) -> Result<u32, ErrorBody> {
         match self.fields.remove("limit") {
             None | Some(Value::Null) => Ok(DEFAULT_LIST_LIMIT),
@@ -392,7 +501,8 @@ mod tests {
             Ok(Request::List {
                 state: Some(State::Failed),
                 limit: DEFAULT_LIST_LIMIT,
-                order: ListOrder::Due
+                order: ListOrder::Due,
+                after: None
             })
         );
         assert_eq!(
@@ -400,7 +510,8 @@ mod tests {
             Ok(Request::List {
                 state: None,
                 limit: 5,
-                order: ListOrder::Recent
+                order: ListOrder::Recent,
+                after: None
             })
         );
         assert_eq!(
@@ -454,6 +565,34 @@ mod tests {
             code(r#"{"op":"prune","older_than":7}"#),
             ErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn list_after_takes_a_cursor_of_the_same_order() {
+        let cursor = ListCursor {
+            order: ListOrder::Recent,
+            at: -5,
+            id: 42,
+        };
+        assert_eq!(ListCursor::parse(&cursor.encode()), Some(cursor));
+        let line = format!(
+            r#"{{"op":"list","order":"recent","after":"{}"}}"#,
+            cursor.encode()
+        );
+        assert!(matches!(
+            parse_request(line.as_bytes()),
+            Ok(Request::List { after: Some(c), .. }) if c == cursor
+        ));
+        for bad in [
+            r#"{"op":"list","after":"nonsense"}"#,
+            r#"{"op":"list","after":"d12"}"#,
+            r#"{"op":"list","after":7}"#,
+            r#"{"op":"list","after":"r5.3"}"#,
+        ] {
+            let e = parse_request(bad.as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+            assert_eq!(e.field.as_deref(), Some("after"), "{bad}");
+        }
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub struct Service {
 }
 
 fn internal(e: &StoreError) -> ErrorBody {
-    tracing::error!(error = %e, "request failed in the store");
+    // The store logs an outage once; each failed request is only a detail.
+    tracing::debug!(error = %e, "request failed in the store");
     ErrorBody::new(ErrorCode::Internal, e.to_string())
 }
 
@@ -101,7 +102,7 @@ impl Service {
                     protocol::Lookup::Key(key) => format!("no job with key {key:?}"),
                 };
                 match self.store.get(lookup).await.map_err(|e| internal(&e))? {
-                    Some(job) => Ok(ok_line(json!({ "job": job }))),
+                    Some(job) => Ok(protocol::job_line(&job)),
                     None => Err(ErrorBody::new(ErrorCode::NotFound, described)),
                 }
             }
@@ -109,13 +110,14 @@ impl Service {
                 state,
                 limit,
                 order,
+                after,
             } => {
-                let jobs = self
+                let page = self
                     .store
-                    .list(state, limit, order)
+                    .list(state, limit, order, after)
                     .await
                     .map_err(|e| internal(&e))?;
-                Ok(ok_line(json!({ "jobs": jobs })))
+                Ok(protocol::list_line(&page.jobs, page.next))
             }
             Request::Cancel { id } => {
                 let job = self
@@ -125,7 +127,7 @@ impl Service {
                     .map_err(|e| internal(&e))?
                     .map_err(|r| refusal(id, "cancel", r))?;
                 tracing::info!(job_id = id, "job cancelled");
-                Ok(ok_line(json!({ "job": job })))
+                Ok(protocol::job_line(&job))
             }
             Request::Reschedule { id, scheduled_at } => {
                 let at = time::parse_rfc3339(&scheduled_at)
@@ -145,7 +147,7 @@ impl Service {
                     .map_err(|r| refusal(id, "reschedule", r))?;
                 self.dispatch.wake();
                 tracing::info!(job_id = id, scheduled_at = %job.scheduled_at, "job rescheduled");
-                Ok(ok_line(json!({ "job": job })))
+                Ok(protocol::job_line(&job))
             }
             Request::Requeue { id } => {
                 let job = self
@@ -156,7 +158,7 @@ impl Service {
                     .map_err(|r| refusal(id, "requeue", r))?;
                 self.dispatch.wake();
                 tracing::info!(job_id = id, "job requeued");
-                Ok(ok_line(json!({ "job": job })))
+                Ok(protocol::job_line(&job))
             }
             Request::Prune {
                 older_than,

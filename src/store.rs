@@ -16,10 +16,21 @@
 //! version 3), so `stats` costs the same at any queue size; start-up checks
 //! them against the jobs and corrects them, with a WARN, after a hand edit.
 //!
+//! Reads that could be large go in bounded steps, each its own call, so the
+//! calls behind them are answered in between: a prune, a `list` (which also
+//! stops at one answer line's byte budget, see [`listing`]) and the sweep
+//! for unreadable rows after start-up (see [`quarantine`]). A storage
+//! outage is logged once, not once per call (see [`outage`]).
+//!
 //! It does not decide what happens to a job; [`crate::dispatch`] and
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
 mod delivery;
+mod group;
+mod identity;
+mod listing;
+mod outage;
+mod quarantine;
 mod queries;
 mod schema;
 #[cfg(test)]
@@ -31,8 +42,8 @@ pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;
 use crate::time::Millis;
+use group::{Call, Completion, Work};
 use rusqlite::Connection;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,17 +73,51 @@ pub enum StoreError {
         during: &'static str,
         detail: String,
     },
+    /// Storage itself failed (a full disk, I/O, a read-only or locked
+    /// file), not the call: an outage, logged once by the store.
+    #[error("storage failure while {during}: {detail}")]
+    Unavailable {
+        during: &'static str,
+        detail: String,
+    },
     #[error("the store has shut down")]
     Closed,
 }
 
 impl StoreError {
     pub(crate) fn sqlite(during: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-        move |e| StoreError::Sqlite {
-            during,
-            detail: describe_sqlite(&e),
+        move |e| {
+            let detail = describe_sqlite(&e);
+            if is_outage(&e) {
+                StoreError::Unavailable { during, detail }
+            } else {
+                StoreError::Sqlite { during, detail }
+            }
         }
     }
+
+    /// Whether storage itself failed, rather than this one call.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+/// Failures of the storage under the database, as opposed to a call's own.
+fn is_outage(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DiskFull
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseCorrupt
+                | ErrorCode::OutOfMemory
+        )
+    )
 }
 
 /// SQLite's own words are terse; the commonest runtime failures get a hint.
@@ -98,6 +143,14 @@ pub struct Opened {
     pub recounted: Vec<Recount>,
 }
 
+/// One page of a `list`.
+#[derive(Debug)]
+pub struct ListPage {
+    pub jobs: Vec<crate::protocol::JobView>,
+    /// Where the next page starts; `None` when this page reaches the end.
+    pub next: Option<crate::protocol::ListCursor>,
+}
+
 /// A job found in `sending` at start-up: its last request may have reached Coax.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
@@ -108,28 +161,20 @@ pub struct Recovered {
     pub held: bool,
 }
 
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A call: runs on the store thread, says whether it succeeded, and hands
-/// back what answers its caller once the group's commit is known.
-type Work = Box<dyn FnOnce(Result<&Connection, &StoreError>) -> (bool, Completion) + Send>;
-
-/// A call for the store thread: most share the group transaction; a few
-/// (checkpoints) must run outside any transaction.
-enum Call {
-    Grouped(Work),
-    Alone(Work),
-}
-
-/// How many waiting calls share one transaction at most.
-const MAX_GROUP: usize = 1024;
-
 /// How many finished jobs one call of a prune examines at most.
 const PRUNE_STEP: usize = 1_000;
+
+/// How many jobs one call of a list reads at most.
+const LIST_STEP: usize = 200;
+
+/// How many jobs one call of the unreadable-row sweep checks at most.
+const SWEEP_STEP: usize = 1_000;
 
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     work: mpsc::Sender<Call>,
+    outage: std::sync::Arc<outage::Outage>,
 }
 
 /// Settings for opening the store.
@@ -143,6 +188,7 @@ impl Store {
     /// Opens (or creates) the database, takes the lock, migrates, recovers
     /// jobs left in `sending` by a crash, and checks the counts per state.
     pub fn open(options: &Options) -> Result<(Store, Opened), StoreError> {
+        schema::check(&options.path)?;
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
         let recovered = delivery::recover(&conn, crate::time::now(), options.on_ambiguous)?;
@@ -155,16 +201,19 @@ impl Store {
                 "the count of jobs in a state disagreed with the jobs (was the database edited by hand?); corrected"
             );
         }
-        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        let (tx, rx) = mpsc::channel(group::MAX_GROUP * 4);
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || serve(conn, lock, rx))
+            .spawn(move || group::serve(conn, lock, rx))
             .map_err(|e| StoreError::Open {
                 path: options.path.clone(),
                 detail: format!("cannot start the store thread: {e}"),
             })?;
         Ok((
-            Store { work: tx },
+            Store {
+                work: tx,
+                outage: std::sync::Arc::new(outage::Outage::new(options.path.clone())),
+            },
             Opened {
                 recovered,
                 recounted,
@@ -198,14 +247,18 @@ impl Store {
     {
         let (reply, answer) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
-            let result = match conn {
-                Ok(conn) => op(conn),
-                Err(e) => Err(e.clone()),
+            let (result, wrote) = match conn {
+                Ok(conn) => {
+                    let before = conn.total_changes();
+                    let result = op(conn);
+                    (result, conn.total_changes() != before)
+                }
+                Err(e) => (Err(e.clone()), false),
             };
             let succeeded = result.is_ok();
             let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
                 // The caller may have gone away; its answer is then unneeded.
-                let _ = reply.send(result.and_then(|value| commit.map(|()| value)));
+                let _ = reply.send((result.and_then(|value| commit.map(|()| value)), wrote));
             });
             (succeeded, completion)
         });
@@ -213,7 +266,9 @@ impl Store {
             .send(kind(work))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let (result, wrote) = answer.await.map_err(|_| StoreError::Closed)?;
+        self.outage.observe(&result, wrote);
+        result
     }
 
     pub async fn enqueue(
@@ -231,14 +286,46 @@ impl Store {
         self.call(move |c| queries::get(c, &lookup)).await
     }
 
+    /// Up to `limit` jobs after `after` (from the start when `None`), in
+    /// `order`, of `state` or of every state, within one answer line's
+    /// byte budget; and where the next page starts, or `None` at the end.
+    ///
+    /// It goes in steps of [`LIST_STEP`] jobs, each its own call, so a
+    /// long list does not hold up the calls behind it, and it stops early
+    /// when the next job's view would not fit in the answer line.
     pub async fn list(
         &self,
         state: Option<crate::job::State>,
         limit: u32,
         order: crate::protocol::ListOrder,
-    ) -> Result<Vec<crate::protocol::JobView>, StoreError> {
-        self.call(move |c| queries::list(c, state, limit, order))
-            .await
+        after: Option<crate::protocol::ListCursor>,
+    ) -> Result<ListPage, StoreError> {
+        let limit = limit as usize;
+        let mut page = ListPage {
+            jobs: Vec::new(),
+            next: None,
+        };
+        let mut bytes = 0;
+        let mut cursor = after.unwrap_or_else(|| listing::start(order));
+        loop {
+            let rows = LIST_STEP.min(limit - page.jobs.len());
+            let budget =
+                listing::VIEWS_BUDGET.saturating_sub(bytes + usize::from(!page.jobs.is_empty()));
+            let first = page.jobs.is_empty();
+            let step = self
+                .call(move |c| listing::step(c, state, cursor, rows, budget, first))
+                .await?;
+            bytes += step.bytes + usize::from(!first && !step.jobs.is_empty());
+            page.jobs.extend(step.jobs);
+            cursor = step.last;
+            if step.end {
+                return Ok(page);
+            }
+            if step.full || page.jobs.len() >= limit {
+                page.next = Some(cursor);
+                return Ok(page);
+            }
+        }
     }
 
     pub async fn cancel(
@@ -325,111 +412,39 @@ impl Store {
         Ok(total)
     }
 
+    /// Checks every scheduled and held job's row, in steps of
+    /// [`SWEEP_STEP`] jobs, and quarantines those that cannot be read; the
+    /// claim checks due rows too, but a bad row not yet due would otherwise
+    /// wait unnoticed. Stops early when `stop` turns true. Returns how many
+    /// it quarantined.
+    pub async fn sweep_unreadable(&self, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
+        let mut total = 0;
+        let mut from = Some(quarantine::SweepCursor::START);
+        while let Some(cursor) = from {
+            if *stop.borrow() {
+                break;
+            }
+            let step = self
+                .call(move |c| quarantine::sweep_step(c, cursor, SWEEP_STEP, crate::time::now()))
+                .await;
+            match step {
+                Ok((quarantined, next)) => {
+                    total += quarantined;
+                    from = next;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the queue for unreadable rows");
+                    break;
+                }
+            }
+        }
+        total
+    }
+
     /// The earliest `scheduled_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.call(delivery::next_due).await
     }
-}
-
-/// The store thread: group waiting calls into one transaction each.
-fn serve(conn: Connection, _lock: File, mut rx: mpsc::Receiver<Call>) {
-    let mut group: Vec<Work> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(call) = next.take() {
-            match call {
-                Call::Grouped(work) => group.push(work),
-                Call::Alone(work) => {
-                    run_group(&conn, &mut group);
-                    (work(Ok(&conn)).1)(Ok(()));
-                }
-            }
-            if group.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
-        }
-        run_group(&conn, &mut group);
-    }
-    tracing::debug!("store thread stopped");
-}
-
-fn run_group(conn: &Connection, group: &mut Vec<Work>) {
-    if group.is_empty() {
-        return;
-    }
-    let mut pending: Vec<Completion> = Vec::with_capacity(group.len());
-    let mut open: Result<(), StoreError> = Err(StoreError::Closed);
-    for work in group.drain(..) {
-        if open.is_err() {
-            open = conn
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(StoreError::sqlite("starting a transaction"));
-        }
-        if let Err(e) = &open {
-            (work(Err(e)).1)(Err(e.clone()));
-            continue;
-        }
-        let (succeeded, completion) = run_in_savepoint(conn, work);
-        if !succeeded && conn.is_autocommit() {
-            // Some failures (SQLITE_FULL in a statement without a statement
-            // journal) make SQLite roll back the whole transaction, not just
-            // the savepoint: the calls before this one were undone too.
-            let lost = StoreError::Sqlite {
-                during: "committing",
-                detail: "another change in the same transaction failed and SQLite rolled \
-                         back all of it; nothing was written, try again"
-                    .into(),
-            };
-            for done in pending.drain(..) {
-                done(Err(lost.clone()));
-            }
-            // The failing call reports its own error.
-            completion(Ok(()));
-            open = Err(StoreError::Closed);
-            continue;
-        }
-        pending.push(completion);
-    }
-    if open.is_err() {
-        return;
-    }
-    let commit = conn
-        .execute_batch("COMMIT")
-        .map_err(StoreError::sqlite("committing"));
-    if commit.is_err() && !conn.is_autocommit() {
-        // A failed COMMIT can leave the transaction open; end it so the next
-        // group starts clean. Nothing of this group was written.
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    for done in pending {
-        done(commit.clone());
-    }
-}
-
-/// Runs one call; if it fails, its writes are undone and the group goes on.
-/// Returns whether the call succeeded, and what answers its caller.
-fn run_in_savepoint(conn: &Connection, work: Work) -> (bool, Completion) {
-    if let Err(e) = conn
-        .execute_batch("SAVEPOINT call")
-        .map_err(StoreError::sqlite("opening a savepoint"))
-    {
-        return (false, work(Err(&e)).1);
-    }
-    let (succeeded, completion) = work(Ok(conn));
-    if conn.is_autocommit() {
-        // SQLite already rolled the whole transaction back.
-        return (succeeded, completion);
-    }
-    let end = if succeeded {
-        "RELEASE call"
-    } else {
-        "ROLLBACK TO call; RELEASE call"
-    };
-    if let Err(e) = conn.execute_batch(end) {
-        // The commit that follows reports the failure to every caller.
-        tracing::error!(error = %e, "cannot end a savepoint");
-    }
-    (succeeded, completion)
 }
 
 /// Runs `work` in a transaction of its own, for the start-up steps that run

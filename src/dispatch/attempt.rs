@@ -100,7 +100,7 @@ async fn record(store: &Store, finish: Finish) {
         match store.finish(finish.clone()).await {
             Ok(()) => {
                 if logged {
-                    tracing::info!(
+                    tracing::debug!(
                         job_id = finish.id,
                         "outcome recorded after storage recovered"
                     );
@@ -109,8 +109,10 @@ async fn record(store: &Store, finish: Finish) {
             }
             Err(crate::store::StoreError::Closed) => return,
             Err(e) => {
+                // The store logs the outage once, with the count of the
+                // calls it failed; a line per job in flight would bury it.
                 if !logged {
-                    tracing::error!(
+                    tracing::debug!(
                         job_id = finish.id,
                         error = %e,
                         "cannot record an attempt's outcome; retrying until storage recovers"

@@ -2,7 +2,7 @@
 //! ended, and recovering sends a crash interrupted. Runs on the store thread
 //! like [`super::queries`].
 
-use super::queries::kind_column;
+use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
 use super::{Recovered, StoreError};
 use crate::config::OnAmbiguous;
 use crate::job::{Kind, State};
@@ -100,36 +100,27 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
     let err = || StoreError::sqlite("claiming due jobs");
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut due = conn
-        .prepare_cached(
-            "SELECT id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload, expires_at
+        .prepare_cached(&format!(
+            "SELECT {DUE_COLUMNS}
              FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1
-             ORDER BY scheduled_at, id LIMIT ?2",
-        )
+             ORDER BY scheduled_at, id LIMIT ?2"
+        ))
         .map_err(err())?;
     let rows = due
-        .query_map(params![now, limit], |r| {
-            let payload: String = r.get(7)?;
-            let payload = match serde_json::from_str(&payload) {
-                Ok(Value::Object(map)) => map,
-                _ => Map::new(),
-            };
-            Ok(ClaimedJob {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                kind: kind_column(r, 2)?,
-                channel: r.get(3)?,
-                enquiry_id: r.get(4)?,
-                scheduled_at: r.get(5)?,
-                attempt: r.get::<_, u32>(6)?.saturating_add(1),
-                seq: 0,
-                payload,
-                expires_at: r.get(8)?,
-            })
-        })
+        .query_map(params![now, limit], read_due)
         .map_err(err())?
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(err())?;
     drop(due);
+    // A row that cannot be read must not stop the rows beside it.
+    let mut readable = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            Ok(job) => readable.push(job),
+            Err((id, reason)) => quarantine(conn, id, &reason, now)?,
+        }
+    }
+    let rows = readable;
 
     let mut mark = conn
         .prepare_cached(

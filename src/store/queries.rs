@@ -6,11 +6,13 @@
 
 use super::StoreError;
 use super::delivery::next_due;
-use crate::job::{Kind, NewJob, State};
-use crate::protocol::{AttemptView, Enqueued, JobView, ListOrder};
+use crate::job::{NewJob, State};
+use crate::protocol::{AttemptView, Enqueued, JobView};
 use crate::time::{self, Millis};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::protocol::Lookup;
@@ -126,44 +128,41 @@ pub fn get(conn: &Connection, lookup: &Lookup) -> Result<Option<JobView>, StoreE
         None => Ok(None),
         Some(mut view) => {
             view.history = history(conn, view.id)?;
+            if view_bytes(&view) > super::listing::VIEWS_BUDGET {
+                omit_payload(&mut view);
+            }
             Ok(Some(view))
         }
     }
 }
 
-pub fn list(
-    conn: &Connection,
-    state: Option<State>,
-    limit: u32,
-    order: ListOrder,
-) -> Result<Vec<JobView>, StoreError> {
-    let order = match order {
-        ListOrder::Due => "scheduled_at, id",
-        ListOrder::Recent => "updated_at DESC, id DESC",
-    };
-    let mut views = match state {
-        Some(state) => conn
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY {order} LIMIT ?2"
-            ))
-            .and_then(|mut s| {
-                s.query_map(params![state.as_str(), limit], job_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            }),
-        None => conn
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs ORDER BY {order} LIMIT ?1"
-            ))
-            .and_then(|mut s| {
-                s.query_map([limit], job_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            }),
+/// The length of `view` as JSON, counted without writing it out.
+pub(super) fn view_bytes(view: &JobView) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    .map_err(StoreError::sqlite("listing jobs"))?;
-    for view in &mut views {
-        view.history = history(conn, view.id)?;
-    }
-    Ok(views)
+    let mut count = Count(0);
+    // Serialising strings, numbers and raw JSON cannot fail.
+    let _ = serde_json::to_writer(&mut count, view);
+    count.0
+}
+
+/// Leaves the payload out of a view too large for one answer line (only a
+/// row written before payloads were capped can be), saying how large it was.
+pub(super) fn omit_payload(view: &mut JobView) {
+    view.payload_omitted = Some(view.payload.get().len() as u64);
+    view.payload = null();
+}
+
+fn null() -> Box<RawValue> {
+    RawValue::NULL.to_owned()
 }
 
 fn current_state(conn: &Connection, id: i64) -> Result<Option<State>, StoreError> {
@@ -505,22 +504,43 @@ fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, StoreError> {
     .map_err(StoreError::sqlite("reading attempt history"))
 }
 
+/// A row as `get` and `list` show it. Only a row whose state is not a
+/// state fails; any other column that cannot be read is shown as it is
+/// stored (text with its invalid bytes replaced) or, for JSON columns that
+/// are not JSON text, as null; the claim and the start-up sweep quarantine
+/// such rows (see [`super::quarantine`]).
 fn job_row(r: &Row<'_>) -> rusqlite::Result<JobView> {
-    let json = |text: Option<String>| text.and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let text = |i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            ValueRef::Integer(n) => Some(n.to_string()),
+            ValueRef::Real(x) => Some(x.to_string()),
+            ValueRef::Null => None,
+        })
+    };
+    let json = |i: usize| -> rusqlite::Result<Option<Box<RawValue>>> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Text(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|t| RawValue::from_string(t.to_owned()).ok()),
+            _ => None,
+        })
+    };
     Ok(JobView {
         id: r.get(0)?,
-        key: r.get(1)?,
-        kind: kind_column(r, 2)?,
-        channel: r.get(3)?,
-        enquiry_id: r.get(4)?,
+        key: text(1)?,
+        kind: text(2)?.unwrap_or_default(),
+        channel: text(3)?.unwrap_or_default(),
+        enquiry_id: text(4)?,
         scheduled_at: time::format(r.get(5)?),
         state: state_column(r, 6)?,
         attempts: r.get(7)?,
         created_at: time::format(r.get(8)?),
         updated_at: time::format(r.get(9)?),
-        last_error: r.get(10)?,
-        result: json(r.get(11)?),
-        payload: json(r.get(12)?).unwrap_or(Value::Null),
+        last_error: text(10)?,
+        result: json(11)?,
+        payload: json(12)?.unwrap_or_else(null),
+        payload_omitted: None,
         expires_at: r.get::<_, Option<Millis>>(13)?.map(time::format),
         history: Vec::new(),
     })
@@ -537,9 +557,4 @@ fn bad_column(index: usize, text: &str) -> rusqlite::Error {
 fn state_column(r: &Row<'_>, index: usize) -> rusqlite::Result<State> {
     let text: String = r.get(index)?;
     State::parse(&text).ok_or_else(|| bad_column(index, &text))
-}
-
-pub(super) fn kind_column(r: &Row<'_>, index: usize) -> rusqlite::Result<Kind> {
-    let text: String = r.get(index)?;
-    Kind::parse(&text).ok_or_else(|| bad_column(index, &text))
 }

@@ -1,9 +1,11 @@
 //! The store's SQL on a real database file, below the store thread.
 
 use super::queries::{self, PruneCursor};
-use super::schema;
+use super::{listing, schema};
 use crate::job::validate;
+use crate::protocol::ListOrder;
 use rusqlite::Connection;
+use rusqlite::params;
 use serde_json::json;
 
 fn queue() -> (tempfile::TempDir, Connection) {
@@ -90,4 +92,102 @@ fn a_prune_step_seeks_in_the_state_index() {
         later,
         "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
     );
+}
+
+/// The plan of `sql` run with `args`, one line per step.
+fn plan_of(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> String {
+    conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .and_then(|mut s| {
+            s.query_map(args, |r| r.get::<_, String>(3))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .expect("explain")
+        .join("; ")
+}
+
+#[test]
+fn every_list_query_seeks_in_an_index_and_sorts_nothing() {
+    let (_dir, conn) = queue();
+    let [[due_same, due_later], [recent_same, recent_earlier]] =
+        listing::POSITION_SQL.map(|pair| pair.map(|sql| plan_of(&conn, sql, params![0, 0, 0, 10])));
+    assert_eq!(
+        due_same,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at=? AND id>?)"
+    );
+    assert_eq!(
+        due_later,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
+    );
+    assert_eq!(
+        recent_same,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_updated (state=? AND updated_at=? AND id<?)"
+    );
+    assert_eq!(
+        recent_earlier,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_updated (state=? AND updated_at<?)"
+    );
+}
+
+#[test]
+fn list_steps_merge_every_state_and_page_through_each_job_once() {
+    let (_dir, conn) = queue();
+    // Every job due at the same instant, so positions tie on time.
+    jobs(&conn, "s", 7, "scheduled", 30);
+    jobs(&conn, "f", 5, "failed", 10);
+    jobs(&conn, "c", 4, "cancelled", 20);
+    for order in [ListOrder::Due, ListOrder::Recent] {
+        let mut seen = Vec::new();
+        let mut from = listing::start(order);
+        loop {
+            let step = listing::step(&conn, None, from, 3, usize::MAX, seen.is_empty())
+                .expect("a list step");
+            assert!(step.jobs.len() <= 3);
+            seen.extend(step.jobs.iter().map(|j| (j.id, j.updated_at.clone())));
+            from = step.last;
+            if step.end {
+                break;
+            }
+            assert!(seen.len() <= 16, "the list does not end: {seen:?}");
+        }
+        let mut ids: Vec<i64> = seen.iter().map(|(id, _)| *id).collect();
+        let mut expected = ids.clone();
+        match order {
+            // Due: all at one instant, so by id.
+            ListOrder::Due => expected.sort_unstable(),
+            // Recent: scheduled (30), cancelled (20), failed (10), each by id descending.
+            ListOrder::Recent => {
+                expected.sort_unstable_by_key(|id| {
+                    let at = seen.iter().find(|(i, _)| i == id).map(|(_, at)| at.clone());
+                    (std::cmp::Reverse(at), std::cmp::Reverse(*id))
+                });
+            }
+        }
+        assert_eq!(ids, expected, "{order:?}");
+        ids.dedup();
+        assert_eq!(ids.len(), 16, "{order:?}: every job once");
+    }
+}
+
+#[test]
+fn a_list_step_stops_at_its_byte_budget_but_always_takes_a_first_job() {
+    let (_dir, conn) = queue();
+    jobs(&conn, "s", 4, "scheduled", 30);
+    let from = listing::start(ListOrder::Due);
+    let one = listing::step(&conn, None, from, 10, usize::MAX, true).expect("step");
+    let size = serde_json::to_string(&one.jobs[0]).expect("json").len();
+
+    let step = listing::step(&conn, None, from, 10, size * 2 + 1, true).expect("step");
+    assert_eq!(step.jobs.len(), 2);
+    assert!(step.full && !step.end);
+    assert_eq!(step.last.id, step.jobs[1].id);
+
+    // A first job larger than the whole budget comes without its payload.
+    let step = listing::step(&conn, None, from, 10, 10, true).expect("step");
+    assert_eq!(step.jobs.len(), 1);
+    assert_eq!(step.jobs[0].payload.get(), "null");
+    assert!(step.jobs[0].payload_omitted.is_some());
+    // Later in an answer, a job that does not fit waits for the next page.
+    let step = listing::step(&conn, None, from, 10, 10, false).expect("step");
+    assert!(step.jobs.is_empty() && step.full);
+    assert_eq!(step.last, from);
 }

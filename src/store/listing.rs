@@ -1,0 +1,160 @@
+//! `list` in bounded steps: each step is one store call that reads at most
+//! a few hundred index entries and stops once the answer's byte budget is
+//! reached, so other calls are answered between steps and no answer line
+//! exceeds [`MAX_ANSWER_BYTES`].
+//!
+//! Both orders walk an index per state: `due` the `jobs_by_state_due`
+//! index, `recent` the `jobs_by_state_updated` one (schema version 4). A
+//! list of one state walks that state's index from the cursor; a list of
+//! every state walks each state's index from the same cursor and merges
+//! them, so no query sorts the table. The position is `(scheduled_at, id)`
+//! or `(updated_at, id)`, which orders jobs across states too, so one
+//! cursor serves every state.
+
+use super::StoreError;
+use super::queries::{self, Lookup};
+use crate::job::State;
+use crate::protocol::{JobView, ListCursor, ListOrder, MAX_ANSWER_BYTES};
+use rusqlite::{Connection, params};
+
+/// What one answer line may spend on the views, leaving room for
+/// `{"ok":true,"jobs":[`, `],"next":CURSOR}` and the newline.
+pub const VIEWS_BUDGET: usize = MAX_ANSWER_BYTES - 1024;
+
+/// Where a list starts in each order.
+pub fn start(order: ListOrder) -> ListCursor {
+    let edge = match order {
+        ListOrder::Due => i64::MIN,
+        ListOrder::Recent => i64::MAX,
+    };
+    ListCursor {
+        order,
+        at: edge,
+        id: edge,
+    }
+}
+
+/// The seeks of one state's index after a position (?2, ?3), in each
+/// order: first the jobs at the same instant past the id, then the rest.
+/// (A row-value comparison would seek on the time alone and rescan every
+/// job at that instant on each step.)
+pub(super) const POSITION_SQL: [[&str; 2]; 2] = [
+    [
+        "SELECT scheduled_at, id FROM jobs
+         WHERE state = ?1 AND scheduled_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+        "SELECT scheduled_at, id FROM jobs
+         WHERE state = ?1 AND scheduled_at > ?2 ORDER BY scheduled_at, id LIMIT ?4",
+    ],
+    [
+        "SELECT updated_at, id FROM jobs
+         WHERE state = ?1 AND updated_at = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4",
+        "SELECT updated_at, id FROM jobs
+         WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at DESC, id DESC LIMIT ?4",
+    ],
+];
+
+/// One step of a list.
+#[derive(Debug)]
+pub struct ListStep {
+    pub jobs: Vec<JobView>,
+    /// The bytes the views take in the answer, commas included.
+    pub bytes: usize,
+    /// The position of the last job taken (or passed over because it was
+    /// gone): where the next step starts.
+    pub last: ListCursor,
+    /// Every job after `from` has been seen: the list is at its end.
+    pub end: bool,
+    /// The byte budget stopped the step before a job that did not fit.
+    pub full: bool,
+}
+
+/// Reads up to `rows` jobs after `from`, in `from.order`, of `state` (or of
+/// every state), taking views while they fit in `budget` bytes. When
+/// `first` (the answer holds no job yet), the first job is always taken,
+/// without its payload if its view alone would not fit.
+pub fn step(
+    conn: &Connection,
+    state: Option<State>,
+    from: ListCursor,
+    rows: usize,
+    budget: usize,
+    first: bool,
+) -> Result<ListStep, StoreError> {
+    let err = StoreError::sqlite("listing jobs");
+    let positions = positions(conn, state, from, rows).map_err(err)?;
+    let end = positions.len() < rows;
+    let mut out = ListStep {
+        jobs: Vec::new(),
+        bytes: 0,
+        last: from,
+        end,
+        full: false,
+    };
+    for (at, id) in positions {
+        let here = ListCursor {
+            order: from.order,
+            at,
+            id,
+        };
+        // A job pruned since its position was read is passed over.
+        let Some(mut view) = queries::get(conn, &Lookup::Id(id))? else {
+            out.last = here;
+            continue;
+        };
+        let comma = usize::from(!out.jobs.is_empty());
+        let mut size = queries::view_bytes(&view) + comma;
+        if out.bytes + size > budget {
+            if !(first && out.jobs.is_empty()) {
+                out.full = true;
+                out.end = false;
+                break;
+            }
+            queries::omit_payload(&mut view);
+            size = queries::view_bytes(&view);
+        }
+        out.bytes += size;
+        out.jobs.push(view);
+        out.last = here;
+    }
+    Ok(out)
+}
+
+/// The next `rows` positions after `from`: one state's index, or every
+/// state's merged.
+fn positions(
+    conn: &Connection,
+    state: Option<State>,
+    from: ListCursor,
+    rows: usize,
+) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let states: Vec<State> = state.map_or_else(|| State::ALL.to_vec(), |s| vec![s]);
+    let sql = match from.order {
+        ListOrder::Due => POSITION_SQL[0],
+        ListOrder::Recent => POSITION_SQL[1],
+    };
+    let mut found = Vec::new();
+    for state in states {
+        let mut taken = 0;
+        for query in sql {
+            let room = rows - taken;
+            if room == 0 {
+                break;
+            }
+            let mut stmt = conn.prepare_cached(query)?;
+            let rows = stmt.query_map(
+                params![state.as_str(), from.at, from.id, room as i64],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            for row in rows {
+                found.push(row?);
+                taken += 1;
+            }
+        }
+    }
+    match from.order {
+        ListOrder::Due => found.sort_unstable(),
+        ListOrder::Recent => found.sort_unstable_by(|a, b| b.cmp(a)),
+    }
+    found.truncate(rows);
+    Ok(found)
+}

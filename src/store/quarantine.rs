@@ -1,0 +1,205 @@
+//! Rows that cannot be read: checked before a job is sent, and moved to
+//! `failed` (quarantined) instead of failing the call that met them.
+//!
+//! A hand edit or bit rot can leave a row whose kind is not a kind, whose
+//! attempts are negative, or whose payload is not UTF-8 or not a JSON
+//! object. Such a row is read here column by column from SQLite's raw
+//! values; what cannot be sent is moved to `failed` with `last_error`
+//! naming the fault and one ERROR line, so the jobs beside it keep
+//! flowing. The claim checks every due row it reads, and a sweep after
+//! start-up checks the scheduled and held jobs in short steps, so a large
+//! queue does not delay start-up.
+
+use super::StoreError;
+use super::delivery::ClaimedJob;
+use crate::job::Kind;
+use crate::time::Millis;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, Row, params};
+use serde_json::{Map, Value};
+
+/// The columns [`read_due`] expects, in order.
+pub(super) const DUE_COLUMNS: &str =
+    "id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload, expires_at";
+
+/// A due row: a job ready to send, or the id of one that cannot be read
+/// and why.
+pub(super) type Due = Result<ClaimedJob, (i64, String)>;
+
+/// Reads a row of [`DUE_COLUMNS`]. Fails only if SQLite itself does.
+pub(super) fn read_due(r: &Row<'_>) -> rusqlite::Result<Due> {
+    let id: i64 = r.get(0)?;
+    let v = |i: usize| r.get_ref(i);
+    let (key, kind_, channel, enquiry, at, tries, body, expires) =
+        (v(1)?, v(2)?, v(3)?, v(4)?, v(5)?, v(6)?, v(7)?, v(8)?);
+    let job = (|| {
+        Ok(ClaimedJob {
+            id,
+            key: optional_text(key, "key")?,
+            kind: kind(kind_)?,
+            channel: text(channel, "channel")?,
+            enquiry_id: optional_text(enquiry, "enquiry_id")?,
+            scheduled_at: integer(at, "scheduled_at")?,
+            attempt: attempts(tries)?.saturating_add(1),
+            seq: 0,
+            payload: payload(body)?,
+            expires_at: match expires {
+                ValueRef::Null => None,
+                v => Some(integer(v, "expires_at")?),
+            },
+        })
+    })();
+    Ok(job.map_err(|reason: String| (id, reason)))
+}
+
+/// Moves job `id` to `failed`, naming what is wrong with its row.
+pub(super) fn quarantine(
+    conn: &Connection,
+    id: i64,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let last_error = format!("quarantined: its row cannot be read ({reason})");
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, last_error, now]))
+    .map_err(StoreError::sqlite("quarantining an unreadable job"))?;
+    tracing::error!(
+        job_id = id,
+        reason,
+        "a job's row cannot be read (was the database edited by hand?); moved to failed"
+    );
+    Ok(())
+}
+
+/// Where the sweep has got to: the state it walks (an index into
+/// [`SWEPT`]) and the last job it checked there, in `jobs_by_state_due`
+/// order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepCursor {
+    state: usize,
+    scheduled_at: Millis,
+    id: i64,
+}
+
+impl SweepCursor {
+    pub const START: SweepCursor = SweepCursor {
+        state: 0,
+        scheduled_at: Millis::MIN,
+        id: i64::MIN,
+    };
+}
+
+/// The states whose jobs may still be sent, so must be readable. (Jobs in
+/// `sending` are put back in one of these by recovery before the sweep.)
+const SWEPT: [&str; 2] = ["scheduled", "held"];
+
+/// Checks up to `limit` jobs from `from` on and quarantines those that
+/// cannot be read; returns how many it quarantined and where to go on
+/// (`None` when every state has been walked).
+pub(super) fn sweep_step(
+    conn: &Connection,
+    from: SweepCursor,
+    limit: usize,
+    now: Millis,
+) -> Result<(u64, Option<SweepCursor>), StoreError> {
+    let Some(state) = SWEPT.get(from.state) else {
+        return Ok((0, None));
+    };
+    let mut seen: Vec<(i64, Millis, Option<String>)> = Vec::with_capacity(limit);
+    // As in a prune step: those due at the same instant with a higher id,
+    // then those due later, each a seek in the state index.
+    for sql in [
+        "WHERE state = ?1 AND scheduled_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+        "WHERE state = ?1 AND scheduled_at > ?2 ORDER BY scheduled_at, id LIMIT ?4",
+    ] {
+        let room = limit - seen.len();
+        if room == 0 {
+            break;
+        }
+        conn.prepare_cached(&format!("SELECT {DUE_COLUMNS} FROM jobs {sql}"))
+            .and_then(|mut s| {
+                let rows = s.query_map(
+                    params![state, from.scheduled_at, from.id, room as i64],
+                    |r| {
+                        let at = r.get_ref(5)?.as_i64().unwrap_or(Millis::MAX);
+                        Ok((r.get(0)?, at, read_due(r)?.err().map(|(_, why)| why)))
+                    },
+                )?;
+                for row in rows {
+                    seen.push(row?);
+                }
+                Ok(())
+            })
+            .map_err(StoreError::sqlite("checking jobs for unreadable rows"))?;
+    }
+    let mut quarantined = 0;
+    for (id, _, reason) in &seen {
+        if let Some(reason) = reason {
+            quarantine(conn, *id, reason, now)?;
+            quarantined += 1;
+        }
+    }
+    let next = match seen.last() {
+        Some(&(id, scheduled_at, _)) if seen.len() >= limit => SweepCursor {
+            state: from.state,
+            scheduled_at,
+            id,
+        },
+        _ => SweepCursor {
+            state: from.state + 1,
+            ..SweepCursor::START
+        },
+    };
+    Ok((quarantined, (next.state < SWEPT.len()).then_some(next)))
+}
+
+fn text(v: ValueRef<'_>, column: &str) -> Result<String, String> {
+    match v {
+        ValueRef::Text(bytes) => {
+            String::from_utf8(bytes.to_vec()).map_err(|_| format!("{column} is not valid UTF-8"))
+        }
+        other => Err(format!("{column} is {}, not text", other.data_type())),
+    }
+}
+
+fn optional_text(v: ValueRef<'_>, column: &str) -> Result<Option<String>, String> {
+    match v {
+        ValueRef::Null => Ok(None),
+        v => text(v, column).map(Some),
+    }
+}
+
+fn integer(v: ValueRef<'_>, column: &str) -> Result<i64, String> {
+    match v {
+        ValueRef::Integer(n) => Ok(n),
+        other => Err(format!("{column} is {}, not an integer", other.data_type())),
+    }
+}
+
+fn kind(v: ValueRef<'_>) -> Result<Kind, String> {
+    let raw = match v {
+        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => return Err(format!("kind is {}, not text", other.data_type())),
+    };
+    Kind::parse(&raw).ok_or_else(|| format!("kind {raw:?} is not a job kind"))
+}
+
+fn attempts(v: ValueRef<'_>) -> Result<u32, String> {
+    let n = integer(v, "attempts")?;
+    u32::try_from(n).map_err(|_| format!("attempts is {n}"))
+}
+
+fn payload(v: ValueRef<'_>) -> Result<Map<String, Value>, String> {
+    let bytes = match v {
+        ValueRef::Text(bytes) => bytes,
+        other => return Err(format!("payload is {}, not text", other.data_type())),
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| "payload is not valid UTF-8".to_owned())?;
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("payload is not a JSON object".into()),
+        Err(e) => Err(format!("payload is not JSON ({e})")),
+    }
+}
