@@ -22,7 +22,7 @@
 
 use crate::helpers::coax::{CoaxStub, Recorded, Reply};
 use crate::helpers::daemon::{DaemonProcess, request_at};
-use crate::helpers::{PATIENCE, wait_until};
+use crate::helpers::{PATIENCE, memory_kib, wait_until};
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use coax_scheduler::client::Client;
 use serde_json::{Value, json};
@@ -131,21 +131,6 @@ async fn wait_until_settled(socket: &Path, timeout: Duration) -> BTreeMap<String
     settled.unwrap_or_else(|_| {
         panic!("the queue did not settle within {timeout:?}; last counts: {last:?}")
     })
-}
-
-/// `VmHWM` (peak resident set) and `VmRSS` of `pid`, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// The key a request carries: its body's `message` is the job's key.

@@ -4,7 +4,7 @@
 
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{DaemonProcess, TestDaemon, binary, config_text};
-use crate::helpers::{PATIENCE, wait_until};
+use crate::helpers::{PATIENCE, memory_kib, wait_until};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -21,21 +21,6 @@ fn socket_config(coax_url: &str, lines: &str, log: &str) -> String {
             &format!("path = \"coax.sock\"\n{lines}"),
         )
         .replace("level = \"debug\"", log)
-}
-
-/// `VmHWM` (peak resident set) and `VmRSS` of `pid`, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 /// Reads one answer line from `stream`, parsed.

@@ -7,6 +7,7 @@
 //! database, as rows from before the payload cap (or a hand edit) would be.
 
 use crate::helpers::daemon::{DaemonProcess, TestDaemon, binary, config_text, request_at};
+use crate::helpers::memory_kib;
 use coax_scheduler::client::Client;
 use coax_scheduler::protocol::MAX_ANSWER_BYTES;
 use rusqlite::Connection;
@@ -64,17 +65,6 @@ fn page_through(socket: &Path, request: Value) -> (Vec<usize>, Vec<i64>) {
     }
 }
 
-/// `VmHWM` (peak resident set) of `pid`, in KiB.
-fn peak_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in:\n{status}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_large_payloads_under_8_mib() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -116,7 +106,7 @@ async fn list_pages_large_payloads_under_8_mib() {
             "out of order: {pass:?}"
         );
     }
-    let peak_mib = peak_kib(daemon.child.id()) / 1024;
+    let peak_mib = memory_kib(daemon.child.id()).0 / 1024;
     eprintln!("daemon peak RSS (VmHWM) after two paged lists: {peak_mib} MiB");
     assert!(peak_mib < 256, "the daemon's peak RSS was {peak_mib} MiB");
     let ping = daemon.request(json!({"op": "ping"})).await;

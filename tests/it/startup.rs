@@ -74,6 +74,16 @@ async fn finish(mut cmd: Command, within: Duration) -> Output {
     }
 }
 
+/// `check-config --config CONFIG`, under an fd limit if one is given.
+async fn check_config(config: &Path, limit: Option<u64>) -> Output {
+    let args = [
+        "check-config".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    finish(command(&args, limit), Duration::from_secs(10)).await
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -106,18 +116,7 @@ async fn key_file_fifo_fails_check_config_and_run_at_once_naming_it() {
     // A directory is refused as clearly; a symlink to a regular file works.
     std::fs::remove_file(&key).expect("remove the FIFO");
     std::fs::create_dir(&key).expect("mkdir");
-    let output = finish(
-        command(
-            &[
-                "check-config".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-            ],
-            None,
-        ),
-        Duration::from_secs(10),
-    )
-    .await;
+    let output = check_config(&config, None).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains("a directory"),
@@ -129,18 +128,7 @@ async fn key_file_fifo_fails_check_config_and_run_at_once_naming_it() {
     std::fs::write(&real, "ck_test_symlinked\n").expect("write key");
     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::os::unix::fs::symlink(&real, &key).expect("symlink");
-    let output = finish(
-        command(
-            &[
-                "check-config".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-            ],
-            None,
-        ),
-        Duration::from_secs(10),
-    )
-    .await;
+    let output = check_config(&config, None).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
 
@@ -241,18 +229,7 @@ async fn concurrency_beyond_the_fd_limit_is_refused_naming_both_numbers() {
     }
 
     // The same config where the limit carries it.
-    let output = finish(
-        command(
-            &[
-                "check-config".as_ref(),
-                "--config".as_ref(),
-                config.as_os_str(),
-            ],
-            Some(2048),
-        ),
-        Duration::from_secs(10),
-    )
-    .await;
+    let output = check_config(&config, Some(2048)).await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(out.contains("1348 of 2048 file descriptors"), "{out}");
