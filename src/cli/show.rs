@@ -89,9 +89,10 @@ fn text(v: &Value) -> String {
     match v {
         Value::String(s) => printable(s),
         Value::Null => "-".into(),
-        // serde_json escapes control characters inside strings, so the
-        // JSON text of an object or array is safe as it is.
-        other => other.to_string(),
+        // serde_json escapes only the controls below 0x20 inside strings;
+        // DEL, the C1 controls (0x9b is an 8-bit CSI) and bidi marks in a
+        // payload or a Coax result pass through it.
+        other => printable(&other.to_string()),
     }
 }
 
@@ -379,6 +380,15 @@ mod tests {
         );
         // Ordinary text, accents and emoji included, is left alone.
         assert_eq!(text(&Value::String("Zoë 👋 ok".into())), "Zoë 👋 ok");
+        // Inside a payload or a result, the controls serde_json leaves alone.
+        let payload =
+            serde_json::json!({"message": "a\u{7f}b\u{9b}31m\u{202e}c", "n": [1, "\u{1b}"]});
+        let shown = text(&payload);
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown:?}"
+        );
+        assert!(shown.contains("a\\u{7f}b\\u{9b}31m\\u{202e}c"), "{shown}");
         let answer = serde_json::json!({"error": {"code": "invalid_job", "message": "bad\u{1b}[31m", "field": "key\r"}});
         let line = error(&answer);
         assert!(!line.chars().any(char::is_control), "{line:?}");
