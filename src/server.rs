@@ -92,6 +92,7 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tracing::info!(%peer, "client connected");
+            let _counted = crate::metrics::connection();
             if let Err(e) = connection(stream, &service, idle, shutdown).await {
                 tracing::info!(%peer, error = %e, "client connection ended with an error");
             }
@@ -158,7 +159,10 @@ async fn connection(
         }
         let answer = match parse_request(text) {
             Ok(request) => service.handle(request, uid).await,
-            Err(e) => e.to_line(),
+            Err(e) => {
+                crate::metrics::socket_request("invalid", Some(e.code));
+                e.to_line()
+            }
         };
         // A client that stops reading must not hold its slot for ever.
         let mut answer = answer.into_bytes();
@@ -203,7 +207,10 @@ impl Service {
     /// Carries out one request from the peer with `uid` and returns its
     /// answer line (no newline).
     pub async fn handle(&self, request: Request, uid: Option<u32>) -> String {
-        match self.answer(request, uid).await {
+        let op = crate::metrics::op_name(&request);
+        let answer = self.answer(request, uid).await;
+        crate::metrics::socket_request(op, answer.as_ref().err().map(|e| e.code));
+        match answer {
             Ok(line) => line,
             Err(e) => e.to_line(),
         }
@@ -382,6 +389,7 @@ impl Service {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
         let earliest = jobs.iter().map(|j| j.scheduled_at).min();
         let done = self.store.enqueue(jobs).await.map_err(|e| internal(&e))?;
+        crate::metrics::enqueued(&done);
         if let Some(at) = earliest {
             self.dispatch.wake_if_before(at);
         }
