@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! limits ─► enqueue: 1 conn, 16 conns, batches ─► dispatch at 0 ms, 20 ms
-//!   ─► lateness: spread, burst ─► scale: child daemon on 1M jobs ─► table
+//!   ─► lateness: spread, burst ─► metrics off and on ([`metrics`](mod@metrics))
+//!   ─► scale: child daemon on 1M jobs ─► table
 //! ```
 //!
 //! `--scale small` shrinks every count about a hundredfold so that a test
@@ -24,6 +25,7 @@ mod dispatch;
 mod enqueue;
 mod fixture;
 mod limits;
+mod metrics;
 mod report;
 mod scale;
 
@@ -61,6 +63,8 @@ struct Plan {
     spread: usize,
     spread_over: Duration,
     burst: usize,
+    /// Rounds of enqueue and dispatch on each side, metrics off and on.
+    metrics_rounds: usize,
     queued: usize,
     idle: Duration,
 }
@@ -88,6 +92,7 @@ impl Plan {
             spread: 5_000,
             spread_over: Duration::from_secs(10),
             burst: 20_000,
+            metrics_rounds: 5,
             queued: 1_000_000,
             idle: Duration::from_secs(30),
         };
@@ -111,6 +116,7 @@ impl Plan {
                 spread: 50,
                 spread_over: Duration::from_secs(1),
                 burst: 200,
+                metrics_rounds: 1,
                 queued: 10_000,
                 idle: Duration::from_secs(2),
             },
@@ -262,6 +268,17 @@ async fn measure(dir: &Path, plan: Plan, sqlite: (f64, f64)) -> anyhow::Result<V
     .await?;
     figures.extend(lateness_figures(&lateness, plan, http));
     quiesce(&dir.join("lateness"));
+
+    say("enqueue and dispatch again, with metrics off and on in turn");
+    let cost = metrics::cost(
+        &dir.join("metrics"),
+        plan.parallel,
+        plan.dispatch,
+        plan.metrics_rounds,
+    )
+    .await?;
+    figures.extend(metrics::figures(&cost, plan.parallel, plan.dispatch));
+    quiesce(&dir.join("metrics"));
 
     let scale = scale::run(
         &dir.join("scale"),

@@ -19,19 +19,19 @@
 //! share its counters.
 
 mod http;
+mod record;
 mod scrape;
 
 pub use http::{Exporter, MetricsError};
+pub use record::{
+    Connection, StoreCall, attempt, attempt_started, connection, dispatch_changed, enqueued,
+    lateness, op_name, set_recording, socket_request, store_call,
+};
 
 use crate::job::{Kind, State};
-use crate::protocol::{ErrorCode, Request};
-use crate::store::ClaimedJob;
-use crate::time::Millis;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 pub const JOBS: &str = "coax_scheduler_jobs";
 pub const DUE_NOW: &str = "coax_scheduler_due_now";
@@ -82,14 +82,8 @@ const STORE_BUCKETS: [f64; 13] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
-/// Whether the recorder is installed; read on every recording call.
-static ENABLED: AtomicBool = AtomicBool::new(false);
 /// The installed recorder's handle; a second daemon in the process reuses it.
 static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
-
-fn on() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
 
 /// Installs the process's recorder (once) and returns a handle to render it.
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
@@ -98,6 +92,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         Err(poisoned) => poisoned.into_inner(),
     };
     if let Some(handle) = installed.as_ref() {
+        record::start();
         return Ok(handle.clone());
     }
     let builder = PrometheusBuilder::new()
@@ -113,7 +108,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| MetricsError::Recorder(e.to_string()))?;
     describe();
-    ENABLED.store(true, Ordering::Relaxed);
+    record::start();
     *installed = Some(handle.clone());
     Ok(handle)
 }
@@ -172,129 +167,6 @@ fn describe() {
     }
     gauge!(SOCKET_CONNECTIONS).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-}
-
-/// Counts what an enqueue created and what it found already there.
-pub fn enqueued(done: &[crate::protocol::Enqueued]) {
-    if !on() {
-        return;
-    }
-    let duplicates = done.iter().filter(|e| e.duplicate).count() as u64;
-    counter!(ENQUEUED).increment(done.len() as u64 - duplicates);
-    counter!(DUPLICATES).increment(duplicates);
-}
-
-/// Records the lateness of a job's first attempt, starting at `now`.
-pub fn attempt_started(job: &ClaimedJob, now: Millis) {
-    if !on() || job.seq != 1 {
-        return;
-    }
-    let late_ms = now.saturating_sub(job.scheduled_at).max(0);
-    histogram!(LATENESS).record(late_ms as f64 / 1000.0);
-}
-
-/// Counts an attempt's decision and records how long its request took.
-pub fn attempt(kind: Kind, decision: &'static str, took: Duration) {
-    if !on() {
-        return;
-    }
-    counter!(ATTEMPTS, "kind" => kind.as_str(), "decision" => decision).increment(1);
-    histogram!(REQUEST_DURATION, "kind" => kind.as_str()).record(took.as_secs_f64());
-}
-
-/// Counts a pause or an opening breaker when the gate's mode changes from
-/// `from` to `to` (the names `stats` uses).
-pub fn dispatch_changed(from: &'static str, to: &'static str) {
-    if !on() || from == to {
-        return;
-    }
-    match to {
-        "breaker_open" => counter!(BREAKER_OPENS).increment(1),
-        "paused_auth" => counter!(PAUSES, "reason" => "auth").increment(1),
-        "paused_rate_limit" => counter!(PAUSES, "reason" => "rate_limit").increment(1),
-        _ => {}
-    }
-}
-
-/// Counts an open socket connection until the returned value is dropped.
-pub fn connection() -> Connection {
-    if on() {
-        gauge!(SOCKET_CONNECTIONS).increment(1.0);
-    }
-    Connection { counted: on() }
-}
-
-/// An open connection, counted in `socket_connections` while it lives.
-pub struct Connection {
-    counted: bool,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        if self.counted {
-            gauge!(SOCKET_CONNECTIONS).decrement(1.0);
-        }
-    }
-}
-
-/// Counts one socket request: `op` from [`op_name`] (or `invalid`), and
-/// its error code, if it failed.
-pub fn socket_request(op: &'static str, error: Option<ErrorCode>) {
-    if !on() {
-        return;
-    }
-    counter!(SOCKET_REQUESTS, "op" => op, "result" => error.map_or("ok", code_name)).increment(1);
-}
-
-/// The protocol's name of a request's op.
-pub fn op_name(request: &Request) -> &'static str {
-    match request {
-        Request::Enqueue(_) => "enqueue",
-        Request::Get(_) => "get",
-        Request::List { .. } => "list",
-        Request::Cancel { .. } => "cancel",
-        Request::Reschedule { .. } => "reschedule",
-        Request::Requeue { .. } => "requeue",
-        Request::Stats => "stats",
-        Request::Ping => "ping",
-        Request::Resume => "resume",
-        Request::Prune { .. } => "prune",
-    }
-}
-
-fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::UnknownOp => "unknown_op",
-        ErrorCode::InvalidJob => "invalid_job",
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::Conflict => "conflict",
-        ErrorCode::Internal => "internal",
-        ErrorCode::Forbidden => "forbidden",
-    }
-}
-
-/// Times a store call named `op` until the returned value is dropped.
-pub fn store_call(op: &'static str) -> StoreCall {
-    StoreCall {
-        op,
-        started: on().then(Instant::now),
-    }
-}
-
-/// A store call being timed.
-pub struct StoreCall {
-    op: &'static str,
-    started: Option<Instant>,
-}
-
-impl Drop for StoreCall {
-    fn drop(&mut self) {
-        if let Some(started) = self.started {
-            histogram!(STORE_CALL_DURATION, "op" => self.op)
-                .record(started.elapsed().as_secs_f64());
-        }
-    }
 }
 
 /// Sets the gauges that describe the queue and the dispatcher, as read now.

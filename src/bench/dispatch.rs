@@ -29,6 +29,16 @@ const POLL: Duration = Duration::from_millis(1);
 /// Sends per second for `jobs` jobs due now, against a simulator that waits
 /// `latency` before each answer.
 pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::Result<f64> {
+    throughput_with(dir, jobs, latency, "").await
+}
+
+/// [`throughput`], with `extra` appended to the daemon's config.
+pub async fn throughput_with(
+    dir: &Path,
+    jobs: usize,
+    latency: Duration,
+    extra: &str,
+) -> anyhow::Result<f64> {
     let simulator = Simulator::start(
         "127.0.0.1:0",
         SimOptions {
@@ -38,7 +48,7 @@ pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::R
     )
     .await
     .context("cannot start the simulator")?;
-    let config = fixture::config(dir, &simulator.base_url())?;
+    let config = fixture::config_with(dir, &simulator.base_url(), extra)?;
     let daemon = Daemon::open(config.clone()).context("cannot open the benchmark daemon")?;
     let store = daemon.store();
     let now = time::now();
