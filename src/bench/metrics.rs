@@ -116,7 +116,9 @@ async fn side_once(dir: &Path, shape: Shape, jobs: usize, on: bool) -> anyhow::R
     std::fs::create_dir_all(&dispatch_dir)
         .with_context(|| format!("cannot create {}", dispatch_dir.display()))?;
     let scraper = on.then(|| scrape_every(dispatch_dir.join("metrics.sock")));
-    let dispatched = dispatch::throughput_with(&dispatch_dir, jobs, Duration::ZERO, extra).await;
+    let dispatched = dispatch::throughput_with(&dispatch_dir, jobs, Duration::ZERO, extra)
+        .await
+        .map(|(rate, _)| rate);
     if let Some(scraper) = scraper {
         scraper.abort();
     }
