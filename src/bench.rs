@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! limits ─► enqueue: 1 conn, 16 conns, batches ─► dispatch at 0 ms, 20 ms
-//!   ─► lateness: spread, burst ─► scale: child daemon on 1M jobs ─► table
+//!   ─► lateness: spread, burst ─► metrics off and on ([`metrics`](mod@metrics))
+//!   ─► scale: child daemon on 1M jobs ─► table
 //! ```
 //!
 //! `--scale small` shrinks every count about a hundredfold so that a test
@@ -24,6 +25,8 @@ mod dispatch;
 mod enqueue;
 mod fixture;
 mod limits;
+mod metrics;
+mod picture;
 mod report;
 mod scale;
 
@@ -41,6 +44,10 @@ pub struct BenchArgs {
     /// How big a run: `full` (a few minutes) or `small` (seconds, for tests)
     #[arg(long, value_enum, default_value_t = Size::Full)]
     pub scale: Size,
+    /// Where to write the picture: the lateness distribution and the sends
+    /// per second over the dispatch runs, as SVG
+    #[arg(long, value_name = "FILE", default_value = "coax-scheduler-bench.svg")]
+    pub svg: std::path::PathBuf,
 }
 
 /// How big a benchmark run is.
@@ -61,6 +68,8 @@ struct Plan {
     spread: usize,
     spread_over: Duration,
     burst: usize,
+    /// Rounds of enqueue and dispatch on each side, metrics off and on.
+    metrics_rounds: usize,
     queued: usize,
     idle: Duration,
 }
@@ -88,6 +97,7 @@ impl Plan {
             spread: 5_000,
             spread_over: Duration::from_secs(10),
             burst: 20_000,
+            metrics_rounds: 5,
             queued: 1_000_000,
             idle: Duration::from_secs(30),
         };
@@ -111,6 +121,7 @@ impl Plan {
                 spread: 50,
                 spread_over: Duration::from_secs(1),
                 burst: 200,
+                metrics_rounds: 1,
                 queued: 10_000,
                 idle: Duration::from_secs(2),
             },
@@ -139,7 +150,8 @@ pub fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
     say("measuring the machine's limits");
     let sqlite = limits::sqlite(dir.path(), plan.limit_window)?;
     quiesce(&dir.path().join("limits"));
-    let figures = runtime.block_on(measure(dir.path(), plan, sqlite))?;
+    let (figures, drawn) = runtime.block_on(measure(dir.path(), plan, sqlite))?;
+    picture::write(&args.svg, &drawn.title, &drawn.lateness_ms, &drawn.runs)?;
 
     println!("Machine: {}", machine.describe());
     println!(
@@ -150,6 +162,7 @@ pub fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
         },
         started.elapsed().as_secs_f64()
     );
+    println!("Picture: {}", args.svg.display());
     println!();
     print!("{}", report::table(&figures));
     if json {
@@ -178,9 +191,20 @@ fn quiesce(dir: &Path) {
     let _ = std::process::Command::new("sync").status();
 }
 
+/// What the picture shows.
+struct Drawn {
+    title: String,
+    lateness_ms: Vec<f64>,
+    runs: Vec<picture::Run>,
+}
+
 /// Everything after the SQLite limits, which `sqlite` holds as (durable
 /// single-row commits/s, rows/s in batched commits).
-async fn measure(dir: &Path, plan: Plan, sqlite: (f64, f64)) -> anyhow::Result<Vec<Figure>> {
+async fn measure(
+    dir: &Path,
+    plan: Plan,
+    sqlite: (f64, f64),
+) -> anyhow::Result<(Vec<Figure>, Drawn)> {
     let mut figures = Vec::new();
     let (commits, rows) = sqlite;
     let http = limits::http(plan.limit_window).await?;
@@ -211,7 +235,7 @@ async fn measure(dir: &Path, plan: Plan, sqlite: (f64, f64)) -> anyhow::Result<V
         "dispatching {} jobs at 0 ms latency",
         plan.dispatch
     ));
-    let fast =
+    let (fast, fast_sent) =
         dispatch::throughput(&dir.join("dispatch-0ms"), plan.dispatch, Duration::ZERO).await?;
     quiesce(&dir.join("dispatch-0ms"));
     figures.push(
@@ -229,7 +253,8 @@ async fn measure(dir: &Path, plan: Plan, sqlite: (f64, f64)) -> anyhow::Result<V
         plan.dispatch
     ));
     let latency = Duration::from_millis(20);
-    let slow = dispatch::throughput(&dir.join("dispatch-20ms"), plan.dispatch, latency).await?;
+    let (slow, slow_sent) =
+        dispatch::throughput(&dir.join("dispatch-20ms"), plan.dispatch, latency).await?;
     quiesce(&dir.join("dispatch-20ms"));
     let allowed = fixture::CONCURRENCY as f64 / latency.as_secs_f64();
     figures.push(
@@ -263,6 +288,17 @@ async fn measure(dir: &Path, plan: Plan, sqlite: (f64, f64)) -> anyhow::Result<V
     figures.extend(lateness_figures(&lateness, plan, http));
     quiesce(&dir.join("lateness"));
 
+    say("enqueue and dispatch again, with metrics off and on in turn");
+    let cost = metrics::cost(
+        &dir.join("metrics"),
+        plan.parallel,
+        plan.dispatch,
+        plan.metrics_rounds,
+    )
+    .await?;
+    figures.extend(metrics::figures(&cost, plan.parallel, plan.dispatch));
+    quiesce(&dir.join("metrics"));
+
     let scale = scale::run(
         &dir.join("scale"),
         plan.queued,
@@ -272,7 +308,25 @@ async fn measure(dir: &Path, plan: Plan, sqlite: (f64, f64)) -> anyhow::Result<V
     )
     .await?;
     figures.extend(scale_figures(&scale, plan, rows));
-    Ok(figures)
+    let drawn = Drawn {
+        title: format!(
+            "{} jobs due over {} s",
+            count(plan.spread),
+            plan.spread_over.as_secs_f64()
+        ),
+        lateness_ms: lateness.spread_ms,
+        runs: vec![
+            picture::Run {
+                name: format!("{} due now, 0 ms latency", count(plan.dispatch)),
+                sent: fast_sent,
+            },
+            picture::Run {
+                name: format!("{} due now, 20 ms latency", count(plan.dispatch)),
+                sent: slow_sent,
+            },
+        ],
+    };
+    Ok((figures, drawn))
 }
 
 async fn enqueue_figures(

@@ -137,6 +137,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub breaker: BreakerConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// `[coax]`: how to reach the Coax API.
@@ -314,6 +315,20 @@ pub struct LogConfig {
     pub level: String,
     /// How often the queue summary line is logged; `None` when turned off.
     pub summary_interval: Option<Duration>,
+}
+
+/// `[metrics]`: the Prometheus endpoint; off when `listen` is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<MetricsListen>,
+}
+
+/// Where `GET /metrics` and `GET /health` are served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    /// An absolute Unix socket path.
+    Unix(PathBuf),
 }
 
 impl Config {

@@ -101,6 +101,7 @@ impl Daemon {
             None => Handle::new(settings),
         };
         let (summary_interval, summary_every) = watch::channel(config.log.summary_interval);
+        let metrics = crate::metrics::Exporter::start(&config, &store, &dispatch).await?;
         let tasks = Tasks::spawn(&config, &store, &coax, &dispatch, listener, summary_every);
         announce(&config, &store, recovered.len()).await?;
 
@@ -115,6 +116,7 @@ impl Daemon {
         crate::systemd::stopping();
         tracing::info!("shutting down: no new jobs are claimed");
         tasks.stop().await;
+        metrics.stop().await;
         tracing::info!("coax-scheduler stopped");
         Ok(())
     }

@@ -279,6 +279,7 @@ impl Dispatcher {
 
     /// Logs a change of the gate's mode.
     fn changed(&self, previous: Mode, mode: Mode) {
+        crate::metrics::dispatch_changed(previous.name(), mode.name());
         let until = self
             .handle
             .status(mode)

@@ -10,7 +10,8 @@
 //! Around that core: [`daemon`] assembles the parts, [`reload`] applies a
 //! new config on SIGHUP, [`housekeeping`] prunes finished jobs, [`summary`]
 //! and [`logging`] make the logs the status page, and [`systemd`] speaks to
-//! the service manager. [`simulate`] is a Coax stand-in that serves the
+//! the service manager; [`metrics`] serves Prometheus. [`simulate`] is a
+//! Coax stand-in that serves the
 //! [`demo`] and the [`bench`](mod@bench)mark.
 //!
 //! The modules link to their private parts on purpose: read these docs with
@@ -31,6 +32,7 @@ pub mod dispatch;
 pub mod housekeeping;
 pub mod job;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod reload;

@@ -136,6 +136,7 @@ impl Live {
                 "coax.request_timeout",
             ),
             (new.log.format != old.log.format, "log.format"),
+            (new.metrics != old.metrics, "[metrics]"),
             (
                 new.dispatch.default_ttl != old.dispatch.default_ttl,
                 "dispatch.default_ttl",

@@ -61,7 +61,10 @@ impl Service {
     /// Carries out one request from the peer with `uid` and returns its
     /// answer line (no newline).
     pub async fn handle(&self, request: Request, uid: Option<u32>) -> String {
-        match self.answer(request, uid).await {
+        let op = crate::metrics::op_name(&request);
+        let answer = self.answer(request, uid).await;
+        crate::metrics::socket_request(op, answer.as_ref().err().map(|e| e.code));
+        match answer {
             Ok(line) => line,
             Err(e) => e.to_line(),
         }
@@ -243,6 +246,7 @@ impl Service {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
         let earliest = jobs.iter().map(|j| j.scheduled_at).min();
         let done = self.store.enqueue(jobs).await.map_err(|e| internal(&e))?;
+        crate::metrics::enqueued(&done);
         if let Some(at) = earliest {
             self.dispatch.wake_if_before(at);
         }

@@ -275,6 +275,7 @@ impl Store {
         &self,
         jobs: Vec<crate::job::NewJob>,
     ) -> Result<Vec<crate::protocol::Enqueued>, StoreError> {
+        let _timed = crate::metrics::store_call("enqueue");
         self.call(move |c| queries::enqueue(c, &jobs, crate::time::now()))
             .await
     }
@@ -283,6 +284,7 @@ impl Store {
         &self,
         lookup: Lookup,
     ) -> Result<Option<crate::protocol::JobView>, StoreError> {
+        let _timed = crate::metrics::store_call("get");
         self.call(move |c| queries::get(c, &lookup)).await
     }
 
@@ -300,6 +302,7 @@ impl Store {
         order: crate::protocol::ListOrder,
         after: Option<crate::protocol::ListCursor>,
     ) -> Result<ListPage, StoreError> {
+        let _timed = crate::metrics::store_call("list");
         let limit = limit as usize;
         let mut page = ListPage {
             jobs: Vec::new(),
@@ -332,6 +335,7 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+        let _timed = crate::metrics::store_call("cancel");
         self.call(move |c| queries::cancel(c, id, crate::time::now()))
             .await
     }
@@ -341,6 +345,7 @@ impl Store {
         id: i64,
         at: Millis,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+        let _timed = crate::metrics::store_call("reschedule");
         self.call(move |c| queries::reschedule(c, id, at, crate::time::now()))
             .await
     }
@@ -349,21 +354,25 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+        let _timed = crate::metrics::store_call("requeue");
         self.call(move |c| queries::requeue(c, id, crate::time::now()))
             .await
     }
 
     pub async fn stats(&self) -> Result<Summary, StoreError> {
+        let _timed = crate::metrics::store_call("stats");
         self.call(queries::summary).await
     }
 
     /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
     pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
+        let _timed = crate::metrics::store_call("claim");
         self.call(move |c| delivery::claim(c, now, limit)).await
     }
 
     /// Records how an attempt ended and moves its job on.
     pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
+        let _timed = crate::metrics::store_call("finish");
         self.call(move |c| delivery::finish(c, &finish)).await
     }
 
@@ -373,6 +382,7 @@ impl Store {
         &self,
         now: Millis,
     ) -> Result<(Summary, u64, Option<Millis>), StoreError> {
+        let _timed = crate::metrics::store_call("overview");
         self.call(move |c| {
             let summary = queries::summary(c)?;
             let (due, oldest) = delivery::overdue(c, now)?;
@@ -391,6 +401,7 @@ impl Store {
     /// call stays small. A failure stops the prune; the steps before it
     /// stay done.
     pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
+        let _timed = crate::metrics::store_call("prune");
         if dry_run {
             return self.call(move |c| queries::count_prunable(c, before)).await;
         }
@@ -443,6 +454,7 @@ impl Store {
 
     /// The earliest `scheduled_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        let _timed = crate::metrics::store_call("next_due");
         self.call(delivery::next_due).await
     }
 }

@@ -25,10 +25,27 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 /// How often progress is polled. Reading the simulator's counters is a few
 /// atomic loads, so polling does not disturb what is measured.
 const POLL: Duration = Duration::from_millis(1);
+/// How often the count of sends is noted for the picture.
+const MARK_EVERY: Duration = Duration::from_millis(20);
 
 /// Sends per second for `jobs` jobs due now, against a simulator that waits
-/// `latency` before each answer.
-pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::Result<f64> {
+/// `latency` before each answer; and how many had been sent at moments
+/// along the way (seconds since the daemon started), for the picture.
+pub async fn throughput(
+    dir: &Path,
+    jobs: usize,
+    latency: Duration,
+) -> anyhow::Result<(f64, Vec<(f64, u64)>)> {
+    throughput_with(dir, jobs, latency, "").await
+}
+
+/// [`throughput`], with `extra` appended to the daemon's config.
+pub async fn throughput_with(
+    dir: &Path,
+    jobs: usize,
+    latency: Duration,
+    extra: &str,
+) -> anyhow::Result<(f64, Vec<(f64, u64)>)> {
     let simulator = Simulator::start(
         "127.0.0.1:0",
         SimOptions {
@@ -38,7 +55,7 @@ pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::R
     )
     .await
     .context("cannot start the simulator")?;
-    let config = fixture::config(dir, &simulator.base_url())?;
+    let config = fixture::config_with(dir, &simulator.base_url(), extra)?;
     let daemon = Daemon::open(config.clone()).context("cannot open the benchmark daemon")?;
     let store = daemon.store();
     let now = time::now();
@@ -49,7 +66,16 @@ pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::R
     let stats = simulator.stats();
     let deadline = started + patience(jobs);
     let target = jobs as u64;
+    let mut timeline = Vec::new();
+    let mut next_mark = Duration::ZERO;
     while stats.reply_total(Reply::Sent) < target {
+        if started.elapsed() >= next_mark {
+            timeline.push((
+                started.elapsed().as_secs_f64(),
+                stats.reply_total(Reply::Sent),
+            ));
+            next_mark += MARK_EVERY;
+        }
         if Instant::now() > deadline {
             bail!(
                 "only {} of {jobs} jobs were sent within {} s",
@@ -73,12 +99,13 @@ pub async fn throughput(dir: &Path, jobs: usize, latency: Duration) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
+    timeline.push((elapsed.as_secs_f64(), target));
     running.stop().await?;
     simulator
         .stop()
         .await
         .context("the simulator did not stop cleanly")?;
-    Ok(jobs as f64 / elapsed.as_secs_f64())
+    Ok((jobs as f64 / elapsed.as_secs_f64(), timeline))
 }
 
 /// A generous bound on how long `jobs` sends may take, against hangs.
@@ -175,6 +202,8 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 /// What the lateness phase measured.
 pub struct Lateness {
     pub spread: Spread,
+    /// Each spread job's lateness in ms, sorted, for the picture.
+    pub spread_ms: Vec<f64>,
     /// From the instant all burst jobs were due until the last reached Coax.
     pub burst: Duration,
 }
@@ -242,6 +271,7 @@ pub async fn lateness(
     }
     Ok(Lateness {
         spread: spread_figures,
+        spread_ms: values,
         burst: Duration::from_secs_f64(last.max(0.0) / 1_000.0),
     })
 }

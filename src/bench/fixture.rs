@@ -64,8 +64,14 @@ fn key_env(name: &str) -> Option<String> {
 
 /// The config of a phase in `dir`, as if read from `dir/config.toml`.
 pub fn config(dir: &Path, base_url: &str) -> anyhow::Result<Config> {
+    config_with(dir, base_url, "")
+}
+
+/// The same, with `extra` (such as a `[metrics]` section) appended.
+pub fn config_with(dir: &Path, base_url: &str, extra: &str) -> anyhow::Result<Config> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Config::from_toml(&config_text(base_url), &dir.join("config.toml"), &key_env)
+    let text = format!("{}{extra}", config_text(base_url));
+    Config::from_toml(&text, &dir.join("config.toml"), &key_env)
         .context("the benchmark's daemon config is invalid")
 }
 

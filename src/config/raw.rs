@@ -24,6 +24,8 @@ pub(super) struct RawConfig {
     breaker: RawBreaker,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +225,12 @@ impl Default for RawLog {
 pub(super) enum RawLogFormat {
     Text,
     Json,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMetrics {
+    listen: Option<String>,
 }
 
 pub(super) fn default_request_timeout() -> Duration {
@@ -467,6 +475,14 @@ impl RawConfig {
         // log
         check_log_level(&self.log.level).map_err(|m| invalid("log.level", m))?;
 
+        // metrics
+        let metrics_listen = match self.metrics.listen {
+            None => None,
+            Some(text) => {
+                Some(check_metrics_listen(&text, &dir).map_err(|m| invalid("metrics.listen", m))?)
+            }
+        };
+
         // The key is loaded last so that a broken config file is reported
         // before anything is read from the credentials.
         let api_key = load_api_key(api_key_file.as_deref(), env)?;
@@ -523,6 +539,9 @@ impl RawConfig {
                 level: self.log.level,
                 // "0" turns the summary off.
                 summary_interval: Some(self.log.summary_interval).filter(|d| !d.is_zero()),
+            },
+            metrics: MetricsConfig {
+                listen: metrics_listen,
             },
             source,
         })
@@ -666,6 +685,28 @@ pub(super) fn check_route(
         )),
         _ => Ok(()),
     }
+}
+
+/// An address such as `127.0.0.1:9464` or `[::1]:9464`, or a Unix socket
+/// path (anything with a `/`), relative to the config file's directory.
+pub(super) fn check_metrics_listen(text: &str, dir: &Path) -> Result<MetricsListen, String> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(MetricsListen::Tcp(addr));
+    }
+    if !text.contains('/') {
+        return Err(format!(
+            r#"{text:?} is neither an address such as "127.0.0.1:9464" nor a Unix socket path such as "/run/coax-scheduler/metrics.sock""#
+        ));
+    }
+    let path = dir.join(text);
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH_BYTES {
+        return Err(format!(
+            "resolves to {} ({len} bytes), but Unix socket paths are limited to {MAX_SOCKET_PATH_BYTES} bytes",
+            path.display()
+        ));
+    }
+    Ok(MetricsListen::Unix(path))
 }
 
 pub(super) fn check_log_level(level: &str) -> Result<(), String> {

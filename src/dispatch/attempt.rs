@@ -21,6 +21,7 @@ pub(super) struct Report {
 /// Sends one claimed job and records the outcome.
 pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     let started = Instant::now();
+    crate::metrics::attempt_started(&job, ctx.clock().wall());
     let answer = ctx.coax.send(&job).await;
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let now = ctx.clock().wall();
@@ -54,6 +55,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     log_attempt(&ctx, &job, status, latency_ms, &decision, ambiguous);
 
     let label = decision.label();
+    crate::metrics::attempt(job.kind, label, started.elapsed());
     let finish = Finish {
         id: job.id,
         seq: job.seq,

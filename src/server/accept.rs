@@ -127,6 +127,7 @@ pub async fn serve(
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _counted = crate::metrics::connection();
             tracing::debug!(peer = %who, slot = ?kind, "client connected");
             if let Err(e) = connection::run(stream, &service, &limits, kind, shutdown).await {
                 tracing::debug!(peer = %who, error = %e, "client connection ended with an error");

@@ -186,7 +186,10 @@ pub async fn run(
         }
         let answer = match request {
             Ok(request) => service.handle(request, uid).await,
-            Err(e) => e.to_line(),
+            Err(e) => {
+                crate::metrics::socket_request("invalid", Some(e.code));
+                e.to_line()
+            }
         };
         // Handled: the request's memory is gone, let the next large line in.
         if let Some(permit) = permit {

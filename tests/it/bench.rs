@@ -1,5 +1,6 @@
 //! `coax-scheduler bench --scale small` as the real binary runs it: it must
-//! finish, exit 0 and print the machine and a table row for every figure.
+//! finish, exit 0, print the machine and a table row for every figure, and
+//! write its picture.
 //! Speeds are not checked; at this size they mean little.
 
 use serde_json::Value;
@@ -21,6 +22,12 @@ const FIGURES: &[&str] = &[
     "lateness_max",
     "lateness_early",
     "burst_last_sent",
+    "metrics_off_enqueue",
+    "metrics_on_enqueue",
+    "metrics_off_dispatch",
+    "metrics_on_dispatch",
+    "metrics_calls_enqueue",
+    "metrics_calls_dispatch",
     "scale_fill",
     "scale_startup",
     "scale_idle_rss",
@@ -31,8 +38,11 @@ const FIGURES: &[&str] = &[
 
 #[tokio::test]
 async fn the_small_benchmark_prints_every_figure() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let svg = dir.path().join("bench.svg");
     let output = Command::new(env!("CARGO_BIN_EXE_coax-scheduler"))
-        .args(["bench", "--scale", "small", "--json"])
+        .args(["bench", "--scale", "small", "--json", "--svg"])
+        .arg(&svg)
         .env_remove("RUST_LOG")
         .kill_on_drop(true)
         .output();
@@ -48,6 +58,11 @@ async fn the_small_benchmark_prints_every_figure() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("Machine: "), "{stdout}");
+    let picture = std::fs::read_to_string(&svg).expect("the picture is written");
+    assert!(picture.starts_with("<svg"), "{picture}");
+    for caption in ["Lateness at the simulator", "Sends per second"] {
+        assert!(picture.contains(caption), "no {caption:?} in the picture");
+    }
     assert!(
         stdout
             .lines()

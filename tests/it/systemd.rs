@@ -5,7 +5,7 @@
 //! and `config.example.toml` agree on the paths and modes they share.
 //!
 //! Where `systemd-analyze` is missing the two tool checks print a note and
-//! pass, except under CI (`CI` set), where `.ci/run` installs it and a missing
+//! pass, except under CI (`CI` set), where `.ci/test` installs it and a missing
 //! tool is a failure rather than a silent skip.
 
 use coax_scheduler::config::Config;
@@ -48,7 +48,7 @@ fn systemd_analyze(args: &[&std::ffi::OsStr]) -> Option<Output> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             assert!(
                 std::env::var_os("CI").is_none(),
-                "systemd-analyze is missing under CI; .ci/run should have installed it (package systemd)"
+                "systemd-analyze is missing under CI; .ci/test should have installed it (package systemd)"
             );
             eprintln!(
                 "note: systemd-analyze is not installed; the systemd unit checks are skipped \
