@@ -589,6 +589,7 @@ fn open_store(db: &Path) -> Store {
     let (store, opened) = Store::open(&Options {
         path: db.to_owned(),
         on_ambiguous: OnAmbiguous::Retry,
+        max_attempts: 5,
     })
     .expect("the store opens");
     assert!(opened.recovered.is_empty());
