@@ -10,9 +10,11 @@
 //! them, so no query sorts the table. The position is `(scheduled_at, id)`
 //! or `(updated_at, id)`, which orders jobs across states too, so one
 //! cursor serves every state. A row whose time there is not an integer
-//! (a hand edit) has no position: the step that meets it repairs its time
-//! columns, setting each that is not an integer to now, with an ERROR line
-//! (see [`quarantine::repair_times`]), and reads the positions again.
+//! (a hand edit) has no position: a list's first step seeks such rows (a
+//! seek past the largest integer, where SQLite sorts text), and any step
+//! that meets one repairs its time columns, setting each that is not an
+//! integer to now, with an ERROR line (see [`quarantine::repair_times`]),
+//! then reads the positions again.
 
 use super::queries::{self, Lookup};
 use super::{StoreError, quarantine};
@@ -55,6 +57,14 @@ pub(super) const POSITION_SQL: [[&str; 2]; 2] = [
         "SELECT updated_at, id FROM jobs
          WHERE state = ?1 AND updated_at < ?2 ORDER BY updated_at DESC, id DESC LIMIT ?4",
     ],
+];
+
+/// The jobs of one state whose time is not an integer (SQLite sorts text
+/// and blobs after every integer), in each order: a seek past the largest
+/// integer.
+pub(super) const UNPLACED_SQL: [&str; 2] = [
+    "SELECT id FROM jobs WHERE state = ?1 AND scheduled_at > 9223372036854775807 LIMIT ?2",
+    "SELECT id FROM jobs WHERE state = ?1 AND updated_at > 9223372036854775807 LIMIT ?2",
 ];
 
 /// One step of a list.
@@ -156,6 +166,20 @@ fn positions(
     let mut found = Vec::new();
     let mut bad = Vec::new();
     for state in states {
+        if from == start(from.order) {
+            // A walk's start repairs the times that are not integers, so
+            // that the walk meets those rows in their new places. (The
+            // seeks below reach them only last in order `due`, and never
+            // in order `recent`.)
+            let unplaced = match from.order {
+                ListOrder::Due => UNPLACED_SQL[0],
+                ListOrder::Recent => UNPLACED_SQL[1],
+            };
+            let mut stmt = conn.prepare_cached(unplaced)?;
+            for id in stmt.query_map(params![state.as_str(), rows as i64], |r| r.get(0))? {
+                bad.push(id?);
+            }
+        }
         let mut taken = 0;
         for query in sql {
             let room = rows - taken;

@@ -126,6 +126,16 @@ fn every_list_query_seeks_in_an_index_and_sorts_nothing() {
         recent_earlier,
         "SEARCH jobs USING COVERING INDEX jobs_by_state_updated (state=? AND updated_at<?)"
     );
+    let [due_unplaced, recent_unplaced] =
+        listing::UNPLACED_SQL.map(|sql| plan_of(&conn, sql, params!["sent", 10]));
+    assert_eq!(
+        due_unplaced,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
+    );
+    assert_eq!(
+        recent_unplaced,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_updated (state=? AND updated_at>?)"
+    );
 }
 
 #[test]

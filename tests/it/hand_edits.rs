@@ -258,6 +258,27 @@ async fn list_and_get_show_rows_with_wrong_column_types() {
     assert_eq!(created["job"]["state"], "sent", "{created}");
     assert_eq!(created["job"]["created_at"], "long ago", "{created}");
 
+    // Paging one job at a time meets every job once, and ends, in either
+    // order (text sorts after every integer, so has no place unrepaired).
+    for order in ["recent", "due"] {
+        let mut seen = BTreeSet::new();
+        let mut after = Value::Null;
+        for _ in 0..50 {
+            let answer = daemon
+                .request(json!({"op": "list", "limit": 1, "order": order, "after": after}))
+                .await;
+            assert_eq!(answer["ok"], true, "{answer}");
+            for job in answer["jobs"].as_array().into_iter().flatten() {
+                assert!(seen.insert(job["key"].to_string()), "twice: {answer}");
+            }
+            after = answer["next"].clone();
+            if after.is_null() {
+                break;
+            }
+        }
+        assert!(after.is_null(), "the list does not end");
+        assert_eq!(seen.len(), 10, "{order}: {seen:?}");
+    }
     for request in [
         json!({"op": "list"}),
         json!({"op": "list", "state": "failed", "order": "recent"}),
@@ -265,25 +286,12 @@ async fn list_and_get_show_rows_with_wrong_column_types() {
     ] {
         let answer = daemon.request(request.clone()).await;
         assert_eq!(answer["ok"], true, "{request}: {answer}");
+        assert_eq!(
+            answer["jobs"].as_array().map(Vec::len),
+            Some(if request["state"].is_null() { 10 } else { 4 }),
+            "{request}: {answer}"
+        );
     }
-    // Paging one job at a time meets every job once, and ends.
-    let mut seen = BTreeSet::new();
-    let mut after = Value::Null;
-    for _ in 0..50 {
-        let answer = daemon
-            .request(json!({"op": "list", "limit": 1, "after": after}))
-            .await;
-        assert_eq!(answer["ok"], true, "{answer}");
-        for job in answer["jobs"].as_array().into_iter().flatten() {
-            assert!(seen.insert(job["key"].to_string()), "twice: {answer}");
-        }
-        after = answer["next"].clone();
-        if after.is_null() {
-            break;
-        }
-    }
-    assert!(after.is_null(), "the list does not end");
-    assert_eq!(seen.len(), 10, "{seen:?}");
     daemon.stop().await;
 }
 
