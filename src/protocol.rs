@@ -404,6 +404,7 @@ impl Args<'_> {
 
     fn lookup(&mut self) -> Result<Lookup, ErrorBody> {
         self.drop_null("key");
+        self.drop_null("id");
         if self.fields.contains_key("key") {
             if self.fields.contains_key("id") {
                 return Err(ErrorBody::bad_request("give \"id\" or \"key\", not both"));

@@ -365,6 +365,7 @@ async fn a_null_optional_field_means_absent() {
     for request in [
         json!({"op": "prune", "older_than": null, "dry_run": null}),
         json!({"op": "get", "id": id, "key": null}),
+        json!({"op": "get", "key": "k", "id": null}),
         json!({"op": "list", "state": null, "limit": null, "order": null, "after": null}),
     ] {
         let answer = daemon.request(request.clone()).await;
