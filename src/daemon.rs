@@ -37,6 +37,7 @@ impl Daemon {
         let (store, opened) = Store::open(&store::Options {
             path: config.store.path.clone(),
             on_ambiguous: config.dispatch.on_ambiguous,
+            max_attempts: config.retry.max_attempts,
         })?;
         Ok(Daemon {
             config,
@@ -85,6 +86,7 @@ impl Daemon {
                 key = job.key.as_deref().unwrap_or(""),
                 attempt = job.attempt,
                 held = job.held,
+                failed = job.failed,
                 "found in 'sending' at start-up: its last request may have reached Coax; a possible duplicate"
             );
         }
@@ -100,10 +102,13 @@ impl Daemon {
             Some(clock) => Handle::with_clock(settings, clock),
             None => Handle::new(settings),
         };
+        // Every start-up check before the dispatcher starts: a start that
+        // fails must not have claimed (and perhaps sent) a job first.
+        let summary = store.stats().await.context("cannot read the queue")?;
         let (summary_interval, summary_every) = watch::channel(config.log.summary_interval);
         let metrics = crate::metrics::Exporter::start(&config, &store, &dispatch).await?;
         let tasks = Tasks::spawn(&config, &store, &coax, &dispatch, listener, summary_every);
-        announce(&config, &store, recovered.len()).await?;
+        announce(&config, &summary, recovered.len());
 
         let live = crate::reload::Live {
             config,
@@ -210,8 +215,7 @@ impl Tasks {
 }
 
 /// Logs the start-up line and tells systemd the daemon is ready.
-async fn announce(config: &Config, store: &Store, recovered: usize) -> anyhow::Result<()> {
-    let summary = store.stats().await.context("cannot read the queue")?;
+fn announce(config: &Config, summary: &store::Summary, recovered: usize) {
     let scheduled = summary
         .counts
         .get(&crate::job::State::Scheduled)
@@ -231,7 +235,6 @@ async fn announce(config: &Config, store: &Store, recovered: usize) -> anyhow::R
         "{scheduled} scheduled; listening on {}",
         config.socket.path.display()
     ));
-    Ok(())
 }
 
 /// Waits for `shutdown`, reloading the config on each message from `reloads`.

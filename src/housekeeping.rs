@@ -23,7 +23,11 @@ pub struct Report {
 
 /// Prunes finished jobs older than `age`, logging what was removed.
 pub async fn prune(store: &Store, age: Duration, dry_run: bool) -> Result<Report, StoreError> {
-    let before = time::now().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+    // An age reaching before 1970 means every finished job: no job is
+    // updated before the epoch, and `before` stays an RFC 3339 time.
+    let before = time::now()
+        .saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+        .max(0);
     let pruned = store.prune(before, dry_run).await?;
     tracing::info!(
         jobs = pruned.jobs,

@@ -194,8 +194,8 @@ impl Default for Rules {
 pub const DEFAULT_MAX_JOB_BYTES: usize = 64 * 1024;
 
 const MAX_KEY_LEN: usize = 200;
-const MAX_CHANNEL_LEN: usize = 64;
-const MAX_ENQUIRY_ID_LEN: usize = 20;
+pub const MAX_CHANNEL_LEN: usize = 64;
+pub const MAX_ENQUIRY_ID_LEN: usize = 20;
 
 /// A channel or enquiry id becomes a URL path segment, so only a safe
 /// alphabet is allowed: nothing that could climb out of the route.

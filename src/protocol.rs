@@ -375,8 +375,20 @@ impl Args<'_> {
 
     fn optional_string(&mut self, name: &str) -> Result<Option<String>, ErrorBody> {
         match self.fields.get(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            Some(Value::Null) => {
+                // Null means absent, so it must not be left over as unknown.
+                self.fields.remove(name);
+                Ok(None)
+            }
             Some(_) => self.string(name).map(Some),
+        }
+    }
+
+    /// Drops `name` if it is null: for every optional field, null means absent.
+    fn drop_null(&mut self, name: &str) {
+        if self.fields.get(name) == Some(&Value::Null) {
+            self.fields.remove(name);
         }
     }
 
@@ -391,6 +403,8 @@ impl Args<'_> {
     }
 
     fn lookup(&mut self) -> Result<Lookup, ErrorBody> {
+        self.drop_null("key");
+        self.drop_null("id");
         if self.fields.contains_key("key") {
             if self.fields.contains_key("id") {
                 return Err(ErrorBody::bad_request("give \"id\" or \"key\", not both"));
@@ -465,6 +479,8 @@ impl Args<'_> {
     }
 
     fn enqueue(&mut self) -> Result<Enqueue, ErrorBody> {
+        self.drop_null("job");
+        self.drop_null("jobs");
         match (self.fields.remove("job"), self.fields.remove("jobs")) {
             (Some(job), None) => Ok(Enqueue::One(job)),
             (None, Some(Value::Array(jobs))) if !jobs.is_empty() => Ok(Enqueue::Batch(jobs)),

@@ -35,6 +35,7 @@ mod queries;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
@@ -159,6 +160,8 @@ pub struct Recovered {
     pub attempt: u32,
     /// The state it was put back in: `scheduled`, or `held` under `hold`.
     pub held: bool,
+    /// It had used up `retry.max_attempts`, so went to `failed` instead.
+    pub failed: bool,
 }
 
 /// How many finished jobs one call of a prune examines at most.
@@ -182,6 +185,8 @@ pub struct Store {
 pub struct Options {
     pub path: PathBuf,
     pub on_ambiguous: OnAmbiguous,
+    /// `retry.max_attempts`: a job recovered with none left is `failed`.
+    pub max_attempts: u32,
 }
 
 impl Store {
@@ -191,8 +196,9 @@ impl Store {
         schema::check(&options.path)?;
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
-        let recovered = delivery::recover(&conn, crate::time::now(), options.on_ambiguous)?;
-        let recounted = queries::reconcile_counts(&conn)?;
+        let now = crate::time::now();
+        let recovered = delivery::recover(&conn, now, options.on_ambiguous, options.max_attempts)?;
+        let recounted = queries::reconcile_counts(&conn, now)?;
         for r in &recounted {
             tracing::warn!(
                 state = r.state,
@@ -285,7 +291,8 @@ impl Store {
         lookup: Lookup,
     ) -> Result<Option<crate::protocol::JobView>, StoreError> {
         let _timed = crate::metrics::store_call("get");
-        self.call(move |c| queries::get(c, &lookup)).await
+        self.call(move |c| queries::get(c, &lookup, crate::time::now()))
+            .await
     }
 
     /// Up to `limit` jobs after `after` (from the start when `None`), in
@@ -316,7 +323,9 @@ impl Store {
                 listing::VIEWS_BUDGET.saturating_sub(bytes + usize::from(!page.jobs.is_empty()));
             let first = page.jobs.is_empty();
             let step = self
-                .call(move |c| listing::step(c, state, cursor, rows, budget, first))
+                .call(move |c| {
+                    listing::step(c, state, cursor, rows, budget, first, crate::time::now())
+                })
                 .await?;
             bytes += step.bytes + usize::from(!first && !step.jobs.is_empty());
             page.jobs.extend(step.jobs);
@@ -361,7 +370,7 @@ impl Store {
 
     pub async fn stats(&self) -> Result<Summary, StoreError> {
         let _timed = crate::metrics::store_call("stats");
-        self.call(queries::summary).await
+        self.call(|c| queries::summary(c, crate::time::now())).await
     }
 
     /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
@@ -384,7 +393,7 @@ impl Store {
     ) -> Result<(Summary, u64, Option<Millis>), StoreError> {
         let _timed = crate::metrics::store_call("overview");
         self.call(move |c| {
-            let summary = queries::summary(c)?;
+            let summary = queries::summary(c, now)?;
             let (due, oldest) = delivery::overdue(c, now)?;
             Ok((summary, due, oldest))
         })

@@ -121,6 +121,7 @@ async fn fill(db: &Path, jobs: usize) -> anyhow::Result<()> {
     let (store, _) = Store::open(&store::Options {
         path: db.to_owned(),
         on_ambiguous: OnAmbiguous::Retry,
+        max_attempts: 5,
     })
     .context("cannot open the queue to fill it")?;
     let base = time::add(time::now(), Duration::from_secs(86_400));

@@ -3,6 +3,7 @@
 //! like [`super::queries`].
 
 use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
+use super::view;
 use super::{Recovered, StoreError};
 use crate::config::OnAmbiguous;
 use crate::job::{Kind, State};
@@ -90,9 +91,13 @@ pub fn overdue(conn: &Connection, now: Millis) -> Result<(u64, Option<Millis>), 
     .map_err(StoreError::sqlite("counting due jobs"))
 }
 
+/// The earliest due time among scheduled jobs. SQLite sorts integers
+/// before text, so a time that is not an integer (a hand edit, which the
+/// sweep quarantines) is the minimum only when no other job is scheduled;
+/// it is then no due time.
 pub fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
     conn.prepare_cached("SELECT min(scheduled_at) FROM jobs WHERE state = 'scheduled'")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .and_then(|mut s| s.query_row([], |r| Ok(r.get_ref(0)?.as_i64().ok())))
         .map_err(StoreError::sqlite("finding the next due job"))
 }
 
@@ -162,7 +167,11 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
 
 pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
     let err = || StoreError::sqlite("recording an attempt");
-    let reason = reason_for(&f.decision, f.status);
+    // Coax's words are stored bounded, so no answer can grow a row (and
+    // the views of it) without limit, however often the job is requeued.
+    let bound = |text: &str| view::bounded(text.to_owned(), view::MAX_TEXT_BYTES);
+    let reason = reason_for(&f.decision, f.status).map(|r| bound(&r));
+    let error = f.error.as_deref().map(bound);
     conn.prepare_cached(
         "UPDATE attempts SET finished_at = ?3, status = ?4, error = ?5, decision = ?6,
                 ambiguous = ?7, latency_ms = ?8
@@ -174,7 +183,7 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
             f.seq,
             f.finished_at,
             f.status,
-            f.error.as_deref().or(reason.as_deref()),
+            error.as_deref().or(reason.as_deref()),
             f.decision.label(),
             f.ambiguous,
             i64::try_from(f.latency_ms).unwrap_or(i64::MAX),
@@ -188,7 +197,7 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
     };
     // A rejected key is not the job's fault: the attempt is given back.
     let give_back = f.decision == Decision::PauseForKey;
-    let result = f.result.as_ref().map(Value::to_string);
+    let result = f.result.as_ref().map(|r| view::bounded_json(r.to_string()));
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, scheduled_at = coalesce(?3, scheduled_at),
                 attempts = attempts - ?4, last_error = coalesce(?5, last_error),
@@ -212,36 +221,86 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
 
 /// Puts jobs left in `sending` by a crash back in line, marking their open
 /// attempts as ambiguous: the request may have reached Coax.
+///
+/// Each row is read as the claim reads it, and one that cannot be read is
+/// quarantined rather than stopping start-up. Under `retry`, a job that
+/// has used up its `max_attempts` goes to `failed` instead: sending it
+/// again would be one try more than allowed. Under `hold` every job is
+/// held, since only an operator's `requeue` sends it again.
 pub fn recover(
     conn: &Connection,
     now: Millis,
     policy: OnAmbiguous,
+    max_attempts: u32,
 ) -> Result<Vec<Recovered>, StoreError> {
     let (state, decision) = match policy {
         OnAmbiguous::Retry => (State::Scheduled, "retry"),
         OnAmbiguous::Hold => (State::Held, "held"),
     };
     let reason = "interrupted: the daemon stopped before Coax answered, so it may have been sent";
-    super::in_transaction(conn, "recovering interrupted sends", || {
-        let recovered = conn
-            .prepare(
-                "UPDATE jobs SET state = ?1, last_error = ?2, updated_at = ?3
-                 WHERE state = 'sending' RETURNING id, key, attempts",
-            )?
-            .query_map(params![state.as_str(), reason, now], |r| {
-                Ok(Recovered {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    attempt: r.get(2)?,
-                    held: state == State::Held,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+    let used_up = "interrupted: the daemon stopped before Coax answered, so it may have been sent; \
+                   no attempts left";
+    let during = "recovering interrupted sends";
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(StoreError::sqlite(during))?;
+    let work = || -> Result<Vec<Recovered>, StoreError> {
+        let rows = conn
+            .prepare(&format!(
+                "SELECT {DUE_COLUMNS} FROM jobs WHERE state = 'sending'"
+            ))
+            .and_then(|mut s| {
+                s.query_map([], read_due)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(StoreError::sqlite(during))?;
+        let mut put_back = conn
+            .prepare("UPDATE jobs SET state = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1")
+            .map_err(StoreError::sqlite(during))?;
+        let mut recovered = Vec::with_capacity(rows.len());
+        for row in rows {
+            let job = match row {
+                Ok(job) => job,
+                Err((id, why)) => {
+                    quarantine(conn, id, &why, now)?;
+                    continue;
+                }
+            };
+            // `attempt` counts this try too; the row holds the tries made.
+            let tries = job.attempt.saturating_sub(1);
+            let failed = policy == OnAmbiguous::Retry && tries >= max_attempts;
+            let (to, why) = if failed {
+                (State::Failed, used_up)
+            } else {
+                (state, reason)
+            };
+            put_back
+                .execute(params![job.id, to.as_str(), why, now])
+                .map_err(StoreError::sqlite(during))?;
+            recovered.push(Recovered {
+                id: job.id,
+                key: job.key,
+                attempt: tries,
+                held: to == State::Held,
+                failed,
+            });
+        }
         conn.execute(
             "UPDATE attempts SET finished_at = ?1, error = ?2, decision = ?3, ambiguous = 1
              WHERE finished_at IS NULL",
             params![now, reason, decision],
-        )?;
+        )
+        .map_err(StoreError::sqlite(during))?;
         Ok(recovered)
-    })
+    };
+    match work() {
+        Ok(recovered) => {
+            conn.execute_batch("COMMIT")
+                .map_err(StoreError::sqlite(during))?;
+            Ok(recovered)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }

@@ -9,12 +9,18 @@
 //! every state walks each state's index from the same cursor and merges
 //! them, so no query sorts the table. The position is `(scheduled_at, id)`
 //! or `(updated_at, id)`, which orders jobs across states too, so one
-//! cursor serves every state.
+//! cursor serves every state. A row whose time there is not an integer
+//! (a hand edit) has no position: a list's first step seeks such rows (a
+//! seek past the largest integer, where SQLite sorts text), and any step
+//! that meets one repairs its time columns, setting each that is not an
+//! integer to now, with an ERROR line (see [`quarantine::repair_times`]),
+//! then reads the positions again.
 
-use super::StoreError;
 use super::queries::{self, Lookup};
+use super::{StoreError, quarantine};
 use crate::job::State;
 use crate::protocol::{JobView, ListCursor, ListOrder, MAX_ANSWER_BYTES};
+use crate::time::Millis;
 use rusqlite::{Connection, params};
 
 /// What one answer line may spend on the views, leaving room for
@@ -53,6 +59,14 @@ pub(super) const POSITION_SQL: [[&str; 2]; 2] = [
     ],
 ];
 
+/// The jobs of one state whose time is not an integer (SQLite sorts text
+/// and blobs after every integer), in each order: a seek past the largest
+/// integer.
+pub(super) const UNPLACED_SQL: [&str; 2] = [
+    "SELECT id FROM jobs WHERE state = ?1 AND scheduled_at > 9223372036854775807 LIMIT ?2",
+    "SELECT id FROM jobs WHERE state = ?1 AND updated_at > 9223372036854775807 LIMIT ?2",
+];
+
 /// One step of a list.
 #[derive(Debug)]
 pub struct ListStep {
@@ -79,9 +93,20 @@ pub fn step(
     rows: usize,
     budget: usize,
     first: bool,
+    now: Millis,
 ) -> Result<ListStep, StoreError> {
-    let err = StoreError::sqlite("listing jobs");
-    let positions = positions(conn, state, from, rows).map_err(err)?;
+    let err = || StoreError::sqlite("listing jobs");
+    let mut positions = positions(conn, state, from, rows).map_err(err())?;
+    if let Err(bad) = positions {
+        // A time that is not an integer has no place in the order; once
+        // repaired the row has one, and the walk reads its positions anew.
+        for id in bad {
+            quarantine::repair_times(conn, id, now)?;
+        }
+        positions = self::positions(conn, state, from, rows).map_err(err())?;
+    }
+    // Repaired times are integers, so a second walk meets none.
+    let positions = positions.unwrap_or_default();
     let end = positions.len() < rows;
     let mut out = ListStep {
         jobs: Vec::new(),
@@ -97,7 +122,7 @@ pub fn step(
             id,
         };
         // A job pruned since its position was read is passed over.
-        let Some(mut view) = queries::get(conn, &Lookup::Id(id))? else {
+        let Some(mut view) = queries::get(conn, &Lookup::Id(id), now)? else {
             out.last = here;
             continue;
         };
@@ -119,21 +144,42 @@ pub fn step(
     Ok(out)
 }
 
+/// Positions `(time, id)` in a list's order, or the ids of rows that have
+/// none.
+type Positions = Result<Vec<(i64, i64)>, Vec<i64>>;
+
 /// The next `rows` positions after `from`: one state's index, or every
-/// state's merged.
+/// state's merged. Or, if some of those rows have a time that is not an
+/// integer (SQLite sorts text after every integer, so a walk meets them
+/// last), their ids.
 fn positions(
     conn: &Connection,
     state: Option<State>,
     from: ListCursor,
     rows: usize,
-) -> rusqlite::Result<Vec<(i64, i64)>> {
+) -> rusqlite::Result<Positions> {
     let states: Vec<State> = state.map_or_else(|| State::ALL.to_vec(), |s| vec![s]);
     let sql = match from.order {
         ListOrder::Due => POSITION_SQL[0],
         ListOrder::Recent => POSITION_SQL[1],
     };
     let mut found = Vec::new();
+    let mut bad = Vec::new();
     for state in states {
+        if from == start(from.order) {
+            // A walk's start repairs the times that are not integers, so
+            // that the walk meets those rows in their new places. (The
+            // seeks below reach them only last in order `due`, and never
+            // in order `recent`.)
+            let unplaced = match from.order {
+                ListOrder::Due => UNPLACED_SQL[0],
+                ListOrder::Recent => UNPLACED_SQL[1],
+            };
+            let mut stmt = conn.prepare_cached(unplaced)?;
+            for id in stmt.query_map(params![state.as_str(), rows as i64], |r| r.get(0))? {
+                bad.push(id?);
+            }
+        }
         let mut taken = 0;
         for query in sql {
             let room = rows - taken;
@@ -143,10 +189,13 @@ fn positions(
             let mut stmt = conn.prepare_cached(query)?;
             let rows = stmt.query_map(
                 params![state.as_str(), from.at, from.id, room as i64],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                |r| Ok((r.get_ref(0)?.as_i64().ok(), r.get::<_, i64>(1)?)),
             )?;
             for row in rows {
-                found.push(row?);
+                match row? {
+                    (Some(at), id) => found.push((at, id)),
+                    (None, id) => bad.push(id),
+                }
                 taken += 1;
             }
         }
@@ -155,6 +204,9 @@ fn positions(
         ListOrder::Due => found.sort_unstable(),
         ListOrder::Recent => found.sort_unstable_by(|a, b| b.cmp(a)),
     }
+    if !bad.is_empty() {
+        return Ok(Err(bad));
+    }
     found.truncate(rows);
-    Ok(found)
+    Ok(Ok(found))
 }

@@ -1,7 +1,11 @@
 //! Storage outages as the operator hears of them: one ERROR line when
 //! storage starts failing (a full disk, an I/O error, a read-only or locked
-//! file), and one INFO line, with the number of calls that failed, when a
-//! call writes again.
+//! file), and one INFO line, with the number of calls that failed, once
+//! calls have written again for [`SETTLE`] with no failure between.
+//!
+//! The wait is because a full disk still takes a small write now and then
+//! (one that fits in pages already there): ending the outage at the first
+//! write made a flap of ERROR, "recovered", ERROR within milliseconds.
 //!
 //! Every caller still gets its own error; this only decides what is
 //! logged, so that forty jobs in flight on a full disk make one line, not
@@ -11,13 +15,27 @@
 use super::StoreError;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long writes must go on succeeding, with no failure, before an
+/// outage is over.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// An outage in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failing {
+    /// Calls failed since it began.
+    calls: u64,
+    /// When the writes succeeding since the last failure began, if they have.
+    writing_since: Option<Instant>,
+}
 
 /// Shared by every clone of a [`super::Store`].
 #[derive(Debug)]
 pub(super) struct Outage {
     db: PathBuf,
-    /// Calls failed since the outage began; `None` while storage works.
-    failed: Mutex<Option<u64>>,
+    /// `None` while storage works.
+    failed: Mutex<Option<Failing>>,
 }
 
 impl Outage {
@@ -32,31 +50,43 @@ impl Outage {
     /// which is what shows that storage works again (reads go on working
     /// while a disk is full).
     pub fn observe<T>(&self, result: &Result<T, StoreError>, wrote: bool) {
+        self.observe_at(result, wrote, Instant::now());
+    }
+
+    fn observe_at<T>(&self, result: &Result<T, StoreError>, wrote: bool, now: Instant) {
         let mut failed = match self.failed.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         match (result, failed.as_mut()) {
             (Err(e), None) if e.is_unavailable() => {
-                *failed = Some(1);
+                *failed = Some(Failing {
+                    calls: 1,
+                    writing_since: None,
+                });
                 tracing::error!(
                     db = %self.db.display(),
                     error = %e,
                     "storage is failing: calls that write fail until it recovers"
                 );
             }
-            (Err(e), Some(n)) if e.is_unavailable() => {
-                *n += 1;
-                tracing::debug!(error = %e, failed_calls = *n, "storage is still failing");
+            (Err(e), Some(f)) if e.is_unavailable() => {
+                f.calls += 1;
+                f.writing_since = None;
+                tracing::debug!(error = %e, failed_calls = f.calls, "storage is still failing");
             }
-            (Ok(_), Some(n)) if wrote => {
-                tracing::info!(
-                    db = %self.db.display(),
-                    failed_calls = *n,
-                    "storage recovered"
-                );
-                *failed = None;
-            }
+            (Ok(_), Some(f)) if wrote => match f.writing_since {
+                None => f.writing_since = Some(now),
+                Some(since) if now.duration_since(since) >= SETTLE => {
+                    tracing::info!(
+                        db = %self.db.display(),
+                        failed_calls = f.calls,
+                        "storage recovered"
+                    );
+                    *failed = None;
+                }
+                Some(_) => {}
+            },
             _ => {}
         }
     }
@@ -74,17 +104,39 @@ mod tests {
     }
 
     #[test]
-    fn an_outage_is_counted_until_a_call_writes_again() {
+    fn an_outage_is_counted_until_calls_write_again_for_a_while() {
         let outage = Outage::new("q.db".into());
-        let count = || *outage.failed.lock().expect("lock");
-        outage.observe(&full(), false);
-        outage.observe(&full(), false);
-        outage.observe(&Ok(()), false);
+        let count = || outage.failed.lock().expect("lock").map(|f| f.calls);
+        let t0 = Instant::now();
+        outage.observe_at(&full(), false, t0);
+        outage.observe_at(&full(), false, t0);
+        outage.observe_at(&Ok(()), false, t0);
         assert_eq!(count(), Some(2), "a read does not end the outage");
         let refused: Result<(), StoreError> = Err(StoreError::Closed);
-        outage.observe(&refused, false);
+        outage.observe_at(&refused, false, t0);
         assert_eq!(count(), Some(2), "only storage failures are counted");
-        outage.observe(&Ok(()), true);
+        outage.observe_at(&Ok(()), true, t0);
+        outage.observe_at(&Ok(()), true, t0 + SETTLE);
+        assert_eq!(count(), None);
+    }
+
+    #[test]
+    fn disk_full_flap_one_write_that_fits_does_not_end_the_outage() {
+        let outage = Outage::new("q.db".into());
+        let count = || outage.failed.lock().expect("lock").map(|f| f.calls);
+        let t0 = Instant::now();
+        outage.observe_at(&full(), false, t0);
+        // A small write fits while the disk is still full, then writes fail.
+        outage.observe_at(&Ok(()), true, t0);
+        assert_eq!(count(), Some(1), "one write ended the outage");
+        let later = t0 + Duration::from_millis(2);
+        outage.observe_at(&full(), false, later);
+        assert_eq!(count(), Some(2), "the same outage goes on");
+        // Writes that succeed again start the wait anew.
+        outage.observe_at(&Ok(()), true, later + SETTLE / 2);
+        outage.observe_at(&Ok(()), true, later + SETTLE);
+        assert_eq!(count(), Some(2), "the wait began at the last failure's end");
+        outage.observe_at(&Ok(()), true, later + SETTLE / 2 + SETTLE);
         assert_eq!(count(), None);
     }
 }

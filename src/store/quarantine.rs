@@ -1,9 +1,10 @@
 //! Rows that cannot be read: checked before a job is sent, and moved to
 //! `failed` (quarantined) instead of failing the call that met them.
 //!
-//! A hand edit or bit rot can leave a row whose kind is not a kind, whose
-//! attempts are negative, or whose payload is not UTF-8 or not a JSON
-//! object. Such a row is read here column by column from SQLite's raw
+//! A hand edit or bit rot can leave a row whose kind or state is not one,
+//! whose attempts are negative, whose channel or enquiry id would climb
+//! out of its route, whose times are not integers, or whose payload is not
+//! UTF-8 or not a JSON object. Such a row is read here column by column from SQLite's raw
 //! values; what cannot be sent is moved to `failed` with `last_error`
 //! naming the fault and one ERROR line, so the jobs beside it keep
 //! flowing. The claim checks every due row it reads, and a sweep after
@@ -12,15 +13,16 @@
 
 use super::StoreError;
 use super::delivery::ClaimedJob;
-use crate::job::Kind;
+use super::view;
+use crate::job::{Kind, MAX_CHANNEL_LEN, MAX_ENQUIRY_ID_LEN, State, is_path_safe};
 use crate::time::Millis;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row, params};
 use serde_json::{Map, Value};
 
 /// The columns [`read_due`] expects, in order.
-pub(super) const DUE_COLUMNS: &str =
-    "id, key, kind, channel, enquiry_id, scheduled_at, attempts, payload, expires_at";
+pub(super) const DUE_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, attempts, \
+     payload, expires_at, created_at, updated_at";
 
 /// A due row: a job ready to send, or the id of one that cannot be read
 /// and why.
@@ -32,13 +34,17 @@ pub(super) fn read_due(r: &Row<'_>) -> rusqlite::Result<Due> {
     let v = |i: usize| r.get_ref(i);
     let (key, kind_, channel, enquiry, at, tries, body, expires) =
         (v(1)?, v(2)?, v(3)?, v(4)?, v(5)?, v(6)?, v(7)?, v(8)?);
+    let (created, updated) = (v(9)?, v(10)?);
     let job = (|| {
+        // Not needed to send, but every view shows them.
+        integer(created, "created_at")?;
+        integer(updated, "updated_at")?;
         Ok(ClaimedJob {
             id,
             key: optional_text(key, "key")?,
             kind: kind(kind_)?,
-            channel: text(channel, "channel")?,
-            enquiry_id: optional_text(enquiry, "enquiry_id")?,
+            channel: channel_of(channel)?,
+            enquiry_id: enquiry_of(enquiry)?,
             scheduled_at: integer(at, "scheduled_at")?,
             attempt: attempts(tries)?.saturating_add(1),
             seq: 0,
@@ -53,23 +59,158 @@ pub(super) fn read_due(r: &Row<'_>) -> rusqlite::Result<Due> {
 }
 
 /// Moves job `id` to `failed`, naming what is wrong with its row.
+///
+/// Its time columns that are not integers are set to `now` (`expires_at`
+/// to none), so a quarantined row can be listed and paged like any other:
+/// positions in a list are integer times. What they held was not a time.
 pub(super) fn quarantine(
     conn: &Connection,
     id: i64,
     reason: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let last_error = format!("quarantined: its row cannot be read ({reason})");
+    quarantine_row(conn, id, reason, now)
+        .map_err(StoreError::sqlite("quarantining an unreadable job"))
+}
+
+fn quarantine_row(conn: &Connection, id: i64, reason: &str, now: Millis) -> rusqlite::Result<()> {
+    let last_error = view::bounded(
+        format!("quarantined: its row cannot be read ({reason})"),
+        view::MAX_TEXT_BYTES,
+    );
     conn.prepare_cached(
-        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3,
+                scheduled_at = CASE typeof(scheduled_at) WHEN 'integer' THEN scheduled_at ELSE ?3 END,
+                created_at = CASE typeof(created_at) WHEN 'integer' THEN created_at ELSE ?3 END,
+                expires_at = CASE typeof(expires_at) WHEN 'integer' THEN expires_at ELSE NULL END
+         WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![id, last_error, now]))
-    .map_err(StoreError::sqlite("quarantining an unreadable job"))?;
+    .and_then(|_| drop_unknown_counts(conn))?;
     tracing::error!(
         job_id = id,
         reason,
         "a job's row cannot be read (was the database edited by hand?); moved to failed"
     );
+    Ok(())
+}
+
+/// Sets the time columns of job `id` that are not integers to `now`
+/// (`expires_at` to none), leaving its state alone: `list` meets such a
+/// row in a state the claim never reads (a `sent` job, say), and cannot
+/// place it in its order otherwise. What they held was not a time.
+pub(super) fn repair_times(conn: &Connection, id: i64, now: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET
+                scheduled_at = CASE typeof(scheduled_at) WHEN 'integer' THEN scheduled_at ELSE ?2 END,
+                created_at = CASE typeof(created_at) WHEN 'integer' THEN created_at ELSE ?2 END,
+                updated_at = CASE typeof(updated_at) WHEN 'integer' THEN updated_at ELSE ?2 END,
+                expires_at = CASE typeof(expires_at) WHEN 'integer' THEN expires_at ELSE NULL END
+         WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, now]))
+    .map_err(StoreError::sqlite("repairing a job's times"))?;
+    tracing::error!(
+        job_id = id,
+        "a job's times are not times (was the database edited by hand?); set to now"
+    );
+    Ok(())
+}
+
+/// Quarantines job `id`, whose state `stored` is not a job state.
+pub(super) fn bad_state(
+    conn: &Connection,
+    id: i64,
+    stored: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    quarantine(
+        conn,
+        id,
+        &format!("state {stored:?} is not a job state"),
+        now,
+    )
+}
+
+/// The job states as a SQL list, for `state NOT IN (...)`.
+pub(super) fn known_states() -> String {
+    let states: Vec<String> = State::ALL
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    states.join(", ")
+}
+
+/// Drops the counts kept for states that are not states once no job is
+/// counted in them (a quarantine moved the last one on).
+fn drop_unknown_counts(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.prepare_cached(&format!(
+        "DELETE FROM state_counts WHERE jobs = 0 AND state NOT IN ({})",
+        known_states()
+    ))?
+    .execute([])
+}
+
+/// How many jobs of one state that is not a state a call quarantines.
+const UNKNOWN_STEP: i64 = 1_000;
+
+/// Puts right counts kept for states that are not states, which a hand
+/// edit of a job's state leaves while the daemon runs: quarantines up to
+/// [`UNKNOWN_STEP`] of the jobs in each such state (a seek on the state
+/// index) and, once none is left, drops the count. `state_counts` holds a
+/// few rows, so this costs nothing when all is well.
+pub(super) fn unknown_counts(conn: &Connection, now: Millis) -> Result<(), StoreError> {
+    let err = || StoreError::sqlite("checking the counts per state");
+    let unknown: Vec<rusqlite::types::Value> = conn
+        .prepare_cached(&format!(
+            "SELECT state FROM state_counts WHERE state NOT IN ({})",
+            known_states()
+        ))
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(err())?;
+    for state in unknown {
+        let ids: Vec<(i64, String)> = conn
+            .prepare_cached("SELECT id, state FROM jobs WHERE state = ?1 LIMIT ?2")
+            .and_then(|mut s| {
+                s.query_map(params![state, UNKNOWN_STEP], |r| {
+                    Ok((r.get(0)?, view::raw_text(r.get_ref(1)?).unwrap_or_default()))
+                })?
+                .collect()
+            })
+            .map_err(err())?;
+        for (id, stored) in &ids {
+            bad_state(conn, *id, stored, now)?;
+        }
+        if (ids.len() as i64) < UNKNOWN_STEP {
+            conn.prepare_cached("DELETE FROM state_counts WHERE state = ?1")
+                .and_then(|mut s| s.execute([&state]))
+                .map_err(err())?;
+        }
+    }
+    Ok(())
+}
+
+/// Quarantines every job whose state is not a state, at start-up, when
+/// counting found one. The `NOT IN` walks the whole state index, so it is
+/// run only then.
+pub(super) fn unknown_states(conn: &Connection, now: Millis) -> rusqlite::Result<()> {
+    let found: Vec<(i64, String)> = conn
+        .prepare(&format!(
+            "SELECT id, state FROM jobs WHERE state NOT IN ({})",
+            known_states()
+        ))?
+        .query_map([], |r| {
+            Ok((r.get(0)?, view::raw_text(r.get_ref(1)?).unwrap_or_default()))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, stored) in found {
+        quarantine_row(
+            conn,
+            id,
+            &format!("state {stored:?} is not a job state"),
+            now,
+        )?;
+    }
     Ok(())
 }
 
@@ -176,6 +317,35 @@ fn integer(v: ValueRef<'_>, column: &str) -> Result<i64, String> {
         ValueRef::Integer(n) => Ok(n),
         other => Err(format!("{column} is {}, not an integer", other.data_type())),
     }
+}
+
+/// A channel as the job rules allow it: it becomes a path segment.
+fn channel_of(v: ValueRef<'_>) -> Result<String, String> {
+    let channel = text(v, "channel")?;
+    if channel.len() > MAX_CHANNEL_LEN || !is_path_safe(&channel) {
+        return Err(format!(
+            "channel {:?} is not a channel",
+            view::bounded(channel, 100)
+        ));
+    }
+    Ok(channel)
+}
+
+/// An enquiry id as the job rules allow it: digits, a path segment.
+fn enquiry_of(v: ValueRef<'_>) -> Result<Option<String>, String> {
+    let Some(enquiry) = optional_text(v, "enquiry_id")? else {
+        return Ok(None);
+    };
+    if enquiry.is_empty()
+        || enquiry.len() > MAX_ENQUIRY_ID_LEN
+        || !enquiry.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!(
+            "enquiry_id {:?} is not an enquiry id",
+            view::bounded(enquiry, 100)
+        ));
+    }
+    Ok(Some(enquiry))
 }
 
 fn kind(v: ValueRef<'_>) -> Result<Kind, String> {

@@ -6,13 +6,14 @@
 
 use super::StoreError;
 use super::delivery::next_due;
+use super::quarantine;
+use super::view::{self, JOB_COLUMNS, Read};
+pub(super) use super::view::{omit_payload, view_bytes};
 use crate::job::{NewJob, State};
-use crate::protocol::{AttemptView, Enqueued, JobView};
+use crate::protocol::{Enqueued, JobView};
 use crate::time::{self, Millis};
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::protocol::Lookup;
@@ -37,9 +38,6 @@ pub struct Summary {
     pub counts: BTreeMap<State, u64>,
     pub next_due: Option<Millis>,
 }
-
-const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, attempts, \
-     created_at, updated_at, last_error, result, payload, expires_at";
 
 pub fn enqueue(
     conn: &Connection,
@@ -86,16 +84,30 @@ pub fn enqueue(
                 scheduled_at: time::format(job.scheduled_at),
                 duplicate: false,
             },
-            (None, Some(key)) => existing
-                .query_row([key], |r| {
-                    Ok(Enqueued {
-                        id: r.get(0)?,
-                        state: state_column(r, 1)?,
-                        scheduled_at: time::format(r.get(2)?),
-                        duplicate: true,
+            (None, Some(key)) => {
+                let (id, stored, scheduled_at) = existing
+                    .query_row([key], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            view::raw_text(r.get_ref(1)?).unwrap_or_default(),
+                            view::time_text(r.get_ref(2)?).unwrap_or_default(),
+                        ))
                     })
-                })
-                .map_err(StoreError::sqlite("looking up a duplicate key"))?,
+                    .map_err(StoreError::sqlite("looking up a duplicate key"))?;
+                let state = match State::parse(&stored) {
+                    Some(state) => state,
+                    None => {
+                        quarantine::bad_state(conn, id, &stored, now)?;
+                        State::Failed
+                    }
+                };
+                Enqueued {
+                    id,
+                    state,
+                    scheduled_at,
+                    duplicate: true,
+                }
+            }
             (None, None) => {
                 return Err(err(rusqlite::Error::QueryReturnedNoRows));
             }
@@ -113,21 +125,30 @@ pub fn enqueue(
     Ok(out)
 }
 
-pub fn get(conn: &Connection, lookup: &Lookup) -> Result<Option<JobView>, StoreError> {
-    let err = StoreError::sqlite("reading a job");
-    let row = match lookup {
-        Lookup::Id(id) => conn
-            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
-            .and_then(|mut s| s.query_row([id], job_row).optional()),
-        Lookup::Key(key) => conn
-            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE key = ?1"))
-            .and_then(|mut s| s.query_row([key], job_row).optional()),
+/// Job `lookup` as a view. A row whose state is not a state is
+/// quarantined on the spot and shown as it then is.
+pub fn get(conn: &Connection, lookup: &Lookup, now: Millis) -> Result<Option<JobView>, StoreError> {
+    let read = |conn: &Connection| {
+        match lookup {
+            Lookup::Id(id) => conn
+                .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([id], view::read).optional()),
+            Lookup::Key(key) => conn
+                .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE key = ?1"))
+                .and_then(|mut s| s.query_row([key], view::read).optional()),
+        }
+        .map_err(StoreError::sqlite("reading a job"))
+    };
+    let mut row = read(conn)?;
+    if let Some(Read::BadState(id, state)) = &row {
+        quarantine::bad_state(conn, *id, state, now)?;
+        row = read(conn)?;
     }
-    .map_err(err)?;
     match row {
-        None => Ok(None),
-        Some(mut view) => {
-            view.history = history(conn, view.id)?;
+        None | Some(Read::BadState(..)) => Ok(None),
+        Some(Read::View(view)) => {
+            let mut view = *view;
+            view.history = view::history(conn, view.id)?;
             if view_bytes(&view) > super::listing::VIEWS_BUDGET {
                 omit_payload(&mut view);
             }
@@ -136,39 +157,28 @@ pub fn get(conn: &Connection, lookup: &Lookup) -> Result<Option<JobView>, StoreE
     }
 }
 
-/// The length of `view` as JSON, counted without writing it out.
-pub(super) fn view_bytes(view: &JobView) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+/// The state of job `id`; a state that is not a state is quarantined on
+/// the spot, so the job is then `failed`.
+fn current_state(conn: &Connection, id: i64, now: Millis) -> Result<Option<State>, StoreError> {
+    let stored: Option<String> = conn
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([id], |r| {
+                Ok(view::raw_text(r.get_ref(0)?).unwrap_or_default())
+            })
+            .optional()
+        })
+        .map_err(StoreError::sqlite("reading a job"))?;
+    match stored {
+        None => Ok(None),
+        Some(text) => match State::parse(&text) {
+            Some(state) => Ok(Some(state)),
+            None => {
+                quarantine::bad_state(conn, id, &text, now)?;
+                Ok(Some(State::Failed))
+            }
+        },
     }
-    let mut count = Count(0);
-    // Serialising strings, numbers and raw JSON cannot fail.
-    let _ = serde_json::to_writer(&mut count, view);
-    count.0
-}
-
-/// Leaves the payload out of a view too large for one answer line (only a
-/// row written before payloads were capped can be), saying how large it was.
-pub(super) fn omit_payload(view: &mut JobView) {
-    view.payload_omitted = Some(view.payload.get().len() as u64);
-    view.payload = null();
-}
-
-fn null() -> Box<RawValue> {
-    RawValue::NULL.to_owned()
-}
-
-fn current_state(conn: &Connection, id: i64) -> Result<Option<State>, StoreError> {
-    conn.prepare_cached("SELECT state FROM jobs WHERE id = ?1")
-        .and_then(|mut s| s.query_row([id], |r| state_column(r, 0)).optional())
-        .map_err(StoreError::sqlite("reading a job"))
 }
 
 /// Applies `sql` (which takes ?1 = id, ?2 = now, ?3 = extra) if the job is
@@ -181,7 +191,7 @@ fn change(
     now: Millis,
     extra: Option<Millis>,
 ) -> Result<Result<JobView, Refusal>, StoreError> {
-    let Some(state) = current_state(conn, id)? else {
+    let Some(state) = current_state(conn, id, now)? else {
         return Ok(Err(Refusal::NotFound));
     };
     if !from.contains(&state) {
@@ -190,7 +200,7 @@ fn change(
     conn.prepare_cached(sql)
         .and_then(|mut s| s.execute(params![id, now, extra]))
         .map_err(StoreError::sqlite("changing a job"))?;
-    match get(conn, &Lookup::Id(id))? {
+    match get(conn, &Lookup::Id(id), now)? {
         Some(view) => Ok(Ok(view)),
         None => Ok(Err(Refusal::NotFound)),
     }
@@ -253,17 +263,30 @@ pub fn requeue(
 }
 
 /// Counts per state from `state_counts`, which every change keeps in step
-/// with `jobs`, and the next due time.
-pub fn summary(conn: &Connection) -> Result<Summary, StoreError> {
+/// with `jobs`, and the next due time. A count kept for a state that is
+/// not a state (after a hand edit) is put right first: its jobs are
+/// quarantined and the count dropped (see [`quarantine::unknown_counts`]).
+pub fn summary(conn: &Connection, now: Millis) -> Result<Summary, StoreError> {
+    quarantine::unknown_counts(conn, now)?;
     let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
     let mut stmt = conn
         .prepare_cached("SELECT state, jobs FROM state_counts")
         .map_err(StoreError::sqlite("counting jobs"))?;
     let rows = stmt
-        .query_map([], |r| Ok((state_column(r, 0)?, r.get::<_, i64>(1)?)))
+        .query_map([], |r| {
+            Ok((
+                view::raw_text(r.get_ref(0)?).unwrap_or_default(),
+                r.get_ref(1)?.as_i64().unwrap_or(0),
+            ))
+        })
         .map_err(StoreError::sqlite("counting jobs"))?;
     for row in rows {
-        let (state, n) = row.map_err(StoreError::sqlite("counting jobs"))?;
+        let (stored, n) = row.map_err(StoreError::sqlite("counting jobs"))?;
+        // Only left when more jobs of it remain than one call quarantines;
+        // the next call goes on.
+        let Some(state) = State::parse(&stored) else {
+            continue;
+        };
         let n = u64::try_from(n).unwrap_or_else(|_| {
             // Only a hand edit while the daemon runs can do this; start-up
             // recounts.
@@ -295,18 +318,39 @@ pub struct Recount {
 
 /// Counts the jobs per state and, where `state_counts` disagrees, rewrites
 /// it. Every change the daemon makes keeps the two in step; this catches a
-/// hand edit of the database. Runs at start-up, in its own transaction;
-/// returns each state whose count was wrong.
-pub fn reconcile_counts(conn: &Connection) -> Result<Vec<Recount>, StoreError> {
+/// hand edit of the database. Jobs whose state is not a state are
+/// quarantined first, and counts kept for such states dropped. Runs at
+/// start-up, in its own transaction; returns each state whose count was
+/// wrong.
+///
+/// Counting walks the `jobs_by_state_due` index once; only when that finds
+/// a state that is not a state does a second walk look for its jobs.
+pub fn reconcile_counts(conn: &Connection, now: Millis) -> Result<Vec<Recount>, StoreError> {
     let read = |sql: &str| -> rusqlite::Result<BTreeMap<String, i64>> {
         conn.prepare(sql)?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([], |r| {
+                Ok((view::raw_text(r.get_ref(0)?).unwrap_or_default(), r.get(1)?))
+            })?
             .filter(|row| !matches!(row, Ok((_, 0))))
             .collect()
     };
+    let count_jobs = "SELECT state, count(*) FROM jobs GROUP BY state";
     super::in_transaction(conn, "checking the counts per state", || {
+        let mut counted = read(count_jobs)?;
+        if counted.keys().any(|s| State::parse(s).is_none()) {
+            quarantine::unknown_states(conn, now)?;
+            counted = read(count_jobs)?;
+        }
+        // A count kept for a state that is not a state means nothing even
+        // at zero (the zero filter below would hide it).
+        conn.execute(
+            &format!(
+                "DELETE FROM state_counts WHERE jobs = 0 AND state NOT IN ({})",
+                quarantine::known_states()
+            ),
+            [],
+        )?;
         let kept = read("SELECT state, jobs FROM state_counts")?;
-        let counted = read("SELECT state, count(*) FROM jobs GROUP BY state")?;
         let states: BTreeSet<&String> = kept.keys().chain(counted.keys()).collect();
         let wrong: Vec<Recount> = states
             .into_iter()
@@ -477,84 +521,4 @@ pub fn prune_step(
         pruned,
         next: (next.state < FINISHED_STATES.len()).then_some(next),
     })
-}
-
-fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, StoreError> {
-    conn.prepare_cached(
-        "SELECT seq, started_at, finished_at, status, error, decision, ambiguous, latency_ms
-         FROM attempts WHERE job_id = ?1 ORDER BY seq",
-    )
-    .and_then(|mut s| {
-        s.query_map([id], |r| {
-            Ok(AttemptView {
-                attempt: r.get(0)?,
-                started_at: time::format(r.get(1)?),
-                finished_at: r.get::<_, Option<Millis>>(2)?.map(time::format),
-                status: r.get(3)?,
-                error: r.get(4)?,
-                decision: r.get(5)?,
-                ambiguous: r.get(6)?,
-                latency_ms: r
-                    .get::<_, Option<i64>>(7)?
-                    .and_then(|ms| u64::try_from(ms).ok()),
-            })
-        })?
-        .collect()
-    })
-    .map_err(StoreError::sqlite("reading attempt history"))
-}
-
-/// A row as `get` and `list` show it. Only a row whose state is not a
-/// state fails; any other column that cannot be read is shown as it is
-/// stored (text with its invalid bytes replaced) or, for JSON columns that
-/// are not JSON text, as null; the claim and the start-up sweep quarantine
-/// such rows (see [`super::quarantine`]).
-fn job_row(r: &Row<'_>) -> rusqlite::Result<JobView> {
-    let text = |i: usize| -> rusqlite::Result<Option<String>> {
-        Ok(match r.get_ref(i)? {
-            ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            ValueRef::Integer(n) => Some(n.to_string()),
-            ValueRef::Real(x) => Some(x.to_string()),
-            ValueRef::Null => None,
-        })
-    };
-    let json = |i: usize| -> rusqlite::Result<Option<Box<RawValue>>> {
-        Ok(match r.get_ref(i)? {
-            ValueRef::Text(b) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|t| RawValue::from_string(t.to_owned()).ok()),
-            _ => None,
-        })
-    };
-    Ok(JobView {
-        id: r.get(0)?,
-        key: text(1)?,
-        kind: text(2)?.unwrap_or_default(),
-        channel: text(3)?.unwrap_or_default(),
-        enquiry_id: text(4)?,
-        scheduled_at: time::format(r.get(5)?),
-        state: state_column(r, 6)?,
-        attempts: r.get(7)?,
-        created_at: time::format(r.get(8)?),
-        updated_at: time::format(r.get(9)?),
-        last_error: text(10)?,
-        result: json(11)?,
-        payload: json(12)?.unwrap_or_else(null),
-        payload_omitted: None,
-        expires_at: r.get::<_, Option<Millis>>(13)?.map(time::format),
-        history: Vec::new(),
-    })
-}
-
-fn bad_column(index: usize, text: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        index,
-        rusqlite::types::Type::Text,
-        format!("unexpected value {text:?}").into(),
-    )
-}
-
-fn state_column(r: &Row<'_>, index: usize) -> rusqlite::Result<State> {
-    let text: String = r.get(index)?;
-    State::parse(&text).ok_or_else(|| bad_column(index, &text))
 }

@@ -126,6 +126,16 @@ fn every_list_query_seeks_in_an_index_and_sorts_nothing() {
         recent_earlier,
         "SEARCH jobs USING COVERING INDEX jobs_by_state_updated (state=? AND updated_at<?)"
     );
+    let [due_unplaced, recent_unplaced] =
+        listing::UNPLACED_SQL.map(|sql| plan_of(&conn, sql, params!["sent", 10]));
+    assert_eq!(
+        due_unplaced,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
+    );
+    assert_eq!(
+        recent_unplaced,
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_updated (state=? AND updated_at>?)"
+    );
 }
 
 #[test]
@@ -139,7 +149,7 @@ fn list_steps_merge_every_state_and_page_through_each_job_once() {
         let mut seen = Vec::new();
         let mut from = listing::start(order);
         loop {
-            let step = listing::step(&conn, None, from, 3, usize::MAX, seen.is_empty())
+            let step = listing::step(&conn, None, from, 3, usize::MAX, seen.is_empty(), 0)
                 .expect("a list step");
             assert!(step.jobs.len() <= 3);
             seen.extend(step.jobs.iter().map(|j| (j.id, j.updated_at.clone())));
@@ -173,21 +183,62 @@ fn a_list_step_stops_at_its_byte_budget_but_always_takes_a_first_job() {
     let (_dir, conn) = queue();
     jobs(&conn, "s", 4, "scheduled", 30);
     let from = listing::start(ListOrder::Due);
-    let one = listing::step(&conn, None, from, 10, usize::MAX, true).expect("step");
+    let one = listing::step(&conn, None, from, 10, usize::MAX, true, 0).expect("step");
     let size = serde_json::to_string(&one.jobs[0]).expect("json").len();
 
-    let step = listing::step(&conn, None, from, 10, size * 2 + 1, true).expect("step");
+    let step = listing::step(&conn, None, from, 10, size * 2 + 1, true, 0).expect("step");
     assert_eq!(step.jobs.len(), 2);
     assert!(step.full && !step.end);
     assert_eq!(step.last.id, step.jobs[1].id);
 
     // A first job larger than the whole budget comes without its payload.
-    let step = listing::step(&conn, None, from, 10, 10, true).expect("step");
+    let step = listing::step(&conn, None, from, 10, 10, true, 0).expect("step");
     assert_eq!(step.jobs.len(), 1);
     assert_eq!(step.jobs[0].payload.get(), "null");
     assert!(step.jobs[0].payload_omitted.is_some());
     // Later in an answer, a job that does not fit waits for the next page.
-    let step = listing::step(&conn, None, from, 10, 10, false).expect("step");
+    let step = listing::step(&conn, None, from, 10, 10, false, 0).expect("step");
     assert!(step.jobs.is_empty() && step.full);
     assert_eq!(step.last, from);
+}
+
+#[test]
+fn coax_words_of_any_size_are_stored_bounded() {
+    use super::delivery::{self, Finish};
+    use super::view::{MAX_RESULT_BYTES, MAX_TEXT_BYTES};
+    use crate::policy::Decision;
+    let (_dir, conn) = queue();
+    jobs(&conn, "big", 1, "scheduled", 0);
+    conn.execute("UPDATE jobs SET scheduled_at = 0", [])
+        .expect("due now");
+    let claimed = delivery::claim(&conn, 1, 1).expect("claim");
+    let job = &claimed.jobs[0];
+    let mib = 1024 * 1024;
+    delivery::finish(
+        &conn,
+        &Finish {
+            id: job.id,
+            seq: job.seq,
+            finished_at: 2,
+            status: Some(500),
+            error: Some("e".repeat(mib)),
+            ambiguous: false,
+            latency_ms: 1,
+            result: Some(json!({"status": 500, "message": "m".repeat(mib)})),
+            decision: Decision::Retry {
+                at: 10,
+                reason: "r".repeat(mib),
+            },
+        },
+    )
+    .expect("finish");
+    let longest = |sql: &str| count(&conn, sql) as usize;
+    let marker = 40;
+    assert!(longest("SELECT length(last_error) FROM jobs") <= MAX_TEXT_BYTES + marker);
+    assert!(longest("SELECT length(result) FROM jobs") <= MAX_RESULT_BYTES);
+    assert!(longest("SELECT length(error) FROM attempts") <= MAX_TEXT_BYTES + marker);
+    let result: String = conn
+        .query_row("SELECT result FROM jobs", [], |r| r.get(0))
+        .expect("result");
+    serde_json::from_str::<serde_json::Value>(&result).expect("the result is still JSON");
 }

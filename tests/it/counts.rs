@@ -248,6 +248,7 @@ async fn open_when_free(db: &Path, hold: bool) -> (Store, Opened) {
         } else {
             OnAmbiguous::Retry
         },
+        max_attempts: 5,
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

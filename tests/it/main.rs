@@ -10,6 +10,7 @@ mod cli;
 mod connections;
 mod counts;
 mod gate;
+mod hand_edits;
 mod helpers;
 mod lifecycle;
 mod metrics;

@@ -161,9 +161,20 @@ async fn outage_scenario() {
     .await;
 
     set_room(&store, None).await;
+    // The outage ends once writes have gone on succeeding for a while, so
+    // each look writes too.
+    let nudges = std::sync::atomic::AtomicUsize::new(0);
     let recovered = wait_until("the recovery line", PATIENCE, || {
         let found = lines.matching(": storage recovered").pop();
-        async move { found }
+        let n = nudges.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = socket.clone();
+        async move {
+            if found.is_none() {
+                let nudge = job(&format!("nudge-{n}"), "hi", "1h");
+                request_at(&socket, json!({"op": "enqueue", "job": nudge})).await;
+            }
+            found
+        }
     })
     .await;
     for i in 0..IN_FLIGHT {

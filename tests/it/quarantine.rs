@@ -182,3 +182,30 @@ async fn an_unreadable_row_present_at_start_up_is_found_before_it_is_due() {
         .collect();
     assert_eq!(errors.len(), 1, "ERROR lines:\n{}", errors.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_row_with_a_text_created_at_is_quarantined_and_the_rest_are_sent() {
+    one_bad_row_among_due_jobs(
+        "UPDATE jobs SET created_at = 'yesterday' WHERE key = KEY",
+        "created_at is Text",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_channel_with_a_path_is_quarantined_not_sent() {
+    one_bad_row_among_due_jobs(
+        "UPDATE jobs SET channel = '../admin' WHERE key = KEY",
+        "\"../admin\" is not a channel",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_enquiry_id_with_a_path_is_quarantined_not_sent() {
+    one_bad_row_among_due_jobs(
+        "UPDATE jobs SET enquiry_id = '1/../../../../v9/danger' WHERE key = KEY",
+        "is not an enquiry id",
+    )
+    .await;
+}
