@@ -9,7 +9,7 @@
 //! times:
 //! - **reading** ([`LARGE_LINES_READ_AT_ONCE`]): a line growing past
 //!   [`SMALL_LINE_BYTES`] is read on, up to 1 MiB, only while it holds one
-//!   of these, and must then be complete within [`LARGE_LINE_TIME`]. The
+//!   of these, and must then keep coming at [`LARGE_LINE_RATE`]. The
 //!   bytes are cheap, so there are many, and a client that sends slowly
 //!   holds one only briefly: slow clients cannot stop other large lines
 //!   for longer than that. (A line holds its whole 1 MiB from the start,
@@ -39,11 +39,19 @@ pub const SMALL_LINE_BYTES: usize = 8 * 1024;
 /// daemon-wide: 32 lines of up to 1 MiB.
 pub const LARGE_LINES_READ_AT_ONCE: usize = 32;
 
-/// How long a line may take, once past [`SMALL_LINE_BYTES`] and given its
-/// turn to be read, to be complete (or `socket.line_timeout`, if shorter).
-/// A client writing a prepared line over a local socket takes milliseconds;
-/// the rest is room for a daemon busy with other large requests.
-pub const LARGE_LINE_TIME: Duration = Duration::from_secs(5);
+/// How long a line, once past [`SMALL_LINE_BYTES`] and given its turn to
+/// be read, may go without sending, plus one second more for each
+/// [`LARGE_LINE_RATE`] bytes it has sent since (and never longer than
+/// `socket.line_timeout`). A client writing a prepared line over a local
+/// socket takes milliseconds; one trickling bytes is closed after about
+/// this long. The time is checked only when the daemon finds no bytes
+/// waiting, so a busy daemon slow to read does not count against the
+/// client.
+pub const LARGE_LINE_TIME: Duration = Duration::from_secs(2);
+
+/// The pace, in bytes a second, a line with a turn to be read must keep
+/// after [`LARGE_LINE_TIME`].
+pub const LARGE_LINE_RATE: usize = 64 * 1024;
 
 /// How many lines longer than [`SMALL_LINE_BYTES`] may be parsed and
 /// handled at once, daemon-wide. A 1 MiB batch of small jobs costs 25 to 40

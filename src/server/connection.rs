@@ -10,8 +10,8 @@
 //!   an operator's one quick question, and a slow client must not keep it.
 //! - [`MAX_LINE_BYTES`]: the longest line.
 //! - The [`Budget`]: a line grows past [`SMALL_LINE_BYTES`] only in one of
-//!   32 daemon-wide turns to read a large line, and must then be complete
-//!   within [`LARGE_LINE_TIME`]; once complete it is parsed and handled
+//!   32 daemon-wide turns to read a large line, and must then keep coming
+//!   (see [`LARGE_LINE_TIME`]); once complete it is parsed and handled
 //!   only while holding one of a few permits. A `list` or `get`
 //!   takes room for the largest answer before the store builds it, and a
 //!   large answer keeps its size until written. Small requests and answers
@@ -21,13 +21,13 @@
 //! ```text
 //!  idle ─first byte─► reading ─newline─► parse, handle ─► write answer ─► idle
 //!   │ idle_timeout      │ line_timeout (+ any wait for a turn)
-//!   ▼                   ▼ past SMALL_LINE_BYTES: a turn, then LARGE_LINE_TIME
+//!   ▼                   ▼ past SMALL_LINE_BYTES: a turn, then a pace
 //! closed             closed, with a bad_request line
 //! ```
 
 use super::Service;
 use super::accept::RESERVED_OPS;
-use super::budget::{Budget, LARGE_LINE_TIME, SMALL_LINE_BYTES};
+use super::budget::{Budget, LARGE_LINE_RATE, LARGE_LINE_TIME, SMALL_LINE_BYTES};
 use crate::protocol::{ErrorBody, ErrorCode, MAX_LINE_BYTES, Request, parse_request};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -66,8 +66,8 @@ pub enum ConnectionError {
     Idle(Duration),
     #[error("did not finish a line within {0:?} of its first byte")]
     SlowLine(Duration),
-    #[error("did not finish a line over {SMALL_LINE_BYTES} bytes within {0:?} of its turn")]
-    SlowLargeLine(Duration),
+    #[error("sent a line over {SMALL_LINE_BYTES} bytes slower than {0} bytes a second")]
+    SlowLargeLine(usize),
     #[error("did not read its answer within {0:?}")]
     Stalled(Duration),
     #[error("sent a line longer than {0} bytes")]
@@ -115,9 +115,9 @@ pub async fn run(
                         "the line was not complete within {limit:?} of its first byte \
                          (socket.line_timeout); the connection is closed"
                     ),
-                    ConnectionError::SlowLargeLine(limit) => format!(
-                        "the line, longer than {SMALL_LINE_BYTES} bytes, was not complete \
-                         within {limit:?} of its turn to be read; the connection is closed"
+                    ConnectionError::SlowLargeLine(rate) => format!(
+                        "the line is longer than {SMALL_LINE_BYTES} bytes and came slower \
+                         than {rate} bytes a second; the connection is closed"
                     ),
                     _ => return Err(e),
                 };
@@ -216,16 +216,26 @@ async fn read_line(
         SlotKind::Reserved => SMALL_LINE_BYTES,
     };
     let mut deadline = Instant::now() + limits.line;
-    // Set once the line is past SMALL_LINE_BYTES and has its turn.
-    let mut large: Option<(OwnedSemaphorePermit, Instant, Duration)> = None;
+    // Once the line is past SMALL_LINE_BYTES: its turn, when it was given,
+    // and the line's length then.
+    let mut large: Option<(OwnedSemaphorePermit, Instant, usize)> = None;
     loop {
-        let read = tokio::time::timeout_at(deadline, reader.fill_buf()).await;
-        let buf = match (read, &large) {
-            (Ok(buf), _) => buf?,
-            (Err(_), Some((_, due, time))) if Instant::now() >= *due => {
-                return Err(ConnectionError::SlowLargeLine(*time));
+        let due = match &large {
+            None => deadline,
+            Some((_, since, from)) => {
+                let sent = (line.len() - from) as f64 / LARGE_LINE_RATE as f64;
+                deadline.min(*since + LARGE_LINE_TIME + Duration::from_secs_f64(sent))
             }
-            (Err(_), _) => return Err(ConnectionError::SlowLine(limits.line)),
+        };
+        // Bytes already waiting are read even past `due`: timeout_at tries
+        // the read first.
+        let read = tokio::time::timeout_at(due, reader.fill_buf()).await;
+        let buf = match read {
+            Ok(buf) => buf?,
+            Err(_) if due < deadline => {
+                return Err(ConnectionError::SlowLargeLine(LARGE_LINE_RATE));
+            }
+            Err(_) => return Err(ConnectionError::SlowLine(limits.line)),
         };
         if buf.is_empty() {
             return Ok(Some(large.map(|(turn, ..)| turn)));
@@ -243,10 +253,7 @@ async fn read_line(
             let turn = limits.budget.read_large_line().await?;
             // The wait for a turn is not the client's doing.
             deadline += waiting.elapsed();
-            let time = LARGE_LINE_TIME.min(limits.line);
-            let due = Instant::now() + time;
-            deadline = deadline.min(due);
-            large = Some((turn, due, time));
+            large = Some((turn, Instant::now(), line.len()));
             // The wait may have let more bytes in; read them afresh.
             continue;
         }
