@@ -47,7 +47,7 @@ pub const LARGE_LINES_READ_AT_ONCE: usize = 32;
 /// this long. The time is checked only when the daemon finds no bytes
 /// waiting, so a busy daemon slow to read does not count against the
 /// client.
-pub const LARGE_LINE_TIME: Duration = Duration::from_secs(2);
+pub const LARGE_LINE_TIME: Duration = Duration::from_secs(5);
 
 /// The pace, in bytes a second, a line with a turn to be read must keep
 /// after [`LARGE_LINE_TIME`].
