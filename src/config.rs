@@ -29,6 +29,8 @@ pub const API_KEY_ENV: &str = "COAX_API_KEY";
 pub const API_KEY_CREDENTIAL: &str = "coax-api-key";
 
 const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+/// The largest config file read; the example with every key is about 5 KiB.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 const MAX_CONCURRENCY: usize = 1024;
 // sun_path is 108 bytes on Linux, one of which is the terminating NUL.
 const MAX_SOCKET_PATH_BYTES: usize = 107;
@@ -51,8 +53,10 @@ fn default_path_from(value: Option<std::ffi::OsString>) -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read (or its path made absolute).
-    #[error("cannot read config file {}: {source}{}", path.display(), read_hint(source))]
-    Read { path: PathBuf, source: io::Error },
+    // The io::Error is part of the message and deliberately not a `source`:
+    // printing the error chain would otherwise say the reason twice.
+    #[error("cannot read config file {}: {cause}{}", path.display(), read_hint(cause))]
+    Read { path: PathBuf, cause: io::Error },
 
     /// The file is not valid TOML, has an unknown key, or a value of the wrong
     /// type or form (durations included). `message` carries line, column and
@@ -75,8 +79,8 @@ pub enum ConfigError {
     ApiKey(String),
 
     /// The API key file or systemd credential exists but could not be read.
-    #[error("cannot read API key file {}: {source}", path.display())]
-    ApiKeyRead { path: PathBuf, source: io::Error },
+    #[error("cannot read API key file {}: {cause}", path.display())]
+    ApiKeyRead { path: PathBuf, cause: io::Error },
 }
 
 fn read_hint(err: &io::Error) -> String {
@@ -345,13 +349,10 @@ impl Config {
         let source = absolute(path)?;
         // A FIFO here would hang check-config, start-up and reloads.
         let text = key::open_regular(&source)
-            .and_then(|mut file| {
-                let mut text = String::new();
-                file.read_to_string(&mut text).map(|_| text)
-            })
+            .and_then(|file| key::read_capped(file, MAX_CONFIG_BYTES))
             .map_err(|err| ConfigError::Read {
                 path: source.clone(),
-                source: err,
+                cause: err,
             })?;
         Config::from_toml(&text, &source, env)
     }
@@ -372,7 +373,7 @@ impl Config {
 fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
     std::path::absolute(path).map_err(|err| ConfigError::Read {
         path: path.to_owned(),
-        source: err,
+        cause: err,
     })
 }
 

@@ -23,6 +23,7 @@
 
 mod payload;
 
+use crate::protocol::quoted;
 use crate::time::{self, Millis};
 pub use payload::payload_field_allowed;
 use payload::{check_payload_size, validate_payload};
@@ -226,7 +227,10 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
         Some(Value::String(s)) => Kind::parse(s).ok_or_else(|| {
             JobError::new(
                 "kind",
-                format!("{s:?} is not one of message, review_request, coax_schedule"),
+                format!(
+                    "{} is not one of message, review_request, coax_schedule",
+                    quoted(s)
+                ),
             )
         })?,
         Some(_) => return Err(JobError::new("kind", "must be a string")),
@@ -286,7 +290,7 @@ fn validate_expiry(
             .ok_or_else(|| {
                 JobError::new(
                     "ttl",
-                    format!("{s:?} is not a positive duration such as \"6h\""),
+                    format!("{} is not a positive duration such as \"6h\"", quoted(s)),
                 )
             })?,
         (None, Some(_)) => {
@@ -322,7 +326,8 @@ fn validate_channel(value: Option<&Value>) -> Result<String, JobError> {
         Some(Value::String(s)) => Err(JobError::new(
             "channel",
             format!(
-                "{s:?} is not a channel: use 1 to {MAX_CHANNEL_LEN} letters, digits, '_' or '-'"
+                "{} is not a channel: use 1 to {MAX_CHANNEL_LEN} letters, digits, '_' or '-'",
+                quoted(s)
             ),
         )),
         Some(_) => Err(JobError::new("channel", "must be a string")),
@@ -342,7 +347,7 @@ fn validate_enquiry_id(value: Option<&Value>) -> Result<Option<String>, JobError
     {
         return Err(JobError::new(
             "enquiry_id",
-            format!("{text:?} is not an enquiry id: use digits only"),
+            format!("{} is not an enquiry id: use digits only", quoted(&text)),
         ));
     }
     Ok(Some(text))
@@ -396,7 +401,10 @@ fn when(at: Option<&Value>, delay: Option<&Value>, now: Millis) -> Result<Millis
             .map_err(|e| {
                 JobError::new(
                     "delay",
-                    format!("{s:?} is not a duration such as \"90s\" or \"2h\" ({e})"),
+                    format!(
+                        "{} is not a duration such as \"90s\" or \"2h\" ({e})",
+                        quoted(s)
+                    ),
                 )
             }),
         (None, Some(_)) => Err(JobError::new(

@@ -168,7 +168,38 @@ impl ErrorBody {
 
     /// The response line for this error, without the newline.
     pub fn to_line(&self) -> String {
+        // Echoed input is cut where it is written (see [`shown`]); this is
+        // the backstop for any message that still came out long.
+        if self.message.len() > MAX_MESSAGE_BYTES {
+            let mut short = self.clone();
+            short.message = shown(&self.message, MAX_MESSAGE_BYTES / 4).into_owned();
+            return json!({"ok": false, "error": short}).to_string();
+        }
         json!({"ok": false, "error": self}).to_string()
+    }
+}
+
+/// The most of a client's input an error message echoes, in characters.
+pub const MAX_ECHO_CHARS: usize = 200;
+
+/// The longest error message sent as it is; a longer one is cut.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to `max` characters, with "…" when cut: an error names the
+/// offending input without sending back a megabyte of it.
+pub fn shown(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => text.into(),
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
+    }
+}
+
+/// A client's string for an error message: quoted and escaped like `{:?}`,
+/// cut to [`MAX_ECHO_CHARS`] with "…" after the closing quote when cut.
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}…", &text[..end]),
     }
 }
 
@@ -320,7 +351,8 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {op:?}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping, prune, resume"
+                    "unknown op {}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping, prune, resume",
+                    quoted(&op)
                 ),
             ));
         }
@@ -341,8 +373,9 @@ impl Args<'_> {
         match self.fields.keys().next() {
             None => Ok(()),
             Some(extra) => Err(ErrorBody::bad_request(format!(
-                "op {:?} takes no field {extra:?}",
-                self.op
+                "op {:?} takes no field {}",
+                self.op,
+                quoted(extra)
             ))),
         }
     }
@@ -350,7 +383,10 @@ impl Args<'_> {
     fn id(&mut self) -> Result<i64, ErrorBody> {
         match self.fields.remove("id") {
             Some(Value::Number(n)) => n.as_i64().filter(|id| *id > 0).ok_or_else(|| {
-                ErrorBody::bad_request(format!("\"id\" must be a positive integer, not {n}"))
+                ErrorBody::bad_request(format!(
+                    "\"id\" must be a positive integer, not {}",
+                    shown(&n.to_string(), MAX_ECHO_CHARS)
+                ))
             }),
             Some(_) => Err(ErrorBody::bad_request("\"id\" must be a positive integer")),
             None => Err(ErrorBody::bad_request(format!(
@@ -420,7 +456,8 @@ impl Args<'_> {
             Some(Value::String(s)) => State::parse(&s).map(Some).ok_or_else(|| {
                 let known: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
                 ErrorBody::bad_request(format!(
-                    "unknown state {s:?}; states are {}",
+                    "unknown state {}; states are {}",
+                    quoted(&s),
                     known.join(", ")
                 ))
             }),
@@ -434,7 +471,8 @@ impl Args<'_> {
             Some(Value::String(s)) if s == "due" => Ok(ListOrder::Due),
             Some(Value::String(s)) if s == "recent" => Ok(ListOrder::Recent),
             Some(other) => Err(ErrorBody::bad_request(format!(
-                "\"order\" must be \"due\" or \"recent\", not {other}"
+                "\"order\" must be \"due\" or \"recent\", not {}",
+                shown(&other.to_string(), MAX_ECHO_CHARS)
             ))),
         }
     }

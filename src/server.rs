@@ -2,17 +2,19 @@
 //!
 //! This module carries out each [`Request`] against the store; accepting
 //! connections (who, how many, counted for the summary) is [`accept`]'s
-//! job, and reading lines under their time and memory bounds is
-//! [`connection`]'s. Parsing lines is [`protocol`]'s job and validating jobs
+//! job, reading lines under their time and memory bounds is
+//! [`connection`]'s, and counting the memory of large lines and answers is
+//! [`budget`]'s. Parsing lines is [`protocol`]'s job and validating jobs
 //! is [`job`]'s. An answer that reports a change is written only after the
 //! store has committed it.
 
 mod accept;
+mod budget;
 mod connection;
 mod peer;
 
 pub use accept::{ConnectionCounts, RESERVED_OPS, RESERVED_SLOTS, serve};
-pub use connection::give_memory_back_with;
+pub use budget::give_memory_back_with;
 
 use crate::dispatch::Handle;
 use crate::job::{self, NewJob};
@@ -102,7 +104,9 @@ impl Service {
             Request::Get(lookup) => {
                 let described = match &lookup {
                     protocol::Lookup::Id(id) => format!("no job with id {id}"),
-                    protocol::Lookup::Key(key) => format!("no job with key {key:?}"),
+                    protocol::Lookup::Key(key) => {
+                        format!("no job with key {}", protocol::quoted(key))
+                    }
                 };
                 match self.store.get(lookup).await.map_err(|e| internal(&e))? {
                     Some(job) => Ok(protocol::job_line(&job)),
@@ -173,7 +177,8 @@ impl Service {
                         ErrorBody::new(
                             ErrorCode::BadRequest,
                             format!(
-                                "\"older_than\" {text:?} is not a duration such as \"30d\" ({e})"
+                                "\"older_than\" {} is not a duration such as \"30d\" ({e})",
+                                protocol::quoted(&text)
                             ),
                         )
                     })?,
@@ -220,7 +225,9 @@ impl Service {
                 "resume: an operator ended the pause; sending resumes"
             );
         } else {
-            tracing::info!(uid, "resume: asked, but nothing was paused");
+            // Asking when nothing is paused changes nothing; at INFO a loop
+            // of such calls would flood the journal.
+            tracing::debug!(uid, "resume: asked, but nothing was paused");
         }
         ok_line(json!({
             "resumed": resumed.ended_something(),

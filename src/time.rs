@@ -31,7 +31,10 @@ pub fn parse_rfc3339(text: &str) -> Result<Millis, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
         .map_err(|e| {
-            format!("{text:?} is not an RFC 3339 time with an offset, such as 2026-01-31T09:00:00Z ({e})")
+            format!(
+                "{} is not an RFC 3339 time with an offset, such as 2026-01-31T09:00:00Z ({e})",
+                crate::protocol::quoted(text)
+            )
         })
 }
 

@@ -21,27 +21,24 @@ pub(super) fn load_api_key(
     if let Some(dir) = env(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
         let path = Path::new(&dir).join(API_KEY_CREDENTIAL);
         // No permission check here: systemd owns this file and its mode.
-        let read = open_regular(&path).and_then(|mut file| {
-            let mut text = String::new();
-            file.read_to_string(&mut text).map(|_| text)
-        });
+        let read = open_regular(&path).and_then(|file| read_capped(file, MAX_KEY_BYTES));
         match read {
             Ok(text) => {
                 return ApiKey::from_text(&text, &format!("systemd credential {}", path.display()));
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(ConfigError::ApiKeyRead { path, source: err }),
+            Err(err) => return Err(ConfigError::ApiKeyRead { path, cause: err }),
         }
     }
 
     if let Some(path) = key_file {
         let read_err = |err| ConfigError::ApiKeyRead {
             path: path.to_owned(),
-            source: err,
+            cause: err,
         };
         // Check the mode of the file actually opened, not of whatever the
         // path points to a moment earlier.
-        let mut file = open_regular(path).map_err(read_err)?;
+        let file = open_regular(path).map_err(read_err)?;
         let mode = file.metadata().map_err(read_err)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(ConfigError::ApiKey(format!(
@@ -51,8 +48,7 @@ pub(super) fn load_api_key(
                 mode = mode & 0o7777,
             )));
         }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read_err)?;
+        let text = read_capped(file, MAX_KEY_BYTES).map_err(read_err)?;
         return ApiKey::from_text(
             &text,
             &format!("API key file {} (coax.api_key_file)", path.display()),
@@ -63,6 +59,31 @@ pub(super) fn load_api_key(
         "no API key: set {API_KEY_ENV}, or coax.api_key_file, \
          or provide the systemd credential {API_KEY_CREDENTIAL} (LoadCredential=)"
     )))
+}
+
+/// The largest key file or credential read: a key is a few dozen bytes,
+/// and a huge (or sparse) file must not be read whole into memory.
+pub(super) const MAX_KEY_BYTES: u64 = 4 * 1024;
+
+/// Reads all of `file` as UTF-8 text if it is at most `cap` bytes; a larger
+/// one is refused, naming the cap, after reading at most `cap + 1` bytes.
+pub(super) fn read_capped(file: fs::File, cap: u64) -> io::Result<String> {
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is larger than the {} KiB this file may be", cap / 1024),
+        )
+    };
+    if file.metadata()?.len() > cap {
+        return Err(too_large());
+    }
+    // The size is checked again while reading: the file may grow meanwhile.
+    let mut text = String::new();
+    file.take(cap + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 /// Opens `path` for reading, following symlinks, and refuses anything that
@@ -117,6 +138,49 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn key_and_config_files_over_their_cap_are_refused_without_being_read_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("api-key");
+        // Sparse: 3 GiB on paper, nothing on disk; read whole it would
+        // take 3 GiB of memory.
+        let file = fs::File::create(&path).expect("create");
+        file.set_len(3 << 30).expect("set_len");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let err = load_api_key(Some(&path), &no_env).expect_err("a huge key file");
+        assert!(err.to_string().contains("larger than the 4 KiB"), "{err}");
+        // A file just over the cap is refused too, and one at it is read.
+        fs::write(&path, "k".repeat(4097)).expect("write");
+        let err = load_api_key(Some(&path), &no_env).expect_err("4097 bytes");
+        assert!(err.to_string().contains("4 KiB"), "{err}");
+        fs::write(&path, "k".repeat(4096)).expect("write");
+        assert_eq!(
+            load_api_key(Some(&path), &no_env)
+                .expect("4096 bytes")
+                .expose()
+                .len(),
+            4096
+        );
+        let config = dir.path().join("config.toml");
+        let file = fs::File::create(&config).expect("create");
+        file.set_len(3 << 30).expect("set_len");
+        let err = Config::load_with_env(&config, &no_env).expect_err("a huge config");
+        let text = err.to_string();
+        assert!(text.contains("larger than the 1024 KiB"), "{text}");
+        assert!(text.contains(&config.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn key_file_refusal_says_its_reason_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let err = anyhow::Error::new(load_api_key(Some(dir.path()), &no_env).expect_err("dir"));
+        let text = format!("{err:#}");
+        assert_eq!(text.matches("a directory").count(), 1, "{text}");
+        let err = anyhow::Error::new(Config::load_with_env(dir.path(), &no_env).expect_err("dir"));
+        let text = format!("{err:#}");
+        assert_eq!(text.matches("a directory").count(), 1, "{text}");
     }
 
     #[test]

@@ -561,6 +561,15 @@ pub(super) fn check_base_url(text: &str) -> Result<Url, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err("must include a host, e.g. \"https://api.coax.example\"".to_owned());
     }
+    // Credentials here would be logged with the URL at start-up; the key
+    // goes in the Authorization header. The password is not echoed.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not contain a user name or password (user:password@); the API key is sent \
+             in the Authorization header, give it through COAX_API_KEY or coax.api_key_file"
+                .to_owned(),
+        );
+    }
     // Route templates are appended to the URL's path; a query or fragment
     // would end up in the middle of every request URL.
     if url.query().is_some() || url.fragment().is_some() {

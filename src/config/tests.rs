@@ -367,6 +367,23 @@ fn base_url_rules() {
 }
 
 #[test]
+fn base_url_with_credentials_is_refused_without_echoing_them() {
+    for bad in [
+        "http://u:SECRETPW@api.coax.example",
+        "https://SECRETPW@api.coax.example",
+        "https://:SECRETPW@api.coax.example",
+    ] {
+        let text = MINIMAL.replace("https://api.coax.example", bad);
+        let err = parse(&text);
+        let shown = err_text(parse(&text));
+        let (key, _) = invalid_key(err);
+        assert_eq!(key, "coax.base_url", "{bad}");
+        assert!(shown.contains("user name or password"), "{shown}");
+        assert!(!shown.contains("SECRETPW"), "{shown}");
+    }
+}
+
+#[test]
 fn numeric_rules() {
     let cases = [
         (

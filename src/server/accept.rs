@@ -4,7 +4,14 @@
 //! the connection slots (`socket.max_connections` normal ones, plus
 //! [`RESERVED_SLOTS`] on which only [`RESERVED_OPS`] are served, so an
 //! operator can still look in while every normal slot is taken), and the
-//! connection counts that the summary line reports. Reading and answering
+//! connection counts that the summary line reports.
+//!
+//! A reserved slot is kept from a flood by two rules: one peer process
+//! holds at most one reserved slot at a time, and a reserved connection
+//! is closed when it does not send a line within
+//! [`connection::RESERVED_DEADLINE`] (or take its answer within it). So
+//! however many connections one process opens, trickling or reconnecting,
+//! it leaves the other reserved slots to other processes. Reading and answering
 //! lines is [`super::connection`]'s job.
 //!
 //! Nothing here logs at INFO per connection: a connect/close loop must not
@@ -13,12 +20,14 @@
 //! the first refusal after each summary is a WARN.
 
 use super::Service;
-use super::connection::{self, Budget, Limits, SlotKind};
+use super::budget::Budget;
+use super::connection::{self, Limits, SlotKind};
 use super::peer::Peer;
 use crate::config::SocketConfig;
 use crate::protocol::{ErrorBody, ErrorCode};
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -57,6 +66,42 @@ impl ConnectionCounts {
     }
 }
 
+/// The peer processes holding a reserved slot, by pid.
+#[derive(Debug, Default)]
+struct ReservedPids(Mutex<HashSet<i32>>);
+
+/// One process's hold on a reserved slot; let go when dropped.
+struct ReservedHold {
+    pids: Arc<ReservedPids>,
+    pid: Option<i32>,
+}
+
+impl ReservedPids {
+    /// Takes `pid`'s one reserved slot; `None` if it already holds one. A
+    /// peer whose pid the kernel did not give is not limited.
+    fn hold(self: &Arc<Self>, pid: Option<i32>) -> Option<ReservedHold> {
+        if let Some(pid) = pid {
+            let mut pids = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if !pids.insert(pid) {
+                return None;
+            }
+        }
+        Some(ReservedHold {
+            pids: self.clone(),
+            pid,
+        })
+    }
+}
+
+impl Drop for ReservedHold {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let mut pids = self.pids.0.lock().unwrap_or_else(PoisonError::into_inner);
+            pids.remove(&pid);
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` turns true.
 pub async fn serve(
     listener: UnixListener,
@@ -67,6 +112,7 @@ pub async fn serve(
 ) {
     let normal = Arc::new(Semaphore::new(socket.max_connections));
     let reserved = Arc::new(Semaphore::new(RESERVED_SLOTS));
+    let reserved_pids = Arc::new(ReservedPids::default());
     let limits = Limits {
         idle: socket.idle_timeout,
         line: socket.line_timeout,
@@ -102,25 +148,40 @@ pub async fn serve(
             );
             continue;
         }
+        let pid = peer.as_ref().and_then(|p| p.pid);
         let who = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-        let (permit, kind) = match normal.clone().try_acquire_owned() {
-            Ok(permit) => (permit, SlotKind::Normal),
-            Err(_) => match reserved.clone().try_acquire_owned() {
-                Ok(permit) => (permit, SlotKind::Reserved),
-                Err(_) => {
-                    refuse(
-                        &counts,
-                        stream,
-                        &who,
-                        "too many connections (socket.max_connections)",
-                        ErrorBody::new(
-                            ErrorCode::Internal,
+        let (permit, kind, hold) = match normal.clone().try_acquire_owned() {
+            Ok(permit) => (permit, SlotKind::Normal, None),
+            Err(_) => {
+                let refusal = match reserved_pids.hold(pid) {
+                    None => Err((
+                        "too many connections (socket.max_connections), and this process \
+                         already holds a reserved one",
+                        "too many connections, and this process already holds a reserved \
+                         connection; try again shortly",
+                    )),
+                    Some(hold) => match reserved.clone().try_acquire_owned() {
+                        Ok(permit) => Ok((permit, SlotKind::Reserved, Some(hold))),
+                        Err(_) => Err((
+                            "too many connections (socket.max_connections)",
                             "too many connections; try again shortly",
-                        ),
-                    );
-                    continue;
+                        )),
+                    },
+                };
+                match refusal {
+                    Ok(taken) => taken,
+                    Err((why, answer)) => {
+                        refuse(
+                            &counts,
+                            stream,
+                            &who,
+                            why,
+                            ErrorBody::new(ErrorCode::Internal, answer),
+                        );
+                        continue;
+                    }
                 }
-            },
+            }
         };
         counts.accepted.fetch_add(1, Ordering::Relaxed);
         let service = service.clone();
@@ -133,6 +194,7 @@ pub async fn serve(
                 tracing::debug!(peer = %who, error = %e, "client connection ended with an error");
             }
             drop(permit);
+            drop(hold);
         });
     }
 }
@@ -171,5 +233,19 @@ mod tests {
         assert_eq!(counts.take(), (3, 2));
         assert_eq!(counts.take(), (0, 0));
         assert!(counts.refused(), "a new interval warns again");
+    }
+
+    #[test]
+    fn one_process_holds_at_most_one_reserved_slot_until_it_lets_go() {
+        let pids = Arc::new(ReservedPids::default());
+        let first = pids.hold(Some(7)).expect("the first");
+        assert!(pids.hold(Some(7)).is_none(), "a second for the same pid");
+        let other = pids.hold(Some(8)).expect("another process");
+        drop(first);
+        assert!(pids.hold(Some(7)).is_some(), "free again once let go");
+        drop(other);
+        // Without a pid there is nothing to count by.
+        let _a = pids.hold(None).expect("no pid");
+        let _b = pids.hold(None).expect("no pid again");
     }
 }

@@ -6,88 +6,39 @@
 //!   the client to take each answer.
 //! - `socket.line_timeout`: a line must be complete this long after its
 //!   first byte, so a client trickling bytes cannot hold a slot for minutes.
+//! - On a reserved slot both are [`RESERVED_DEADLINE`]: the slot exists for
+//!   an operator's one quick question, and a slow client must not keep it.
 //! - [`MAX_LINE_BYTES`]: the longest line.
-//! - The [`Budget`]: a line may grow past [`SMALL_LINE_BYTES`] only while it
-//!   holds one of a few daemon-wide permits, kept until the line is parsed
-//!   and handled. Parsing a line into JSON values costs several times its
-//!   size, so without it many concurrent 1 MiB lines take gigabytes. Small
-//!   requests never wait for it, and the time spent waiting for it does not
+//! - The [`Budget`]: a line grows past [`SMALL_LINE_BYTES`] only in one of
+//!   32 daemon-wide turns to read a large line, and must then keep coming
+//!   (see [`LARGE_LINE_TIME`]); once complete it is parsed and handled
+//!   only while holding one of a few permits. A `list` or `get`
+//!   takes room for the largest answer before the store builds it, and a
+//!   large answer keeps its size until written. Small requests and answers
+//!   never wait for it; the time spent waiting for a turn does not
 //!   count against the client's line timeout.
 //!
 //! ```text
 //!  idle ─first byte─► reading ─newline─► parse, handle ─► write answer ─► idle
-//!   │ idle_timeout      │ line_timeout (+ any wait for the budget)
-//!   ▼                   ▼ past SMALL_LINE_BYTES: take a budget permit
+//!   │ idle_timeout      │ line_timeout (+ any wait for a turn)
+//!   ▼                   ▼ past SMALL_LINE_BYTES: a turn, then a pace
 //! closed             closed, with a bad_request line
 //! ```
 
 use super::Service;
 use super::accept::RESERVED_OPS;
-use crate::protocol::{ErrorBody, ErrorCode, MAX_LINE_BYTES, parse_request};
-use std::sync::{Arc, OnceLock};
+use super::budget::{Budget, LARGE_LINE_RATE, LARGE_LINE_TIME, SMALL_LINE_BYTES};
+use crate::protocol::{ErrorBody, ErrorCode, MAX_LINE_BYTES, Request, parse_request};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 
-/// A line up to this long is read without the budget: one job, or any
-/// other request. Every connection may hold one at once.
-pub const SMALL_LINE_BYTES: usize = 8 * 1024;
-
-/// How many lines longer than [`SMALL_LINE_BYTES`] may be read, parsed and
-/// handled at once, daemon-wide. A 1 MiB batch of small jobs costs 25 to 40
-/// MiB at its peak (JSON values, validated jobs, the store's transaction,
-/// the answer), so this bounds them to well under 256 MiB together. More at
-/// once would not go faster: the store commits one call at a time.
-pub const LARGE_LINES_AT_ONCE: usize = 4;
-
-/// How the process gives freed memory back to the system, if it can be
-/// told to: the binary's allocator keeps freed pages for reuse, which after
-/// a burst of large requests would keep the burst's peak resident.
-static GIVE_BACK: OnceLock<fn()> = OnceLock::new();
-
-/// Sets what gives memory back (once; later calls are ignored). Called
-/// after a burst of large lines has been handled, at most once a second.
-pub fn give_memory_back_with(give_back: fn()) {
-    let _ = GIVE_BACK.set(give_back);
-}
-
-/// The daemon-wide permits for large lines.
-#[derive(Clone)]
-pub struct Budget {
-    permits: Arc<Semaphore>,
-    /// Fired each time a large line has been handled.
-    handled: Arc<Notify>,
-}
-
-impl Budget {
-    pub fn new() -> Budget {
-        Budget {
-            permits: Arc::new(Semaphore::new(LARGE_LINES_AT_ONCE)),
-            handled: Arc::new(Notify::new()),
-        }
-    }
-
-    /// Gives memory back once large lines stop coming, until `shutdown`.
-    pub async fn give_back_when_idle(self, mut shutdown: watch::Receiver<bool>) {
-        let Some(give_back) = GIVE_BACK.get() else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = self.handled.notified() => {}
-            }
-            // Once a second at most: giving back costs system calls.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if self.permits.available_permits() == LARGE_LINES_AT_ONCE {
-                give_back();
-            }
-        }
-    }
-}
+/// On a reserved slot, the longest wait for a line's first byte, for the
+/// rest of the line, and for the client to take its answer.
+pub const RESERVED_DEADLINE: Duration = Duration::from_secs(1);
 
 /// What every connection is held to.
 #[derive(Clone)]
@@ -115,10 +66,14 @@ pub enum ConnectionError {
     Idle(Duration),
     #[error("did not finish a line within {0:?} of its first byte")]
     SlowLine(Duration),
+    #[error("sent a line over {SMALL_LINE_BYTES} bytes slower than {0} bytes a second")]
+    SlowLargeLine(usize),
     #[error("did not read its answer within {0:?}")]
     Stalled(Duration),
     #[error("sent a line longer than {0} bytes")]
     LineTooLong(usize),
+    #[error("{0}")]
+    Stopping(#[from] super::budget::Closed),
 }
 
 /// Serves `stream` until the client closes it, a bound is broken, or
@@ -132,6 +87,14 @@ pub async fn run(
 ) -> Result<(), ConnectionError> {
     // For the log lines of requests that act for an operator (`resume`).
     let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let limits = &match slot {
+        SlotKind::Normal => limits.clone(),
+        SlotKind::Reserved => Limits {
+            idle: limits.idle.min(RESERVED_DEADLINE),
+            line: limits.line.min(RESERVED_DEADLINE),
+            budget: limits.budget.clone(),
+        },
+    };
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -140,8 +103,8 @@ pub async fn run(
             _ = shutdown.changed() => return Ok(()),
             read = read_line(&mut reader, &mut line, limits, slot) => read,
         };
-        let permit = match read {
-            Ok(Some(permit)) => permit,
+        let turn = match read {
+            Ok(Some(turn)) => turn,
             Ok(None) => return Ok(()),
             Err(e) => {
                 let message = match &e {
@@ -151,6 +114,10 @@ pub async fn run(
                     ConnectionError::SlowLine(limit) => format!(
                         "the line was not complete within {limit:?} of its first byte \
                          (socket.line_timeout); the connection is closed"
+                    ),
+                    ConnectionError::SlowLargeLine(rate) => format!(
+                        "the line is longer than {SMALL_LINE_BYTES} bytes and came slower \
+                         than {rate} bytes a second; the connection is closed"
                     ),
                     _ => return Err(e),
                 };
@@ -168,6 +135,12 @@ pub async fn run(
         if text.is_empty() {
             continue;
         }
+        // Complete, a large line waits its turn to be parsed and handled;
+        // the client's speed no longer matters.
+        let handling = match turn {
+            Some(_) => Some(limits.budget.handle_large_line().await?),
+            None => None,
+        };
         let request = match slot {
             SlotKind::Reserved if !reserved_op(text) => Err(ErrorBody::new(
                 ErrorCode::Internal,
@@ -184,30 +157,50 @@ pub async fn run(
         if line.capacity() > SMALL_LINE_BYTES {
             line = Vec::new();
         }
-        let answer = match request {
-            Ok(request) => service.handle(request, uid).await,
+        if let Some(turn) = turn {
+            limits.budget.done_with(turn);
+        }
+        let (answer, answer_bytes) = match request {
+            Ok(request) if may_answer_large(&request) => {
+                // Room for the largest answer before the store builds it;
+                // what the answer does not need goes back once it is built.
+                let room = limits.budget.answer_room().await?;
+                let answer = service.handle(request, uid).await;
+                let kept = limits.budget.keep_for_answer(room, answer.len() + 1);
+                (answer, kept)
+            }
+            Ok(request) => (service.handle(request, uid).await, None),
             Err(e) => {
                 crate::metrics::socket_request("invalid", Some(e.code));
-                e.to_line()
+                (e.to_line(), None)
             }
         };
         // Handled: the request's memory is gone, let the next large line in.
-        if let Some(permit) = permit {
-            drop(permit);
-            limits.budget.handled.notify_one();
+        if let Some(handling) = handling {
+            limits.budget.done_with(handling);
         }
         // A client that stops reading must not hold its slot for ever.
         let mut answer = answer.into_bytes();
         answer.push(b'\n');
-        tokio::time::timeout(limits.idle, write.write_all(&answer))
-            .await
-            .map_err(|_| ConnectionError::Stalled(limits.idle))??;
+        let written = tokio::time::timeout(limits.idle, write.write_all(&answer)).await;
+        // The answer's bytes are gone before its budget is given back.
+        drop(answer);
+        if let Some(answer_bytes) = answer_bytes {
+            limits.budget.done_with(answer_bytes);
+        }
+        written.map_err(|_| ConnectionError::Stalled(limits.idle))??;
     }
+}
+
+/// Whether `request`'s answer may be large: the views of jobs.
+fn may_answer_large(request: &Request) -> bool {
+    matches!(request, Request::List { .. } | Request::Get(_))
 }
 
 /// Reads one line, newline included, into `line`. `Ok(None)` is the end of
 /// the stream before a new line began; a last line without a newline counts
-/// as a line. The permit, if any, covers a line past [`SMALL_LINE_BYTES`].
+/// as a line. A line past [`SMALL_LINE_BYTES`] comes with its turn to be
+/// read, which it holds until it has been parsed.
 async fn read_line(
     reader: &mut BufReader<OwnedReadHalf>,
     line: &mut Vec<u8>,
@@ -226,34 +219,51 @@ async fn read_line(
         SlotKind::Reserved => SMALL_LINE_BYTES,
     };
     let mut deadline = Instant::now() + limits.line;
-    let mut permit = None;
+    // Once the line is past SMALL_LINE_BYTES: its turn, when it was given,
+    // and the line's length then.
+    let mut large: Option<(OwnedSemaphorePermit, Instant, usize)> = None;
     loop {
-        let buf = tokio::time::timeout_at(deadline, reader.fill_buf())
-            .await
-            .map_err(|_| ConnectionError::SlowLine(limits.line))??;
+        let due = match &large {
+            None => deadline,
+            Some((_, since, from)) => {
+                let sent = (line.len() - from) as f64 / LARGE_LINE_RATE as f64;
+                deadline.min(*since + LARGE_LINE_TIME + Duration::from_secs_f64(sent))
+            }
+        };
+        // Bytes already waiting are read even past `due`: timeout_at tries
+        // the read first.
+        let read = tokio::time::timeout_at(due, reader.fill_buf()).await;
+        let buf = match read {
+            Ok(buf) => buf?,
+            Err(_) if due < deadline => {
+                return Err(ConnectionError::SlowLargeLine(LARGE_LINE_RATE));
+            }
+            Err(_) => return Err(ConnectionError::SlowLine(limits.line)),
+        };
         if buf.is_empty() {
-            return Ok(Some(permit));
+            return Ok(Some(large.map(|(turn, ..)| turn)));
         }
         let (take, complete) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
             None => (buf.len(), false),
         };
-        if line.len() + take > max {
+        let needed = line.len() + take;
+        if needed > max {
             return Err(ConnectionError::LineTooLong(max));
+        }
+        if needed > SMALL_LINE_BYTES && large.is_none() {
+            let waiting = Instant::now();
+            let turn = limits.budget.read_large_line().await?;
+            // The wait for a turn is not the client's doing.
+            deadline += waiting.elapsed();
+            large = Some((turn, Instant::now(), line.len()));
+            // The wait may have let more bytes in; read them afresh.
+            continue;
         }
         line.extend_from_slice(&buf[..take]);
         reader.consume(take);
         if complete {
-            return Ok(Some(permit));
-        }
-        if permit.is_none() && line.len() > SMALL_LINE_BYTES {
-            let waiting = Instant::now();
-            let acquired = limits.budget.permits.clone().acquire_owned().await;
-            // Closed only if the daemon is going away.
-            permit = Some(acquired.map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "the daemon is stopping")
-            })?);
-            deadline += waiting.elapsed();
+            return Ok(Some(large.map(|(turn, ..)| turn)));
         }
     }
 }

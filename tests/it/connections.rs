@@ -246,9 +246,307 @@ async fn ping_and_stats_answer_while_trickling_clients_hold_every_normal_slot() 
     stub.shutdown().await;
 }
 
+/// Whether the daemon has begun writing an answer to `stream`, without
+/// reading any of it.
+fn answer_waiting(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut fd, 1, 0) == 1 && fd.revents & libc::POLLIN != 0 }
+}
+
+/// slow.py: 260 clients trickling 1 byte a second, reconnecting when
+/// closed, took the reserved slots too, and `stats` was refused 32 times
+/// in 40. One process now holds at most one reserved slot, and a reserved
+/// connection must send its line within a second. The guarantee: while
+/// fewer than RESERVED_SLOTS other processes contend, `stats` from a fresh
+/// process is answered every time, without retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_answers_every_time_while_trickling_clients_contend_for_every_slot() {
+    const SLOTS: usize = 8;
+    const TRICKLERS: usize = 24;
+    let stub = CoaxStub::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = socket_config(
+        &stub.base_url(),
+        &format!("max_connections = {SLOTS}"),
+        "level = \"info\"",
+    );
+    let mut daemon = DaemonProcess::start(dir.path(), &config).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each trickler sends a byte every 100 ms and never ends its line;
+    // refused or closed, it connects again at once.
+    let tricklers: Vec<_> = (0..TRICKLERS)
+        .map(|_| {
+            let (socket, stop) = (daemon.socket.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut stream) = UnixStream::connect(&socket) else {
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+                    let mut byte = [0u8; 256];
+                    let mut first = true;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let sent = if first { &b"{"[..] } else { &b" "[..] };
+                        first = false;
+                        if stream.write_all(sent).is_err() {
+                            break;
+                        }
+                        match std::io::Read::read(&mut stream, &mut byte) {
+                            // An error line, or closed: connect again.
+                            Ok(_) => break,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Every slot is taken: this process's own connection is refused.
+    let socket = daemon.socket.clone();
+    wait_until("the tricklers to take every slot", PATIENCE, || {
+        let socket = socket.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let (mut stream, mut reader) = connect(&socket);
+                let _ = stream.write_all(b"{\"op\":\"ping\"}\n");
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                line.contains("too many connections").then_some(())
+            })
+            .await
+            .expect("probe thread")
+        }
+    })
+    .await;
+
+    // 20 of 20, each from a process of its own.
+    let socket = daemon.socket.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .map(|_| {
+                let output = std::process::Command::new(binary())
+                    .arg("--socket")
+                    .arg(&socket)
+                    .args(["--json", "stats"])
+                    .output()
+                    .expect("run the client");
+                (
+                    output.status.code(),
+                    String::from_utf8_lossy(&output.stdout).into_owned()
+                        + &String::from_utf8_lossy(&output.stderr),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("client thread");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tricklers {
+        t.join().expect("a trickler panicked");
+    }
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|(code, out)| *code != Some(0) || !out.contains("\"counts\""))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 20 stats calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    daemon.terminate().await;
+    stub.shutdown().await;
+}
+
+/// 40 clients each sent 9,000 bytes and then a byte a second: each took one
+/// of the 4 large-line permits mid-line and held it until line_timeout, so
+/// a 20 KiB enqueue got no answer within 35 s. A line now holds only its
+/// bytes while it is read, and the permit only once it is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_large_lines_do_not_block_other_large_lines() {
+    const SLOW: usize = 40;
+    let stub = CoaxStub::start().await;
+    // Far longer than the wait below: on the old code the enqueue waited
+    // for tricklers to time out.
+    let config = socket_config(
+        &stub.base_url(),
+        "line_timeout = \"600s\"\nidle_timeout = \"600s\"",
+        "level = \"info\"",
+    );
+    let daemon = TestDaemon::start_with(&config).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(Barrier::new(SLOW + 1));
+    let slow: Vec<_> = (0..SLOW)
+        .map(|_| {
+            let (socket, stop, started) = (daemon.socket.clone(), stop.clone(), started.clone());
+            std::thread::spawn(move || {
+                let (mut stream, _reader) = connect(&socket);
+                let head = format!("{{\"op\":\"ping\",\"x\":\"{}", "a".repeat(9000));
+                stream
+                    .write_all(head.as_bytes())
+                    .expect("the first 9,000 bytes");
+                started.wait();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && stream.write_all(b"a").is_ok()
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking({
+        let started = started.clone();
+        move || started.wait()
+    })
+    .await
+    .expect("barrier");
+    // Answered after the slow lines' bytes were sent: the daemon is reading
+    // them.
+    assert_eq!(daemon.request(json!({"op": "ping"})).await["ok"], true);
+
+    let socket = daemon.socket.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let (mut stream, mut reader) = connect(&socket);
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("read timeout");
+        let job = json!({"op": "enqueue", "job": {"kind": "message", "channel": "sms",
+            "delay": "1h", "payload": {"message": "m".repeat(20 * 1024), "phone": "+15550100"}}});
+        stream
+            .write_all(format!("{job}\n").as_bytes())
+            .expect("send");
+        let mut line = String::new();
+        reader.read_line(&mut line).map(|_| line)
+    })
+    .await
+    .expect("client thread");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let line = answer.unwrap_or_else(|e| {
+        panic!("no answer to a 20 KiB enqueue within {PATIENCE:?} while {SLOW} lines trickle: {e}")
+    });
+    let answer: Value = serde_json::from_str(&line).expect("an answer line");
+    assert_eq!(answer["ok"], true, "{answer}");
+    daemon.stop().await;
+    for t in slow {
+        t.join().expect("a slow client panicked");
+    }
+    stub.shutdown().await;
+}
+
+/// 250 clients each sent one `list` (limit 10,000) over jobs with 64 KiB
+/// payloads and never read: the daemon built every 8 MiB answer at once
+/// (2.85 GB) and kept the memory after they closed. A `list` now takes
+/// room for its answer from a daemon-wide budget before it is built, and
+/// keeps it until the answer is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_large_list_answers_peak_under_256_mib_and_memory_is_given_back() {
+    const CLIENTS: usize = 250;
+    const JOBS: usize = 130;
+    let stub = CoaxStub::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = socket_config(
+        &stub.base_url(),
+        "max_connections = 300",
+        "level = \"debug\"",
+    );
+    let mut daemon = DaemonProcess::start(dir.path(), &config).await;
+    let pid = daemon.child.id();
+    // 130 jobs of 64 KiB: one page of 10,000 fills the 8 MiB answer.
+    let message = "m".repeat(65_000);
+    for batch in 0..JOBS / 10 {
+        let jobs: Vec<Value> = (0..10)
+            .map(|i| {
+                json!({"kind": "message", "channel": "sms", "delay": "30d",
+                "key": format!("big-{batch}-{i}"),
+                "payload": {"message": message, "phone": "+15550100"}})
+            })
+            .collect();
+        let answer = daemon.request(json!({"op": "enqueue", "jobs": jobs})).await;
+        assert_eq!(answer["ok"], true, "{answer}");
+    }
+    let (before_kib, _) = memory_kib(pid);
+
+    let clients: Vec<UnixStream> = (0..CLIENTS)
+        .map(|_| {
+            let (mut stream, _) = connect(&daemon.socket);
+            stream
+                .write_all(b"{\"op\":\"list\",\"limit\":10000}\n")
+                .expect("send a list");
+            stream
+        })
+        .collect();
+    // Until each list is being answered or waits for room.
+    let clients = Arc::new(clients);
+    wait_until(
+        "every list to be answered or to wait for room",
+        4 * PATIENCE,
+        || {
+            let (clients, logs) = (clients.clone(), daemon.logs());
+            async move {
+                let answering = clients.iter().filter(|c| answer_waiting(c)).count();
+                let waiting = logs.matches("waits for room for its answer").count();
+                (answering + waiting >= CLIENTS).then_some(())
+            }
+        },
+    )
+    .await;
+    let (peak_kib, _) = memory_kib(pid);
+    println!(
+        "{CLIENTS} unread lists; daemon RSS before {:.1} MiB, peak (VmHWM) {:.1} MiB",
+        before_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0
+    );
+    assert!(
+        peak_kib < LARGE_RSS_LIMIT_KIB,
+        "the daemon's peak RSS {peak_kib} KiB is over {LARGE_RSS_LIMIT_KIB} KiB"
+    );
+
+    // The clients go; the memory of their answers is given back.
+    drop(clients);
+    let given_back = before_kib + (peak_kib - before_kib) / 2;
+    let rss_kib = wait_until("the daemon to give memory back", 4 * PATIENCE, || async {
+        let (_, rss) = memory_kib(pid);
+        (rss < given_back).then_some(rss)
+    })
+    .await;
+    println!("RSS afterwards {:.1} MiB", rss_kib as f64 / 1024.0);
+    assert_eq!(daemon.request(json!({"op": "ping"})).await["ok"], true);
+    daemon.terminate().await;
+    stub.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Connection logs
 // ---------------------------------------------------------------------------
+
+/// Every `resume` was logged at INFO, also when nothing was paused: a
+/// loop of them wrote 60,000 lines in 5 s. Only a resume that ended a
+/// pause is logged at INFO now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_when_nothing_is_paused_is_not_logged_at_info() {
+    let stub = CoaxStub::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = socket_config(&stub.base_url(), "", "level = \"info\"");
+    let mut daemon = DaemonProcess::start(dir.path(), &config).await;
+    for _ in 0..50 {
+        let answer = daemon.request(json!({"op": "resume"})).await;
+        assert_eq!(answer["resumed"], false, "{answer}");
+    }
+    daemon.terminate().await;
+    let logs = daemon.logs();
+    let about_resume = logs.lines().filter(|l| l.contains("resume")).count();
+    assert_eq!(about_resume, 0, "{logs}");
+    stub.shutdown().await;
+}
 
 /// The sum of `field=N` over the log's `queue summary` lines.
 fn summed(logs: &str, field: &str) -> u64 {
