@@ -411,18 +411,18 @@ impl Store {
     /// stay done.
     pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
         let _timed = crate::metrics::store_call("prune");
-        if dry_run {
-            return self.call(move |c| queries::count_prunable(c, before)).await;
-        }
         let mut total = Pruned::default();
         let mut from = Some(queries::PruneCursor::START);
         while let Some(cursor) = from {
             let step = self
-                .call(move |c| queries::prune_step(c, before, cursor, PRUNE_STEP))
+                .call(move |c| queries::prune_step(c, before, cursor, PRUNE_STEP, dry_run))
                 .await?;
             total.jobs += step.pruned.jobs;
             total.attempts += step.pruned.attempts;
             from = step.next;
+        }
+        if dry_run {
+            return Ok(total);
         }
         self.call_alone(|c| {
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")

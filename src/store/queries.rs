@@ -418,27 +418,6 @@ const FINISHED_STATES: [State; 5] = [
     State::Cancelled,
 ];
 
-/// How many finished jobs, and their attempts, a prune would remove.
-pub fn count_prunable(conn: &Connection, before: Millis) -> Result<Pruned, StoreError> {
-    let states: Vec<String> = FINISHED_STATES
-        .iter()
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect();
-    let prunable = format!("state IN ({}) AND updated_at < ?1", states.join(", "));
-    let count = |sql: &str| -> Result<u64, StoreError> {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.query_row([before], |r| r.get::<_, i64>(0)))
-            .map(|n| u64::try_from(n).unwrap_or(0))
-            .map_err(StoreError::sqlite("counting finished jobs"))
-    };
-    Ok(Pruned {
-        jobs: count(&format!("SELECT count(*) FROM jobs WHERE {prunable}"))?,
-        attempts: count(&format!(
-            "SELECT count(*) FROM jobs JOIN attempts ON attempts.job_id = jobs.id WHERE {prunable}"
-        ))?,
-    })
-}
-
 /// The jobs of one state (?2) after a position (?3, ?4) in the
 /// `jobs_by_state_due` index, with whether each was last updated before ?1:
 /// first those due at the same instant with a higher id, then those due
@@ -456,14 +435,16 @@ pub(super) const PRUNE_STEP_SQL: [&str; 2] = [
 
 /// Examines up to `limit` finished jobs from `from` on, through the
 /// `jobs_by_state_due` index, and deletes those last updated before
-/// `before`, with their attempts. Each step costs at most `limit` index
-/// entries and row lookups however the queue is made up, and a whole prune
-/// reads each finished job once; scheduled jobs are never read.
+/// `before`, with their attempts (or, on a dry run, only counts them). Each
+/// step costs at most `limit` index entries and row lookups however the
+/// queue is made up, and a whole prune reads each finished job once;
+/// scheduled jobs are never read.
 pub fn prune_step(
     conn: &Connection,
     before: Millis,
     from: PruneCursor,
     limit: usize,
+    dry_run: bool,
 ) -> Result<PruneStep, StoreError> {
     let err = || StoreError::sqlite("pruning finished jobs");
     let Some(state) = FINISHED_STATES.get(from.state) else {
@@ -493,14 +474,23 @@ pub fn prune_step(
     }
 
     let mut pruned = Pruned::default();
-    let mut attempts = conn
-        .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")
-        .map_err(err())?;
-    let mut jobs = conn
-        .prepare_cached("DELETE FROM jobs WHERE id = ?1")
-        .map_err(err())?;
-    for &(id, _, old) in &examined {
-        if old {
+    if dry_run {
+        let mut attempts = conn
+            .prepare_cached("SELECT count(*) FROM attempts WHERE job_id = ?1")
+            .map_err(err())?;
+        for &(id, _, _) in examined.iter().filter(|e| e.2) {
+            let n: i64 = attempts.query_row([id], |r| r.get(0)).map_err(err())?;
+            pruned.attempts += u64::try_from(n).unwrap_or(0);
+            pruned.jobs += 1;
+        }
+    } else {
+        let mut attempts = conn
+            .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")
+            .map_err(err())?;
+        let mut jobs = conn
+            .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+            .map_err(err())?;
+        for &(id, _, _) in examined.iter().filter(|e| e.2) {
             pruned.attempts += attempts.execute([id]).map_err(err())? as u64;
             pruned.jobs += jobs.execute([id]).map_err(err())? as u64;
         }

@@ -50,7 +50,7 @@ fn a_prune_step_examines_at_most_its_limit_and_the_next_resumes() {
     let mut from = Some(PruneCursor::START);
     let mut steps = Vec::new();
     while let Some(cursor) = from {
-        let step = queries::prune_step(&conn, 1_000, cursor, 10).expect("a prune step");
+        let step = queries::prune_step(&conn, 1_000, cursor, 10, false).expect("a prune step");
         assert!(step.pruned.jobs <= 10, "{step:?}");
         steps.push(step.pruned.jobs);
         from = step.next;
@@ -67,6 +67,48 @@ fn a_prune_step_examines_at_most_its_limit_and_the_next_resumes() {
         ),
         0
     );
+}
+
+/// A dry run used to count every finished job and join every attempt in
+/// one statement, which on a large queue held the store thread far past
+/// the 50 ms any one call may take. It now walks the same bounded steps as
+/// a prune, and must count exactly what the prune then removes.
+#[test]
+fn a_dry_run_prune_counts_in_bounded_steps_what_a_prune_removes() {
+    let (_dir, conn) = queue();
+    jobs(&conn, "old-sent", 25, "sent", 10);
+    jobs(&conn, "new-sent", 7, "sent", 5_000);
+    jobs(&conn, "old-failed", 3, "failed", 10);
+    jobs(&conn, "old-scheduled", 10, "scheduled", 10);
+    conn.execute_batch(
+        "INSERT INTO attempts (job_id, seq, started_at) SELECT id, 1, 0 FROM jobs;
+         INSERT INTO attempts (job_id, seq, started_at)
+             SELECT id, 2, 0 FROM jobs WHERE key LIKE 'old-failed-%';",
+    )
+    .expect("attempts");
+    let walk = |dry_run: bool| {
+        let mut total = queries::Pruned::default();
+        let mut from = Some(PruneCursor::START);
+        while let Some(cursor) = from {
+            let step =
+                queries::prune_step(&conn, 1_000, cursor, 10, dry_run).expect("a prune step");
+            assert!(step.pruned.jobs <= 10, "{step:?}");
+            total.jobs += step.pruned.jobs;
+            total.attempts += step.pruned.attempts;
+            from = step.next;
+        }
+        total
+    };
+    let counted = walk(true);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM jobs"),
+        45,
+        "a dry run removes nothing"
+    );
+    assert_eq!((counted.jobs, counted.attempts), (28, 31));
+    let removed = walk(false);
+    assert_eq!(counted, removed);
+    assert_eq!(count(&conn, "SELECT count(*) FROM jobs"), 17);
 }
 
 #[test]
