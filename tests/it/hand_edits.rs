@@ -5,26 +5,11 @@
 
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{DaemonProcess, TestDaemon, config_text};
+use crate::helpers::{edit_db as edit, sms_job as job};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
-
-fn job(key: &str, delay: &str) -> Value {
-    json!({
-        "kind": "message", "channel": "sms", "key": key, "delay": delay,
-        "payload": {"message": "hi", "phone": "+15550100"}
-    })
-}
-
-/// Runs `sql` on the queue from outside, as a hand edit would.
-fn edit(db: &Path, sql: &str) {
-    let conn = Connection::open(db).expect("open the queue");
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
-    conn.execute_batch(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// The states `state_counts` keeps a row for.
 fn counted_states(db: &Path) -> BTreeSet<String> {

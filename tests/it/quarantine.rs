@@ -7,27 +7,10 @@
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{DaemonProcess, config_text};
 use crate::helpers::{PATIENCE, wait_until};
-use rusqlite::Connection;
+use crate::helpers::{edit_db as edit, sms_job as job};
 use serde_json::{Value, json};
-use std::path::Path;
 
 const HEALTHY: usize = 49;
-
-fn job(key: &str, delay: &str) -> Value {
-    json!({
-        "kind": "message", "channel": "sms", "key": key, "delay": delay,
-        "payload": {"message": "hi", "phone": "+15550100"}
-    })
-}
-
-/// Runs `sql` on the daemon's database from outside, as a hand edit would.
-fn edit(db: &Path, sql: &str) {
-    let conn = Connection::open(db).expect("open the queue");
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
-    conn.execute_batch(sql)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 async fn get(daemon: &DaemonProcess, key: &str) -> Value {
     daemon.request(json!({"op": "get", "key": key})).await

@@ -47,3 +47,20 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     };
     (field("VmHWM:"), field("VmRSS:"))
 }
+
+/// A customer SMS job with `key`, due after `delay`.
+pub fn sms_job(key: &str, delay: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "message", "channel": "sms", "key": key, "delay": delay,
+        "payload": {"message": "hi", "phone": "+15550100"}
+    })
+}
+
+/// Runs `sql` on a queue database from outside, as a hand edit would.
+pub fn edit_db(db: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(db).expect("open the queue");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn.execute_batch(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
