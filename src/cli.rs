@@ -130,21 +130,23 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Status => match status_command(&cli) {
+        Command::Status => match quiet_on_closed_pipe().and_then(|()| status_command(&cli)) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(2)
             }
         },
-        Command::List { limit, .. } => match list_command(&cli, limit) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(2)
+        Command::List { limit, .. } => {
+            match quiet_on_closed_pipe().and_then(|()| list_command(&cli, limit)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
             }
-        },
-        _ => match client_command(&cli) {
+        }
+        _ => match quiet_on_closed_pipe().and_then(|()| client_command(&cli)) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -152,6 +154,24 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Lets a client command end quietly when its output is a pipe that closed
+/// (`coax-scheduler list | head -1`), as Unix tools do, instead of
+/// panicking in `println!`. The Rust runtime ignores SIGPIPE; the daemon
+/// keeps that, so a client that goes away is an error it can log, not a
+/// signal that stops it.
+fn quiet_on_closed_pipe() -> anyhow::Result<()> {
+    // SAFETY: restores the default disposition of one signal before any
+    // thread is started; no handler code is involved.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if previous == libc::SIG_ERR {
+        anyhow::bail!(
+            "cannot restore SIGPIPE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

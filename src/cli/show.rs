@@ -97,13 +97,26 @@ fn text(v: &Value) -> String {
 }
 
 /// `s` with every control character written as an escape (`\u{1b}`), and
-/// the invisible marks that reorder text on screen (bidi overrides) too.
+/// the invisible marks that reorder or break text on screen (bidi
+/// controls, line separators, the byte order mark) too.
 /// Terminals act on ESC, OSC and CSI sequences, and on CR and backspace;
 /// a value that carries them could rewrite what the operator sees.
 pub fn printable(s: &str) -> String {
     let unsafe_char = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            || matches!(
+                c,
+                // Unicode's Bidi_Control set, the line and paragraph
+                // separators, and the byte order mark.
+                '\u{61c}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{feff}'
+            )
     };
     if !s.chars().any(unsafe_char) {
         return s.to_owned();
@@ -389,6 +402,8 @@ mod tests {
             "{shown:?}"
         );
         assert!(shown.contains("a\\u{7f}b\\u{9b}31m\\u{202e}c"), "{shown}");
+        let marks = text(&Value::String("G\u{61c}H\u{2028}I\u{feff}J\u{2029}".into()));
+        assert_eq!(marks, "G\\u{61c}H\\u{2028}I\\u{feff}J\\u{2029}");
         let answer = serde_json::json!({"error": {"code": "invalid_job", "message": "bad\u{1b}[31m", "field": "key\r"}});
         let line = error(&answer);
         assert!(!line.chars().any(char::is_control), "{line:?}");

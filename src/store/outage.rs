@@ -53,6 +53,22 @@ impl Outage {
         self.observe_at(result, wrote, Instant::now());
     }
 
+    fn failing(&self, e: &StoreError) {
+        tracing::error!(
+            db = %self.db.display(),
+            error = %e,
+            "storage is failing: calls that write fail until it recovers"
+        );
+    }
+
+    fn recovered(&self, calls: u64) {
+        tracing::info!(
+            db = %self.db.display(),
+            failed_calls = calls,
+            "storage recovered"
+        );
+    }
+
     fn observe_at<T>(&self, result: &Result<T, StoreError>, wrote: bool, now: Instant) {
         let mut failed = match self.failed.lock() {
             Ok(guard) => guard,
@@ -64,11 +80,21 @@ impl Outage {
                     calls: 1,
                     writing_since: None,
                 });
-                tracing::error!(
-                    db = %self.db.display(),
-                    error = %e,
-                    "storage is failing: calls that write fail until it recovers"
-                );
+                self.failing(e);
+            }
+            // Writes had gone on working for SETTLE, but none came after to
+            // end the outage: that one is over, and this is a new one.
+            (Err(e), Some(f))
+                if e.is_unavailable()
+                    && f.writing_since
+                        .is_some_and(|since| now.duration_since(since) >= SETTLE) =>
+            {
+                self.recovered(f.calls);
+                *f = Failing {
+                    calls: 1,
+                    writing_since: None,
+                };
+                self.failing(e);
             }
             (Err(e), Some(f)) if e.is_unavailable() => {
                 f.calls += 1;
@@ -78,11 +104,7 @@ impl Outage {
             (Ok(_), Some(f)) if wrote => match f.writing_since {
                 None => f.writing_since = Some(now),
                 Some(since) if now.duration_since(since) >= SETTLE => {
-                    tracing::info!(
-                        db = %self.db.display(),
-                        failed_calls = f.calls,
-                        "storage recovered"
-                    );
+                    self.recovered(f.calls);
                     *failed = None;
                 }
                 Some(_) => {}
@@ -138,5 +160,25 @@ mod tests {
         assert_eq!(count(), Some(2), "the wait began at the last failure's end");
         outage.observe_at(&Ok(()), true, later + SETTLE / 2 + SETTLE);
         assert_eq!(count(), None);
+    }
+
+    /// A short burst of writes after the disk was freed, then nothing, left
+    /// the outage open for ever; the next failure, much later, was then
+    /// counted in silence instead of logged as a new outage.
+    #[test]
+    fn a_failure_long_after_writes_worked_again_is_a_new_outage() {
+        let outage = Outage::new("q.db".into());
+        let count = || outage.failed.lock().expect("lock").map(|f| f.calls);
+        let t0 = Instant::now();
+        outage.observe_at(&full(), false, t0);
+        outage.observe_at(&full(), false, t0);
+        outage.observe_at(&Ok(()), true, t0 + SETTLE / 4);
+        assert_eq!(count(), Some(2), "not yet settled");
+        outage.observe_at(&full(), false, t0 + SETTLE * 60);
+        assert_eq!(
+            count(),
+            Some(1),
+            "a new outage, counted from its first call"
+        );
     }
 }

@@ -125,3 +125,39 @@ async fn a_payload_over_max_job_bytes_is_invalid_job_naming_the_cap() {
     assert_eq!(stored, 1, "only the job that fits: {stats}");
     daemon.stop().await;
 }
+
+/// `coax-scheduler stats | head -1` panicked with "failed printing to
+/// stdout: Broken pipe" and a backtrace once `head` had gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_ends_quietly_when_its_output_pipe_closes() {
+    use std::os::unix::process::ExitStatusExt;
+    let coax = CoaxStub::start().await;
+    let daemon = TestDaemon::start(&coax.base_url()).await;
+    let socket = daemon.socket.clone();
+    for args in [vec!["stats"], vec!["list"], vec!["status"]] {
+        let socket = socket.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            // A pipe whose reader is gone before the CLI writes a byte.
+            let (reader, writer) = std::io::pipe().expect("a pipe");
+            drop(reader);
+            std::process::Command::new(crate::helpers::daemon::binary())
+                .arg("--socket")
+                .arg(&socket)
+                .args(&args)
+                .stdout(writer)
+                .output()
+                .expect("run the CLI")
+        })
+        .await
+        .expect("CLI thread");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(
+            output.status.signal(),
+            Some(13),
+            "ended by SIGPIPE, as Unix tools do: {:?} {stderr}",
+            output.status
+        );
+    }
+    daemon.stop().await;
+}
