@@ -195,8 +195,8 @@ impl Default for Rules {
 pub const DEFAULT_MAX_JOB_BYTES: usize = 64 * 1024;
 
 const MAX_KEY_LEN: usize = 200;
-pub const MAX_CHANNEL_LEN: usize = 64;
-pub const MAX_ENQUIRY_ID_LEN: usize = 20;
+const MAX_CHANNEL_LEN: usize = 64;
+const MAX_ENQUIRY_ID_LEN: usize = 20;
 
 /// A channel or enquiry id becomes a URL path segment, so only a safe
 /// alphabet is allowed: nothing that could climb out of the route.
@@ -205,6 +205,17 @@ pub fn is_path_safe(text: &str) -> bool {
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether `text` is a channel: 1 to 64 letters, digits, `_` or `-`. It
+/// becomes a path segment, so this holds for a stored job as for a new one.
+pub fn is_channel(text: &str) -> bool {
+    text.len() <= MAX_CHANNEL_LEN && is_path_safe(text)
+}
+
+/// Whether `text` is an enquiry id: 1 to 20 digits, a path segment too.
+pub fn is_enquiry_id(text: &str) -> bool {
+    !text.is_empty() && text.len() <= MAX_ENQUIRY_ID_LEN && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Checks a caller's JOB object and turns it into a [`NewJob`].
@@ -322,7 +333,7 @@ fn validate_expiry(
 fn validate_channel(value: Option<&Value>) -> Result<String, JobError> {
     match value {
         None => Err(JobError::new("channel", "is required")),
-        Some(Value::String(s)) if s.len() <= MAX_CHANNEL_LEN && is_path_safe(s) => Ok(s.clone()),
+        Some(Value::String(s)) if is_channel(s) => Ok(s.clone()),
         Some(Value::String(s)) => Err(JobError::new(
             "channel",
             format!(
@@ -341,10 +352,7 @@ fn validate_enquiry_id(value: Option<&Value>) -> Result<Option<String>, JobError
         Some(Value::Number(n)) if n.is_u64() => n.to_string(),
         Some(_) => return Err(JobError::new("enquiry_id", "must be a string of digits")),
     };
-    if text.is_empty()
-        || text.len() > MAX_ENQUIRY_ID_LEN
-        || !text.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !is_enquiry_id(&text) {
         return Err(JobError::new(
             "enquiry_id",
             format!("{} is not an enquiry id: use digits only", quoted(&text)),

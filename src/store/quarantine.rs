@@ -14,7 +14,7 @@
 use super::StoreError;
 use super::delivery::ClaimedJob;
 use super::view;
-use crate::job::{Kind, MAX_CHANNEL_LEN, MAX_ENQUIRY_ID_LEN, State, is_path_safe};
+use crate::job::{Kind, State, is_channel, is_enquiry_id};
 use crate::time::Millis;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Row, params};
@@ -79,13 +79,10 @@ fn quarantine_row(conn: &Connection, id: i64, reason: &str, now: Millis) -> rusq
         view::MAX_TEXT_BYTES,
     );
     conn.prepare_cached(
-        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3,
-                scheduled_at = CASE typeof(scheduled_at) WHEN 'integer' THEN scheduled_at ELSE ?3 END,
-                created_at = CASE typeof(created_at) WHEN 'integer' THEN created_at ELSE ?3 END,
-                expires_at = CASE typeof(expires_at) WHEN 'integer' THEN expires_at ELSE NULL END
-         WHERE id = ?1",
+        "UPDATE jobs SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![id, last_error, now]))
+    .and_then(|_| set_bad_times_to(conn, id, now))
     .and_then(|_| drop_unknown_counts(conn))?;
     tracing::error!(
         job_id = id,
@@ -100,6 +97,17 @@ fn quarantine_row(conn: &Connection, id: i64, reason: &str, now: Millis) -> rusq
 /// row in a state the claim never reads (a `sent` job, say), and cannot
 /// place it in its order otherwise. What they held was not a time.
 pub(super) fn repair_times(conn: &Connection, id: i64, now: Millis) -> Result<(), StoreError> {
+    set_bad_times_to(conn, id, now).map_err(StoreError::sqlite("repairing a job's times"))?;
+    tracing::error!(
+        job_id = id,
+        "a job's times are not times (was the database edited by hand?); set to now"
+    );
+    Ok(())
+}
+
+/// Sets each time column of job `id` that is not an integer to `now`
+/// (`expires_at` to none).
+fn set_bad_times_to(conn: &Connection, id: i64, now: Millis) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "UPDATE jobs SET
                 scheduled_at = CASE typeof(scheduled_at) WHEN 'integer' THEN scheduled_at ELSE ?2 END,
@@ -109,12 +117,11 @@ pub(super) fn repair_times(conn: &Connection, id: i64, now: Millis) -> Result<()
          WHERE id = ?1",
     )
     .and_then(|mut s| s.execute(params![id, now]))
-    .map_err(StoreError::sqlite("repairing a job's times"))?;
-    tracing::error!(
-        job_id = id,
-        "a job's times are not times (was the database edited by hand?); set to now"
-    );
-    Ok(())
+}
+
+/// Why a job whose state `stored` is not a job state is quarantined.
+fn bad_state_reason(stored: &str) -> String {
+    format!("state {stored:?} is not a job state")
 }
 
 /// Quarantines job `id`, whose state `stored` is not a job state.
@@ -124,12 +131,7 @@ pub(super) fn bad_state(
     stored: &str,
     now: Millis,
 ) -> Result<(), StoreError> {
-    quarantine(
-        conn,
-        id,
-        &format!("state {stored:?} is not a job state"),
-        now,
-    )
+    quarantine(conn, id, &bad_state_reason(stored), now)
 }
 
 /// The job states as a SQL list, for `state NOT IN (...)`.
@@ -204,12 +206,7 @@ pub(super) fn unknown_states(conn: &Connection, now: Millis) -> rusqlite::Result
         })?
         .collect::<rusqlite::Result<_>>()?;
     for (id, stored) in found {
-        quarantine_row(
-            conn,
-            id,
-            &format!("state {stored:?} is not a job state"),
-            now,
-        )?;
+        quarantine_row(conn, id, &bad_state_reason(&stored), now)?;
     }
     Ok(())
 }
@@ -322,7 +319,7 @@ fn integer(v: ValueRef<'_>, column: &str) -> Result<i64, String> {
 /// A channel as the job rules allow it: it becomes a path segment.
 fn channel_of(v: ValueRef<'_>) -> Result<String, String> {
     let channel = text(v, "channel")?;
-    if channel.len() > MAX_CHANNEL_LEN || !is_path_safe(&channel) {
+    if !is_channel(&channel) {
         return Err(format!(
             "channel {:?} is not a channel",
             view::bounded(channel, 100)
@@ -336,10 +333,7 @@ fn enquiry_of(v: ValueRef<'_>) -> Result<Option<String>, String> {
     let Some(enquiry) = optional_text(v, "enquiry_id")? else {
         return Ok(None);
     };
-    if enquiry.is_empty()
-        || enquiry.len() > MAX_ENQUIRY_ID_LEN
-        || !enquiry.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !is_enquiry_id(&enquiry) {
         return Err(format!(
             "enquiry_id {:?} is not an enquiry id",
             view::bounded(enquiry, 100)
