@@ -36,6 +36,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 mod view;
+mod walk;
 
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
@@ -412,7 +413,7 @@ impl Store {
     pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
         let _timed = crate::metrics::store_call("prune");
         let mut total = Pruned::default();
-        let mut from = Some(queries::PruneCursor::START);
+        let mut from = Some(walk::Cursor::START);
         while let Some(cursor) = from {
             let step = self
                 .call(move |c| queries::prune_step(c, before, cursor, PRUNE_STEP, dry_run))
@@ -439,7 +440,7 @@ impl Store {
     /// it quarantined.
     pub async fn sweep_unreadable(&self, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
         let mut total = 0;
-        let mut from = Some(quarantine::SweepCursor::START);
+        let mut from = Some(walk::Cursor::START);
         while let Some(cursor) = from {
             if *stop.borrow() {
                 break;

@@ -14,6 +14,7 @@
 use super::StoreError;
 use super::delivery::ClaimedJob;
 use super::view;
+use super::walk;
 use crate::job::{Kind, State, is_channel, is_enquiry_id};
 use crate::time::Millis;
 use rusqlite::types::ValueRef;
@@ -211,24 +212,6 @@ pub(super) fn unknown_states(conn: &Connection, now: Millis) -> rusqlite::Result
     Ok(())
 }
 
-/// Where the sweep has got to: the state it walks (an index into
-/// [`SWEPT`]) and the last job it checked there, in `jobs_by_state_due`
-/// order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SweepCursor {
-    state: usize,
-    scheduled_at: Millis,
-    id: i64,
-}
-
-impl SweepCursor {
-    pub const START: SweepCursor = SweepCursor {
-        state: 0,
-        scheduled_at: Millis::MIN,
-        id: i64::MIN,
-    };
-}
-
 /// The states whose jobs may still be sent, so must be readable. (Jobs in
 /// `sending` are put back in one of these by recovery before the sweep.)
 const SWEPT: [&str; 2] = ["scheduled", "held"];
@@ -238,59 +221,23 @@ const SWEPT: [&str; 2] = ["scheduled", "held"];
 /// (`None` when every state has been walked).
 pub(super) fn sweep_step(
     conn: &Connection,
-    from: SweepCursor,
+    from: walk::Cursor,
     limit: usize,
     now: Millis,
-) -> Result<(u64, Option<SweepCursor>), StoreError> {
-    let Some(state) = SWEPT.get(from.state) else {
-        return Ok((0, None));
-    };
-    let mut seen: Vec<(i64, Millis, Option<String>)> = Vec::with_capacity(limit);
-    // As in a prune step: those due at the same instant with a higher id,
-    // then those due later, each a seek in the state index.
-    for sql in [
-        "WHERE state = ?1 AND scheduled_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
-        "WHERE state = ?1 AND scheduled_at > ?2 ORDER BY scheduled_at, id LIMIT ?4",
-    ] {
-        let room = limit - seen.len();
-        if room == 0 {
-            break;
-        }
-        conn.prepare_cached(&format!("SELECT {DUE_COLUMNS} FROM jobs {sql}"))
-            .and_then(|mut s| {
-                let rows = s.query_map(
-                    params![state, from.scheduled_at, from.id, room as i64],
-                    |r| {
-                        let at = r.get_ref(5)?.as_i64().unwrap_or(Millis::MAX);
-                        Ok((r.get(0)?, at, read_due(r)?.err().map(|(_, why)| why)))
-                    },
-                )?;
-                for row in rows {
-                    seen.push(row?);
-                }
-                Ok(())
-            })
-            .map_err(StoreError::sqlite("checking jobs for unreadable rows"))?;
-    }
+) -> Result<(u64, Option<walk::Cursor>), StoreError> {
+    let (seen, next) = walk::step(conn, &SWEPT, from, limit, DUE_COLUMNS, &[], |r| {
+        let at = r.get_ref(5)?.as_i64().unwrap_or(Millis::MAX);
+        Ok((at, read_due(r)?.err().map(|(_, why)| why)))
+    })
+    .map_err(StoreError::sqlite("checking jobs for unreadable rows"))?;
     let mut quarantined = 0;
-    for (id, _, reason) in &seen {
-        if let Some(reason) = reason {
-            quarantine(conn, *id, reason, now)?;
+    for seen in &seen {
+        if let Some(reason) = &seen.row {
+            quarantine(conn, seen.id, reason, now)?;
             quarantined += 1;
         }
     }
-    let next = match seen.last() {
-        Some(&(id, scheduled_at, _)) if seen.len() >= limit => SweepCursor {
-            state: from.state,
-            scheduled_at,
-            id,
-        },
-        _ => SweepCursor {
-            state: from.state + 1,
-            ..SweepCursor::START
-        },
-    };
-    Ok((quarantined, (next.state < SWEPT.len()).then_some(next)))
+    Ok((quarantined, next))
 }
 
 fn text(v: ValueRef<'_>, column: &str) -> Result<String, String> {

@@ -9,6 +9,7 @@ use super::delivery::next_due;
 use super::quarantine;
 use super::view::{self, JOB_COLUMNS, Read};
 pub(super) use super::view::{omit_payload, view_bytes};
+use super::walk;
 use crate::job::{NewJob, State};
 use crate::protocol::{Enqueued, JobView};
 use crate::time::{self, Millis};
@@ -383,30 +384,12 @@ pub struct Pruned {
     pub attempts: u64,
 }
 
-/// Where a prune has got to: the finished state it is walking (an index
-/// into [`FINISHED_STATES`]) and the last job it examined there, in the
-/// order of the `jobs_by_state_due` index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneCursor {
-    state: usize,
-    scheduled_at: Millis,
-    id: i64,
-}
-
-impl PruneCursor {
-    pub const START: PruneCursor = PruneCursor {
-        state: 0,
-        scheduled_at: Millis::MIN,
-        id: i64::MIN,
-    };
-}
-
 /// One step of a prune: what it removed, and where the next step starts
 /// (`None` once every finished state has been walked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PruneStep {
     pub pruned: Pruned,
-    pub next: Option<PruneCursor>,
+    pub next: Option<walk::Cursor>,
 }
 
 /// The states a prune may delete, in the order it walks them.
@@ -418,20 +401,9 @@ const FINISHED_STATES: [State; 5] = [
     State::Cancelled,
 ];
 
-/// The jobs of one state (?2) after a position (?3, ?4) in the
-/// `jobs_by_state_due` index, with whether each was last updated before ?1:
-/// first those due at the same instant with a higher id, then those due
-/// later. (A row-value comparison, `(scheduled_at, id) > (?3, ?4)`, seeks
-/// on `scheduled_at` alone and would rescan every job due at that instant
-/// on each step.)
-pub(super) const PRUNE_STEP_SQL: [&str; 2] = [
-    "SELECT id, scheduled_at, updated_at < ?1 FROM jobs
-     WHERE state = ?2 AND scheduled_at = ?3 AND id > ?4
-     ORDER BY id LIMIT ?5",
-    "SELECT id, scheduled_at, updated_at < ?1 FROM jobs
-     WHERE state = ?2 AND scheduled_at > ?3
-     ORDER BY scheduled_at, id LIMIT ?5",
-];
+/// What a prune step reads of each job: its position, and whether it was
+/// last updated before ?5.
+pub(super) const PRUNE_COLUMNS: &str = "id, scheduled_at, updated_at < ?5";
 
 /// Examines up to `limit` finished jobs from `from` on, through the
 /// `jobs_by_state_due` index, and deletes those last updated before
@@ -442,43 +414,23 @@ pub(super) const PRUNE_STEP_SQL: [&str; 2] = [
 pub fn prune_step(
     conn: &Connection,
     before: Millis,
-    from: PruneCursor,
+    from: walk::Cursor,
     limit: usize,
     dry_run: bool,
 ) -> Result<PruneStep, StoreError> {
     let err = || StoreError::sqlite("pruning finished jobs");
-    let Some(state) = FINISHED_STATES.get(from.state) else {
-        return Ok(PruneStep {
-            pruned: Pruned::default(),
-            next: None,
-        });
-    };
-    let mut examined: Vec<(i64, Millis, bool)> = Vec::with_capacity(limit);
-    for sql in PRUNE_STEP_SQL {
-        let room = i64::try_from(limit - examined.len()).unwrap_or(i64::MAX);
-        if room == 0 {
-            break;
-        }
-        conn.prepare_cached(sql)
-            .and_then(|mut s| {
-                let rows = s.query_map(
-                    params![before, state.as_str(), from.scheduled_at, from.id, room],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?;
-                for row in rows {
-                    examined.push(row?);
-                }
-                Ok(())
-            })
-            .map_err(err())?;
-    }
-
+    let states = FINISHED_STATES.map(State::as_str);
+    let (examined, next) = walk::step(conn, &states, from, limit, PRUNE_COLUMNS, &[&before], |r| {
+        Ok((r.get(1)?, r.get::<_, bool>(2)?))
+    })
+    .map_err(err())?;
+    let old = examined.iter().filter(|seen| seen.row).map(|seen| seen.id);
     let mut pruned = Pruned::default();
     if dry_run {
         let mut attempts = conn
             .prepare_cached("SELECT count(*) FROM attempts WHERE job_id = ?1")
             .map_err(err())?;
-        for &(id, _, _) in examined.iter().filter(|e| e.2) {
+        for id in old {
             let n: i64 = attempts.query_row([id], |r| r.get(0)).map_err(err())?;
             pruned.attempts += u64::try_from(n).unwrap_or(0);
             pruned.jobs += 1;
@@ -490,25 +442,10 @@ pub fn prune_step(
         let mut jobs = conn
             .prepare_cached("DELETE FROM jobs WHERE id = ?1")
             .map_err(err())?;
-        for &(id, _, _) in examined.iter().filter(|e| e.2) {
+        for id in old {
             pruned.attempts += attempts.execute([id]).map_err(err())? as u64;
             pruned.jobs += jobs.execute([id]).map_err(err())? as u64;
         }
     }
-    let next = match examined.last() {
-        Some(&(id, scheduled_at, _)) if examined.len() >= limit => PruneCursor {
-            state: from.state,
-            scheduled_at,
-            id,
-        },
-        // This state is done; the next starts from its beginning.
-        _ => PruneCursor {
-            state: from.state + 1,
-            ..PruneCursor::START
-        },
-    };
-    Ok(PruneStep {
-        pruned,
-        next: (next.state < FINISHED_STATES.len()).then_some(next),
-    })
+    Ok(PruneStep { pruned, next })
 }

@@ -1,6 +1,7 @@
 //! The store's SQL on a real database file, below the store thread.
 
-use super::queries::{self, PruneCursor};
+use super::queries;
+use super::walk::{self, Cursor};
 use super::{listing, schema};
 use crate::job::validate;
 use crate::protocol::ListOrder;
@@ -47,7 +48,7 @@ fn a_prune_step_examines_at_most_its_limit_and_the_next_resumes() {
     jobs(&conn, "old-failed", 3, "failed", 10);
     jobs(&conn, "old-scheduled", 10, "scheduled", 10);
 
-    let mut from = Some(PruneCursor::START);
+    let mut from = Some(Cursor::START);
     let mut steps = Vec::new();
     while let Some(cursor) = from {
         let step = queries::prune_step(&conn, 1_000, cursor, 10, false).expect("a prune step");
@@ -88,7 +89,7 @@ fn a_dry_run_prune_counts_in_bounded_steps_what_a_prune_removes() {
     .expect("attempts");
     let walk = |dry_run: bool| {
         let mut total = queries::Pruned::default();
-        let mut from = Some(PruneCursor::START);
+        let mut from = Some(Cursor::START);
         while let Some(cursor) = from {
             let step =
                 queries::prune_step(&conn, 1_000, cursor, 10, dry_run).expect("a prune step");
@@ -117,7 +118,7 @@ fn a_prune_step_seeks_in_the_state_index() {
     let plan = |sql: &str| -> String {
         conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .and_then(|mut s| {
-                s.query_map(rusqlite::params![0, "sent", 0, 0, 10], |r| {
+                s.query_map(rusqlite::params!["sent", 0, 0, 10, 0], |r| {
                     r.get::<_, String>(3)
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -125,7 +126,12 @@ fn a_prune_step_seeks_in_the_state_index() {
             .expect("explain")
             .join("; ")
     };
-    let [same_instant, later] = queries::PRUNE_STEP_SQL.map(plan);
+    let [same_instant, later] = walk::SEEKS.map(|seek| {
+        plan(&format!(
+            "SELECT {} FROM jobs {seek}",
+            queries::PRUNE_COLUMNS
+        ))
+    });
     assert_eq!(
         same_instant,
         "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND scheduled_at=? AND id>?)"
