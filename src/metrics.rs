@@ -25,7 +25,7 @@ mod scrape;
 pub use http::{Exporter, MetricsError};
 pub use record::{
     Connection, StoreCall, attempt, attempt_started, connection, dispatch_changed, enqueued,
-    lateness, op_name, set_recording, socket_request, store_call,
+    lateness, set_recording, socket_request, store_call,
 };
 
 use crate::job::{Kind, State};

@@ -115,6 +115,38 @@ pub enum Request {
     },
 }
 
+/// Every op of the protocol, as requests name them.
+pub const OPS: [&str; 10] = [
+    "enqueue",
+    "get",
+    "list",
+    "cancel",
+    "reschedule",
+    "requeue",
+    "stats",
+    "ping",
+    "resume",
+    "prune",
+];
+
+impl Request {
+    /// The op's name, one of [`OPS`].
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Enqueue(_) => "enqueue",
+            Request::Get(_) => "get",
+            Request::List { .. } => "list",
+            Request::Cancel { .. } => "cancel",
+            Request::Reschedule { .. } => "reschedule",
+            Request::Requeue { .. } => "requeue",
+            Request::Stats => "stats",
+            Request::Ping => "ping",
+            Request::Resume => "resume",
+            Request::Prune { .. } => "prune",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enqueue {
     One(Value),
@@ -139,6 +171,21 @@ pub enum ErrorCode {
     Internal,
     /// The peer is not in `socket.allowed_uids` or `socket.allowed_gids`.
     Forbidden,
+}
+
+impl ErrorCode {
+    /// The code as answers write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidJob => "invalid_job",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+        }
+    }
 }
 
 /// A failure answer: `{"ok":false,"error":{...}}`.
@@ -350,10 +397,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
         _ => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownOp,
-                format!(
-                    "unknown op {}; known ops: enqueue, get, list, cancel, reschedule, requeue, stats, ping, prune, resume",
-                    quoted(&op)
-                ),
+                format!("unknown op {}; known ops: {}", quoted(&op), OPS.join(", ")),
             ));
         }
     };
@@ -537,6 +581,33 @@ impl Args<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_request_names_a_known_op_and_every_code_its_wire_name() {
+        let requests = [
+            Request::Enqueue(Enqueue::Batch(Vec::new())),
+            Request::Get(Lookup::Id(1)),
+            Request::Cancel { id: 1 },
+            Request::Requeue { id: 1 },
+            Request::Stats,
+            Request::Ping,
+            Request::Resume,
+        ];
+        for request in &requests {
+            assert!(OPS.contains(&request.op()), "{request:?}");
+        }
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::UnknownOp,
+            ErrorCode::InvalidJob,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::Internal,
+            ErrorCode::Forbidden,
+        ] {
+            assert_eq!(serde_json::to_value(code).ok(), Some(json!(code.as_str())));
+        }
+    }
 
     fn code(line: &str) -> ErrorCode {
         parse_request(line.as_bytes()).unwrap_err().code

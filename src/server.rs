@@ -63,7 +63,7 @@ impl Service {
     /// Carries out one request from the peer with `uid` and returns its
     /// answer line (no newline).
     pub async fn handle(&self, request: Request, uid: Option<u32>) -> String {
-        let op = crate::metrics::op_name(&request);
+        let op = request.op();
         let answer = self.answer(request, uid).await;
         crate::metrics::socket_request(op, answer.as_ref().err().map(|e| e.code));
         match answer {

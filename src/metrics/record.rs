@@ -15,7 +15,7 @@ use super::{
     SOCKET_CONNECTIONS, SOCKET_REQUESTS, STORE_CALL_DURATION,
 };
 use crate::job::Kind;
-use crate::protocol::{ErrorCode, Request};
+use crate::protocol::{ErrorCode, OPS};
 use crate::store::ClaimedJob;
 use crate::time::Millis;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -23,19 +23,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The protocol's ops, as [`op_name`] names them.
-const OPS: [&str; 10] = [
-    "enqueue",
-    "get",
-    "list",
-    "cancel",
-    "reschedule",
-    "requeue",
-    "stats",
-    "ping",
-    "resume",
-    "prune",
-];
 /// The store calls timed in `src/store.rs`.
 const STORE_OPS: [&str; 12] = [
     "enqueue",
@@ -200,44 +187,16 @@ impl Drop for Connection {
     }
 }
 
-/// Counts one socket request: `op` from [`op_name`] (or `invalid`), and
+/// Counts one socket request: `op` from [`Request::op`](crate::protocol::Request::op) (or `invalid`), and
 /// its error code, if it failed.
 pub fn socket_request(op: &'static str, error: Option<ErrorCode>) {
     let Some(h) = handles() else { return };
     match (error, OPS.iter().position(|o| *o == op)) {
         (None, Some(i)) => h.ok_requests[i].increment(1),
         (error, _) => {
-            let result = error.map_or("ok", code_name);
+            let result = error.map_or("ok", ErrorCode::as_str);
             counter!(SOCKET_REQUESTS, "op" => op, "result" => result).increment(1)
         }
-    }
-}
-
-/// The protocol's name of a request's op.
-pub fn op_name(request: &Request) -> &'static str {
-    match request {
-        Request::Enqueue(_) => "enqueue",
-        Request::Get(_) => "get",
-        Request::List { .. } => "list",
-        Request::Cancel { .. } => "cancel",
-        Request::Reschedule { .. } => "reschedule",
-        Request::Requeue { .. } => "requeue",
-        Request::Stats => "stats",
-        Request::Ping => "ping",
-        Request::Resume => "resume",
-        Request::Prune { .. } => "prune",
-    }
-}
-
-fn code_name(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::UnknownOp => "unknown_op",
-        ErrorCode::InvalidJob => "invalid_job",
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::Conflict => "conflict",
-        ErrorCode::Internal => "internal",
-        ErrorCode::Forbidden => "forbidden",
     }
 }
 
@@ -264,28 +223,6 @@ impl Drop for StoreCall {
         match STORE_OPS.iter().position(|o| *o == self.op) {
             Some(i) => h.store_calls[i].record(took),
             None => histogram!(STORE_CALL_DURATION, "op" => self.op).record(took),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_request_has_a_known_op_name() {
-        use crate::protocol::{Enqueue, Lookup};
-        let requests = [
-            Request::Enqueue(Enqueue::Batch(Vec::new())),
-            Request::Get(Lookup::Id(1)),
-            Request::Cancel { id: 1 },
-            Request::Requeue { id: 1 },
-            Request::Stats,
-            Request::Ping,
-            Request::Resume,
-        ];
-        for request in &requests {
-            assert!(OPS.contains(&op_name(request)), "{request:?}");
         }
     }
 }
