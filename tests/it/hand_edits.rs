@@ -178,6 +178,29 @@ async fn recovery_fails_an_interrupted_job_whose_attempts_are_used_up() {
     daemon.terminate().await;
 }
 
+/// Under `hold`, recovery must not fail a job whose attempts are used up:
+/// it is held like any interrupted send, for an operator to requeue or
+/// cancel, and its count moves with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_under_hold_holds_an_interrupted_job_whose_attempts_are_used_up() {
+    let coax = CoaxStub::start().await;
+    let config = config_text(&coax.base_url(), "on_ambiguous = \"hold\"", "");
+    let dir = tempfile::tempdir().expect("temp dir");
+    queue_of(dir.path(), &config, vec![job("used-up", "1h")]).await;
+    let db = dir.path().join("queue.db");
+    interrupt(&db, "used-up", "3");
+
+    let mut daemon = DaemonProcess::start(dir.path(), &config).await;
+    let used_up = by_key(&daemon, "used-up").await;
+    assert_eq!(used_up["job"]["state"], "held", "{used_up}");
+    assert_eq!(used_up["job"]["history"][0]["ambiguous"], true, "{used_up}");
+    let stats = daemon.request(json!({"op": "stats"})).await;
+    assert_eq!(stats["counts"]["held"], 1, "{stats}");
+    assert_eq!(stats["counts"]["sending"], 0, "{stats}");
+    assert!(coax.requests().is_empty(), "a held job is not sent");
+    daemon.terminate().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sending_row_with_wrong_column_types_does_not_stop_start_up() {
     let coax = CoaxStub::start().await;

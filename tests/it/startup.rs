@@ -142,13 +142,29 @@ impl Drop for Killed {
     }
 }
 
-/// The daemon reading its key from `api-key`, with its output in a log file.
-fn spawn_daemon(dir: &Path, config: &Path) -> (Killed, PathBuf) {
+/// Sends SIGTERM and requires the daemon to exit 0.
+async fn stops_cleanly_on_sigterm(child: &mut Killed, log: &Path) {
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    let status = wait_until("the daemon to exit after SIGTERM", PATIENCE, || {
+        let status = child.0.try_wait().expect("try_wait");
+        async move { status }
+    })
+    .await;
+    let logs = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{logs}");
+}
+
+/// The daemon reading its key from `api-key`, with its output in a log
+/// file; `limit` as for [`command`].
+fn spawn_daemon(dir: &Path, config: &Path, limit: Option<u64>) -> (Killed, PathBuf) {
     let log = dir.join("daemon.log");
     let out = std::fs::File::create(&log).expect("log file");
     let child = command(
         &["run".as_ref(), "--config".as_ref(), config.as_os_str()],
-        None,
+        limit,
     )
     .stdout(Stdio::from(out.try_clone().expect("log file")))
     .stderr(Stdio::from(out))
@@ -164,7 +180,7 @@ async fn key_file_fifo_on_reload_is_refused_and_sigterm_still_stops_the_daemon()
     let key = dir.path().join("api-key");
     std::fs::write(&key, "ck_test_first\n").expect("write key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let (mut child, log) = spawn_daemon(dir.path(), &config);
+    let (mut child, log) = spawn_daemon(dir.path(), &config, None);
     let pid = child.0.id().to_string();
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the daemon to start", PATIENCE, || async {
@@ -184,16 +200,7 @@ async fn key_file_fifo_on_reload_is_refused_and_sigterm_still_stops_the_daemon()
     .await;
     assert!(logs().contains("FIFO"), "{}", logs());
 
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    let status = wait_until("the daemon to exit after SIGTERM", PATIENCE, || {
-        let status = child.0.try_wait().expect("try_wait");
-        async move { status }
-    })
-    .await;
-    assert_eq!(status.code(), Some(0), "{}", logs());
+    stops_cleanly_on_sigterm(&mut child, &log).await;
 }
 
 #[tokio::test]
@@ -233,4 +240,51 @@ async fn concurrency_beyond_the_fd_limit_is_refused_naming_both_numbers() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(out.contains("1348 of 2048 file descriptors"), "{out}");
+}
+
+/// A reload that raises `dispatch.concurrency` past what the descriptor
+/// limit carries is refused as a whole, naming both numbers, and the
+/// daemon goes on serving with the config it has.
+#[tokio::test]
+async fn a_reload_past_the_fd_limit_is_refused_and_the_daemon_keeps_its_config() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = key_file_config(dir.path(), "");
+    let key = dir.path().join("api-key");
+    std::fs::write(&key, "ck_test_fds\n").expect("write key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // 4 requests + 256 socket clients + 4 reserved + 64 = 328 fit in 1024.
+    let (mut child, log) = spawn_daemon(dir.path(), &config, Some(1024));
+    let pid = child.0.id().to_string();
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the daemon to start", PATIENCE, || async {
+        logs().contains("coax-scheduler started").then_some(())
+    })
+    .await;
+
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(
+        &config,
+        text.replace("concurrency = 4", "concurrency = 1024"),
+    )
+    .expect("write config");
+    Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    wait_until("the reload to be refused", PATIENCE, || async {
+        logs().contains("reload failed").then_some(())
+    })
+    .await;
+    let refused = logs();
+    assert!(
+        refused.contains("need 1348") && refused.contains("may open only 1024"),
+        "{refused}"
+    );
+    assert!(!refused.contains("config reloaded"), "{refused}");
+    let socket = dir.path().join("coax.sock");
+    let answer =
+        crate::helpers::daemon::request_at(&socket, serde_json::json!({"op": "ping"})).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+
+    stops_cleanly_on_sigterm(&mut child, &log).await;
 }
