@@ -57,10 +57,13 @@ pub enum Command {
         #[arg(long, conflicts_with = "id")]
         key: Option<String>,
     },
-    /// List jobs, oldest scheduled_at first
+    /// List jobs, soonest due first
     List {
         #[arg(long)]
         state: Option<String>,
+        /// Only scheduled jobs the daemon will try before this RFC 3339 time
+        #[arg(long, value_name = "TIME", conflicts_with = "recent")]
+        due_before: Option<String>,
         /// How many jobs to show in all [default: 100]; the daemon's pages are followed
         #[arg(long)]
         limit: Option<u32>,
@@ -402,8 +405,12 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
             state,
             limit,
             recent,
+            due_before,
         } => {
             let mut r = json!({"op": "list"});
+            if let Some(before) = due_before {
+                r["due_before"] = json!(before);
+            }
             if *recent {
                 r["order"] = json!("recent");
             }

@@ -142,6 +142,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// The send windows and default zone (a stand-in until the [windows] config lands).
+    pub calendar: std::sync::Arc<crate::window::Calendar>,
 }
 
 /// `[coax]`: how to reach the Coax API.

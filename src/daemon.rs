@@ -38,6 +38,7 @@ impl Daemon {
             path: config.store.path.clone(),
             on_ambiguous: config.dispatch.on_ambiguous,
             max_attempts: config.retry.max_attempts,
+            calendar: config.calendar.clone(),
         })?;
         Ok(Daemon {
             config,
@@ -54,9 +55,11 @@ impl Daemon {
         self
     }
 
-    /// Has the dispatcher read the time from `clock` instead of the system's
-    /// clocks (a test that steps the wall clock).
+    /// Has the dispatcher and the store read the time from `clock` instead
+    /// of the system's clocks (a test that steps the wall clock, or needs a
+    /// particular moment).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Daemon {
+        self.store = self.store.with_clock(clock.clone());
         self.clock = Some(clock);
         self
     }
@@ -115,6 +118,8 @@ impl Daemon {
             coax,
             dispatch,
             summary_interval,
+            store,
+            stopped: tasks.stop.subscribe(),
         };
         serve_until(shutdown, reloads, live).await;
 
@@ -154,6 +159,7 @@ impl Tasks {
             rules: crate::job::Rules {
                 default_ttl: config.dispatch.default_ttl,
                 max_job_bytes: config.socket.max_job_bytes,
+                calendar: store.calendar(),
             },
             retention: config.store.retention,
         };
@@ -169,6 +175,9 @@ impl Tasks {
                 store.sweep_unreadable(stopped).await;
             }
         };
+        // A config changed while the daemon was down moves due times as a
+        // reload would.
+        crate::reload::resettle(store.clone(), dispatch.clone(), stopped.clone());
         Tasks {
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
             serving: tokio::spawn(server::serve(

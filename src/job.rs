@@ -25,11 +25,13 @@ mod payload;
 
 use crate::protocol::quoted;
 use crate::time::{self, Millis};
+use crate::window::{self, Calendar, Rule, RuleError};
 pub use payload::payload_field_allowed;
 use payload::{check_payload_size, validate_payload};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What Coax is asked to do.
@@ -130,6 +132,10 @@ pub struct NewJob {
     pub expires_at: Option<Millis>,
     /// The Coax request body, exactly as it will be sent.
     pub payload: Map<String, Value>,
+    /// The zone and send window the job named; `None` for the config's
+    /// default, resolved when used so that a reload reaches queued jobs.
+    pub timezone: Option<String>,
+    pub window: Option<String>,
 }
 
 /// Why a JOB object was refused, naming the field at fault.
@@ -164,6 +170,8 @@ const JOB_FIELDS: &[&str] = &[
     "ttl",
     "key",
     "payload",
+    "timezone",
+    "window",
 ];
 
 /// The earliest instant a job may name: 1970-01-01T00:00:00Z.
@@ -173,12 +181,15 @@ pub const EARLIEST: Millis = 0;
 pub const LATEST: Millis = 253_402_300_799_999;
 
 /// How a daemon's config shapes the jobs it accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
     /// `dispatch.default_ttl`: an expiry for jobs that bring none.
     pub default_ttl: Option<Duration>,
     /// `socket.max_job_bytes`: the longest payload, as compact JSON.
     pub max_job_bytes: usize,
+    /// The send windows and the default zone: which `timezone` and
+    /// `window` names exist, and the zone a local `scheduled_at` is read in.
+    pub calendar: Arc<Calendar>,
 }
 
 impl Default for Rules {
@@ -186,6 +197,7 @@ impl Default for Rules {
         Rules {
             default_ttl: None,
             max_job_bytes: DEFAULT_MAX_JOB_BYTES,
+            calendar: Arc::new(Calendar::none()),
         }
     }
 }
@@ -195,6 +207,8 @@ impl Default for Rules {
 pub const DEFAULT_MAX_JOB_BYTES: usize = 64 * 1024;
 
 const MAX_KEY_LEN: usize = 200;
+/// The longest `timezone` or `window` name (IANA names are far shorter).
+const MAX_NAME_LEN: usize = 64;
 const MAX_CHANNEL_LEN: usize = 64;
 const MAX_ENQUIRY_ID_LEN: usize = 20;
 
@@ -248,7 +262,16 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
     };
     let channel = validate_channel(fields.get("channel"))?;
     let enquiry_id = validate_enquiry_id(fields.get("enquiry_id"))?;
-    let scheduled_at = validate_when(fields.get("scheduled_at"), fields.get("delay"), now)?;
+    let timezone = optional_name(fields.get("timezone"), "timezone")?;
+    let window = optional_name(fields.get("window"), "window")?;
+    let rule = rules
+        .calendar
+        .rule(timezone.as_deref(), window.as_deref(), kind)
+        .map_err(|e| match e {
+            RuleError::UnknownZone(_) => JobError::new("timezone", e.to_string()),
+            RuleError::UnknownWindow { .. } => JobError::new("window", e.to_string()),
+        })?;
+    let scheduled_at = validate_when(fields.get("scheduled_at"), fields.get("delay"), now, &rule)?;
     let expires_at = validate_expiry(
         fields.get("expires_at"),
         fields.get("ttl"),
@@ -272,7 +295,22 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
         scheduled_at,
         expires_at,
         payload,
+        timezone,
+        window,
     })
+}
+
+/// A `timezone` or `window` name: a string, or absent (null too).
+fn optional_name(value: Option<&Value>, field: &str) -> Result<Option<String>, JobError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_NAME_LEN => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(JobError::new(
+            field,
+            format!("must be 1 to {MAX_NAME_LEN} bytes long"),
+        )),
+        Some(_) => Err(JobError::new(field, "must be a string")),
+    }
 }
 
 fn validate_expiry(
@@ -365,13 +403,14 @@ fn validate_when(
     at: Option<&Value>,
     delay: Option<&Value>,
     now: Millis,
+    rule: &Rule,
 ) -> Result<Millis, JobError> {
     let field = if delay.is_some() {
         "delay"
     } else {
         "scheduled_at"
     };
-    check_instant(field, when(at, delay, now)?)
+    check_instant(field, when(at, delay, now, rule)?)
 }
 
 /// Refuses an instant outside the years 1970 to 9999, naming `field`:
@@ -391,18 +430,35 @@ pub fn check_instant(field: &str, at: Millis) -> Result<Millis, JobError> {
     ))
 }
 
-fn when(at: Option<&Value>, delay: Option<&Value>, now: Millis) -> Result<Millis, JobError> {
+/// When a job is due: `scheduled_at` (an instant with an offset, or a
+/// local date and time read in the job's zone), `now` plus `delay`, or now.
+fn when(
+    at: Option<&Value>,
+    delay: Option<&Value>,
+    now: Millis,
+    rule: &Rule,
+) -> Result<Millis, JobError> {
     match (at, delay) {
         (Some(_), Some(_)) => Err(JobError::new(
             "delay",
             "give scheduled_at or delay, not both",
         )),
-        (Some(Value::String(s)), None) => {
-            time::parse_rfc3339(s).map_err(|e| JobError::new("scheduled_at", e))
-        }
+        (Some(Value::String(s)), None) => match window::parse_local(s, rule) {
+            Some(at) => Ok(at),
+            None => time::parse_rfc3339(s).map_err(|e| {
+                JobError::new(
+                    "scheduled_at",
+                    format!(
+                        "{e}; or give a local time such as 2026-01-31T09:00, read in {}",
+                        rule.zone_name()
+                    ),
+                )
+            }),
+        },
         (Some(_), None) => Err(JobError::new(
             "scheduled_at",
-            "must be an RFC 3339 string such as 2026-01-31T09:00:00Z",
+            "must be an RFC 3339 string such as 2026-01-31T09:00:00Z, \
+             or a local time such as 2026-01-31T09:00",
         )),
         (None, Some(Value::String(s))) => humantime::parse_duration(s)
             .map(|d| time::add(now, d))

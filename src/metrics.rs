@@ -35,6 +35,7 @@ use std::sync::Mutex;
 
 pub const JOBS: &str = "coax_scheduler_jobs";
 pub const DUE_NOW: &str = "coax_scheduler_due_now";
+pub const DEFERRED: &str = "coax_scheduler_deferred_jobs";
 pub const OLDEST_OVERDUE: &str = "coax_scheduler_oldest_overdue_seconds";
 pub const ENQUEUED: &str = "coax_scheduler_enqueued_total";
 pub const DUPLICATES: &str = "coax_scheduler_duplicates_total";
@@ -118,7 +119,11 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(JOBS, "Jobs in the queue per state, as stats counts them.");
-    describe_gauge!(DUE_NOW, "Scheduled jobs whose scheduled_at has passed.");
+    describe_gauge!(DUE_NOW, "Scheduled jobs whose due_at has passed.");
+    describe_gauge!(
+        DEFERRED,
+        "Scheduled jobs waiting for their send window to open (due_at later than scheduled_at)."
+    );
     describe_gauge!(
         OLDEST_OVERDUE,
         "Seconds since the oldest due scheduled job fell due; 0 when none is due."
@@ -176,6 +181,7 @@ fn set_queue_gauges(view: &scrape::View) {
         gauge!(JOBS, "state" => state.as_str()).set(n as f64);
     }
     gauge!(DUE_NOW).set(view.due as f64);
+    gauge!(DEFERRED).set(view.deferred as f64);
     gauge!(OLDEST_OVERDUE).set(view.oldest_overdue.as_secs_f64());
     for state in DISPATCH_STATES {
         let value = if state == view.dispatch { 1.0 } else { 0.0 };

@@ -18,6 +18,7 @@
 //! ```
 
 use crate::job::State;
+use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -93,6 +94,8 @@ pub enum Request {
         order: ListOrder,
         /// Continue after this job (the `next` of the answer before).
         after: Option<ListCursor>,
+        /// Only scheduled jobs whose `due_at` is before this instant.
+        due_before: Option<Millis>,
     },
     Cancel {
         id: i64,
@@ -264,6 +267,16 @@ pub struct JobView {
     pub channel: String,
     pub enquiry_id: Option<String>,
     pub scheduled_at: String,
+    /// When the daemon will next try the job: `scheduled_at`, or its
+    /// window's next opening after that. Only a `scheduled` job has one.
+    #[serde(default)]
+    pub due_at: Option<String>,
+    /// The zone its window and local times are read in.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Its send window's name, or `none` for any hour.
+    #[serde(default)]
+    pub window: Option<String>,
     /// After this the job is `expired` instead of sent.
     pub expires_at: Option<String>,
     pub state: State,
@@ -312,6 +325,8 @@ pub struct Enqueued {
     pub id: i64,
     pub state: State,
     pub scheduled_at: String,
+    /// When it will be tried, if it is `scheduled` (see [`JobView::due_at`]).
+    pub due_at: Option<String>,
     pub duplicate: bool,
 }
 
@@ -379,6 +394,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
                 limit,
                 order,
                 after: args.after(order)?,
+                due_before: args.due_before(order)?,
             }
         }
         "cancel" => Request::Cancel { id: args.id()? },
@@ -544,6 +560,27 @@ impl Args<'_> {
         }
     }
 
+    /// `due_before`: an RFC 3339 instant. It walks the due-time index, so
+    /// it lists in order `due` only.
+    fn due_before(&mut self, order: ListOrder) -> Result<Option<Millis>, ErrorBody> {
+        let bad = |message: String| {
+            let mut e = ErrorBody::bad_request(message);
+            e.field = Some("due_before".into());
+            e
+        };
+        let Some(text) = self.optional_string("due_before")? else {
+            return Ok(None);
+        };
+        if order != ListOrder::Due {
+            return Err(bad(
+                "\"due_before\" lists in order \"due\"; leave out \"order\" or give \"due\"".into(),
+            ));
+        }
+        crate::time::parse_rfc3339(&text)
+            .map(Some)
+            .map_err(|e| bad(format!("\"due_before\": {e}")))
+    }
+
     fn limit(&mut self) -> Result<u32, ErrorBody> {
         match self.fields.remove("limit") {
             None | Some(Value::Null) => Ok(DEFAULT_LIST_LIMIT),
@@ -627,7 +664,8 @@ mod tests {
                 state: Some(State::Failed),
                 limit: DEFAULT_LIST_LIMIT,
                 order: ListOrder::Due,
-                after: None
+                after: None,
+                due_before: None
             })
         );
         assert_eq!(
@@ -636,7 +674,8 @@ mod tests {
                 state: None,
                 limit: 5,
                 order: ListOrder::Recent,
-                after: None
+                after: None,
+                due_before: None
             })
         );
         assert_eq!(

@@ -3,8 +3,9 @@
 //!
 //! Applied at once: the API key (a new key also ends a pause for a rejected
 //! one), the rate limit, concurrency, the retry policy, the breaker, the
-//! pauses (a lower `max_pause` shortens a 429 pause in force), the log level
-//! and the summary interval. Other changes (paths, the Coax URL and
+//! pauses (a lower `max_pause` shortens a 429 pause in force), the send
+//! windows and default zone (queued jobs' due times are settled anew in the
+//! background), the log level and the summary interval. Other changes (paths, the Coax URL and
 //! routes, socket limits, the log format, housekeeping) are logged as needing
 //! a restart. A file that does not load leaves the daemon on the config it
 //! has, with one ERROR line naming the problem.
@@ -12,6 +13,7 @@
 use crate::coax::CoaxClient;
 use crate::config::Config;
 use crate::dispatch::{Handle, Settings};
+use crate::store::Store;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -36,6 +38,26 @@ pub struct Live {
     pub coax: CoaxClient,
     pub dispatch: Handle,
     pub summary_interval: watch::Sender<Option<Duration>>,
+    /// The store settles due times under the calendar in force.
+    pub store: Store,
+    /// Turns true at shutdown; stops a resettle in progress.
+    pub stopped: watch::Receiver<bool>,
+}
+
+/// Settles the queue's due times under the store's calendar, in the
+/// background, and wakes the dispatcher once done: jobs may now be due
+/// sooner than it planned.
+pub fn resettle(store: Store, dispatch: Handle, stopped: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        match store.resettle(stopped).await {
+            Ok(_) => dispatch.wake(),
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot settle the queue's due times under the send windows; \
+                 the claim still keeps every job inside its window"
+            ),
+        }
+    });
 }
 
 impl Live {
@@ -111,6 +133,16 @@ impl Live {
             }
         }
         self.dispatch.reconfigure(settings, key_changed);
+        // From here on, every enqueue, claim and change uses the new
+        // windows; the queued jobs' due times follow in the background.
+        if self.store.set_calendar(new.calendar.clone()) {
+            applied.push("send windows");
+            resettle(
+                self.store.clone(),
+                self.dispatch.clone(),
+                self.stopped.clone(),
+            );
+        }
 
         if new.log.level != old.log.level {
             match crate::logging::set_level(&new.log.level) {

@@ -56,6 +56,17 @@ fn refusal(id: i64, op: &str, r: Refusal) -> ErrorBody {
                 time::format(expires_at)
             ),
         ),
+        Refusal::ShutUntilExpiry {
+            opening,
+            expires_at,
+        } => ErrorBody::new(
+            ErrorCode::Conflict,
+            format!(
+                "cannot {op} job {id} to that time: its window next opens at {}, at or after it expires at {}",
+                time::format(opening),
+                time::format(expires_at)
+            ),
+        ),
     }
 }
 
@@ -118,10 +129,11 @@ impl Service {
                 limit,
                 order,
                 after,
+                due_before,
             } => {
                 let page = self
                     .store
-                    .list(state, limit, order, after)
+                    .list(state, limit, order, after, due_before)
                     .await
                     .map_err(|e| internal(&e))?;
                 Ok(protocol::list_line(&page.jobs, page.next))
@@ -207,6 +219,7 @@ impl Service {
                 Ok(ok_line(json!({
                     "counts": stats.counts,
                     "next_due": stats.next_due,
+                    "deferred": summary.deferred,
                     "dispatch": {"state": mode.name(), "until": mode.until().map(time::format)},
                 })))
             }
@@ -236,7 +249,12 @@ impl Service {
     }
 
     fn validate(&self, job: &Value, index: Option<usize>) -> Result<NewJob, ErrorBody> {
-        job::validate(job, time::now(), &self.rules).map_err(|e| {
+        // The calendar in force now: a reload may have replaced it.
+        let rules = job::Rules {
+            calendar: self.store.calendar(),
+            ..self.rules.clone()
+        };
+        job::validate(job, self.store.now(), &rules).map_err(|e| {
             let message = match index {
                 Some(i) => format!("job {i}: {e}"),
                 None => e.to_string(),

@@ -25,6 +25,8 @@
 //! It does not decide what happens to a job; [`crate::dispatch`] and
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
+mod calendar;
+mod deferral;
 mod delivery;
 mod group;
 mod identity;
@@ -44,9 +46,12 @@ pub use schema::SCHEMA_VERSION;
 
 use crate::config::OnAmbiguous;
 use crate::time::Millis;
+use crate::time::{Clock, SystemClock};
+use crate::window::Calendar;
 use group::{Call, Completion, Work};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// What went wrong with the store, in words an operator can act on.
@@ -179,6 +184,10 @@ const SWEEP_STEP: usize = 1_000;
 pub struct Store {
     work: mpsc::Sender<Call>,
     outage: std::sync::Arc<outage::Outage>,
+    /// The send windows due times are settled under; a reload replaces it.
+    calendar: Arc<RwLock<Arc<Calendar>>>,
+    /// Where calls read the wall clock: the system's, or a test's.
+    clock: Arc<dyn Clock>,
 }
 
 /// Settings for opening the store.
@@ -188,6 +197,8 @@ pub struct Options {
     pub on_ambiguous: OnAmbiguous,
     /// `retry.max_attempts`: a job recovered with none left is `failed`.
     pub max_attempts: u32,
+    /// The send windows: a recovered job waits for its window.
+    pub calendar: Arc<Calendar>,
 }
 
 impl Store {
@@ -198,7 +209,13 @@ impl Store {
         let lock = schema::lock(&options.path)?;
         let conn = schema::open(&options.path)?;
         let now = crate::time::now();
-        let recovered = delivery::recover(&conn, now, options.on_ambiguous, options.max_attempts)?;
+        let recovered = delivery::recover(
+            &conn,
+            &options.calendar,
+            now,
+            options.on_ambiguous,
+            options.max_attempts,
+        )?;
         let recounted = queries::reconcile_counts(&conn, now)?;
         for r in &recounted {
             tracing::warn!(
@@ -220,12 +237,26 @@ impl Store {
             Store {
                 work: tx,
                 outage: std::sync::Arc::new(outage::Outage::new(options.path.clone())),
+                calendar: Arc::new(RwLock::new(options.calendar.clone())),
+                clock: Arc::new(SystemClock::new()),
             },
             Opened {
                 recovered,
                 recounted,
             },
         ))
+    }
+
+    /// Has calls read the wall clock from `clock` (a test that needs a
+    /// particular moment).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// The wall-clock time, as the store's calls read it.
+    pub fn now(&self) -> Millis {
+        self.clock.wall()
     }
 
     /// Runs `op` on the store thread inside the next group transaction and
@@ -283,7 +314,8 @@ impl Store {
         jobs: Vec<crate::job::NewJob>,
     ) -> Result<Vec<crate::protocol::Enqueued>, StoreError> {
         let _timed = crate::metrics::store_call("enqueue");
-        self.call(move |c| queries::enqueue(c, &jobs, crate::time::now()))
+        let (calendar, now) = (self.calendar(), self.now());
+        self.call(move |c| queries::enqueue(c, &calendar, &jobs, now))
             .await
     }
 
@@ -292,13 +324,15 @@ impl Store {
         lookup: Lookup,
     ) -> Result<Option<crate::protocol::JobView>, StoreError> {
         let _timed = crate::metrics::store_call("get");
-        self.call(move |c| queries::get(c, &lookup, crate::time::now()))
+        let (calendar, now) = (self.calendar(), self.now());
+        self.call(move |c| queries::get(c, &calendar, &lookup, now))
             .await
     }
 
     /// Up to `limit` jobs after `after` (from the start when `None`), in
-    /// `order`, of `state` or of every state, within one answer line's
-    /// byte budget; and where the next page starts, or `None` at the end.
+    /// `order`, of `state` or of every state (only scheduled jobs due
+    /// before `due_before`, when given), within one answer line's byte
+    /// budget; and where the next page starts, or `None` at the end.
     ///
     /// It goes in steps of [`LIST_STEP`] jobs, each its own call, so a
     /// long list does not hold up the calls behind it, and it stops early
@@ -309,6 +343,7 @@ impl Store {
         limit: u32,
         order: crate::protocol::ListOrder,
         after: Option<crate::protocol::ListCursor>,
+        due_before: Option<Millis>,
     ) -> Result<ListPage, StoreError> {
         let _timed = crate::metrics::store_call("list");
         let limit = limit as usize;
@@ -323,9 +358,11 @@ impl Store {
             let budget =
                 listing::VIEWS_BUDGET.saturating_sub(bytes + usize::from(!page.jobs.is_empty()));
             let first = page.jobs.is_empty();
+            let (calendar, now) = (self.calendar(), self.now());
             let step = self
                 .call(move |c| {
-                    listing::step(c, state, cursor, rows, budget, first, crate::time::now())
+                    let filter = listing::Filter { state, due_before };
+                    listing::step(c, &calendar, filter, cursor, rows, budget, first, now)
                 })
                 .await?;
             bytes += step.bytes + usize::from(!first && !step.jobs.is_empty());
@@ -346,7 +383,8 @@ impl Store {
         id: i64,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("cancel");
-        self.call(move |c| queries::cancel(c, id, crate::time::now()))
+        let (calendar, now) = (self.calendar(), self.now());
+        self.call(move |c| queries::cancel(c, &calendar, id, now))
             .await
     }
 
@@ -356,7 +394,8 @@ impl Store {
         at: Millis,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("reschedule");
-        self.call(move |c| queries::reschedule(c, id, at, crate::time::now()))
+        let (calendar, now) = (self.calendar(), self.now());
+        self.call(move |c| queries::reschedule(c, &calendar, id, at, now))
             .await
     }
 
@@ -365,25 +404,31 @@ impl Store {
         id: i64,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("requeue");
-        self.call(move |c| queries::requeue(c, id, crate::time::now()))
+        let (calendar, now) = (self.calendar(), self.now());
+        self.call(move |c| queries::requeue(c, &calendar, id, now))
             .await
     }
 
     pub async fn stats(&self) -> Result<Summary, StoreError> {
         let _timed = crate::metrics::store_call("stats");
-        self.call(|c| queries::summary(c, crate::time::now())).await
+        let now = self.now();
+        self.call(move |c| queries::summary(c, now)).await
     }
 
     /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
     pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
         let _timed = crate::metrics::store_call("claim");
-        self.call(move |c| delivery::claim(c, now, limit)).await
+        let calendar = self.calendar();
+        self.call(move |c| delivery::claim(c, &calendar, now, limit))
+            .await
     }
 
     /// Records how an attempt ended and moves its job on.
     pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
         let _timed = crate::metrics::store_call("finish");
-        self.call(move |c| delivery::finish(c, &finish)).await
+        let calendar = self.calendar();
+        self.call(move |c| delivery::finish(c, &calendar, &finish))
+            .await
     }
 
     /// Counts per state, plus how many jobs are due at `now` and the oldest
@@ -445,8 +490,9 @@ impl Store {
             if *stop.borrow() {
                 break;
             }
+            let now = self.now();
             let step = self
-                .call(move |c| quarantine::sweep_step(c, cursor, SWEEP_STEP, crate::time::now()))
+                .call(move |c| quarantine::sweep_step(c, cursor, SWEEP_STEP, now))
                 .await;
             match step {
                 Ok((quarantined, next)) => {
@@ -462,7 +508,7 @@ impl Store {
         total
     }
 
-    /// The earliest `scheduled_at` among scheduled jobs.
+    /// The earliest `due_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         let _timed = crate::metrics::store_call("next_due");
         self.call(delivery::next_due).await

@@ -65,13 +65,14 @@ pub struct Line {
 }
 
 async fn line(store: &Store, dispatch: &Handle) -> Option<Line> {
-    let (summary, due, _) = store.overview(time::now()).await.ok()?;
+    let (summary, due, _) = store.overview(store.now()).await.ok()?;
     let count = |s: State| summary.counts.get(&s).copied().unwrap_or(0);
     Some(Line {
         text: format!(
-            "{} scheduled ({} due), {} sending, {} sent, {} failed, {} held; dispatcher {}",
+            "{} scheduled ({} due, {} deferred), {} sending, {} sent, {} failed, {} held; dispatcher {}",
             count(State::Scheduled),
             due,
+            summary.deferred,
             count(State::Sending),
             count(State::Sent),
             count(State::Failed),
@@ -82,7 +83,7 @@ async fn line(store: &Store, dispatch: &Handle) -> Option<Line> {
 }
 
 async fn log(store: &Store, dispatch: &Handle, connections: &ConnectionCounts) {
-    let now = time::now();
+    let now = store.now();
     let (summary, due_now, oldest) = match store.overview(now).await {
         Ok(overview) => overview,
         Err(e) => {
@@ -107,6 +108,7 @@ async fn log(store: &Store, dispatch: &Handle, connections: &ConnectionCounts) {
         held = count(State::Held),
         expired = count(State::Expired),
         due_now,
+        deferred = summary.deferred,
         oldest_overdue_ms = lateness_ms,
         sent_in_interval = sent,
         failed_in_interval = failed,

@@ -112,6 +112,8 @@ pub fn new_job(key: String, index: usize, at: Millis) -> NewJob {
         scheduled_at: at,
         expires_at: None,
         payload,
+        timezone: None,
+        window: None,
     }
 }
 

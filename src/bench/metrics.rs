@@ -156,6 +156,7 @@ fn recording_calls_ns() -> (f64, f64) {
         id: 1,
         state: crate::job::State::Scheduled,
         scheduled_at: String::new(),
+        due_at: None,
         duplicate: false,
     }];
     let started = std::time::Instant::now();

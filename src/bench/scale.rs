@@ -122,6 +122,7 @@ async fn fill(db: &Path, jobs: usize) -> anyhow::Result<()> {
         path: db.to_owned(),
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 5,
+        calendar: std::sync::Arc::new(crate::window::Calendar::none()),
     })
     .context("cannot open the queue to fill it")?;
     let base = time::add(time::now(), Duration::from_secs(86_400));

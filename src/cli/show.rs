@@ -190,6 +190,12 @@ fn enqueued(answer: &Value, now: Millis) {
             answer["id"],
             when(&answer["scheduled_at"], now)
         );
+        if answer["due_at"] != answer["scheduled_at"] && !answer["due_at"].is_null() {
+            println!(
+                "  its send window is shut then: due at {}",
+                when(&answer["due_at"], now)
+            );
+        }
     }
 }
 
@@ -202,6 +208,9 @@ fn job(j: &Value, now: Millis) {
         ("enquiry_id", text(&j["enquiry_id"])),
         ("state", text(&j["state"])),
         ("scheduled_at", when(&j["scheduled_at"], now)),
+        ("due_at", when(&j["due_at"], now)),
+        ("timezone", text(&j["timezone"])),
+        ("window", text(&j["window"])),
         ("attempts", text(&j["attempts"])),
         ("created_at", when(&j["created_at"], now)),
         ("updated_at", when(&j["updated_at"], now)),
@@ -254,6 +263,7 @@ pub(crate) fn table(jobs: &[Value], now: Millis) {
         "KIND".into(),
         "CHANNEL".into(),
         "SCHEDULED".into(),
+        "DUE".into(),
         "TRIES".into(),
         "KEY".into(),
         "LAST ERROR".into(),
@@ -265,6 +275,7 @@ pub(crate) fn table(jobs: &[Value], now: Millis) {
             text(&j["kind"]),
             text(&j["channel"]),
             when(&j["scheduled_at"], now),
+            when(&j["due_at"], now),
             text(&j["attempts"]),
             text(&j["key"]),
             text(&j["last_error"]),
@@ -280,6 +291,7 @@ fn stats(answer: &Value, now: Millis) {
         }
     }
     println!("next due   {}", when(&answer["next_due"], now));
+    println!("deferred   {}", text(&answer["deferred"]));
     let d = &answer["dispatch"];
     if d["until"].is_null() {
         println!("dispatch   {}", text(&d["state"]));
@@ -317,9 +329,15 @@ pub fn status(stats: &Value, next: &Value, failed: &Value, held: &Value, now: Mi
             text(&j["kind"]),
             text(&j["channel"]),
             text(&j["key"]),
-            when(&j["scheduled_at"], now)
+            when(&j["due_at"], now)
         ),
         None => println!("next due    nothing scheduled"),
+    }
+    if stats["deferred"].as_u64().is_some_and(|n| n > 0) {
+        println!(
+            "deferred    {} scheduled jobs wait for their send window to open",
+            text(&stats["deferred"])
+        );
     }
     let mut recent: Vec<&Value> = failed["jobs"]
         .as_array()

@@ -543,6 +543,7 @@ impl RawConfig {
             metrics: MetricsConfig {
                 listen: metrics_listen,
             },
+            calendar: std::sync::Arc::new(crate::window::Calendar::none()),
             source,
         })
     }

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The store calls timed in `src/store.rs`.
-const STORE_OPS: [&str; 12] = [
+const STORE_OPS: [&str; 13] = [
     "enqueue",
     "get",
     "list",
@@ -37,6 +37,7 @@ const STORE_OPS: [&str; 12] = [
     "overview",
     "prune",
     "next_due",
+    "resettle",
 ];
 
 /// Whether calls record; off until the recorder is installed.

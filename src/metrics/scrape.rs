@@ -18,6 +18,8 @@ use std::time::Duration;
 pub(super) struct View {
     pub counts: BTreeMap<State, u64>,
     pub due: u64,
+    /// Scheduled jobs waiting for their send window.
+    pub deferred: u64,
     /// Zero when nothing is due.
     pub oldest_overdue: Duration,
     /// The dispatcher's state, as `stats` names it.
@@ -26,9 +28,10 @@ pub(super) struct View {
 
 /// Reads the queue and the dispatcher now.
 pub(super) async fn view(store: &Store, dispatch: &Handle) -> Result<View, StoreError> {
-    let now = time::now();
+    let now = store.now();
     let (summary, due, oldest) = store.overview(now).await?;
     Ok(View {
+        deferred: summary.deferred,
         counts: summary.counts,
         due,
         // How long ago it fell due: the time from it until now.

@@ -2,6 +2,7 @@
 //! ended, and recovering sends a crash interrupted. Runs on the store thread
 //! like [`super::queries`].
 
+use super::deferral::{Settled, Timing, settle};
 use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
 use super::view;
 use super::{Recovered, StoreError};
@@ -9,7 +10,8 @@ use crate::config::OnAmbiguous;
 use crate::job::{Kind, State};
 use crate::policy::Decision;
 use crate::time::Millis;
-use rusqlite::{Connection, params};
+use crate::window::Calendar;
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 
 /// Jobs just moved to `sending`, and when the next one after them is due.
@@ -36,6 +38,26 @@ pub struct ClaimedJob {
     /// This try's number in the history, counting every try.
     pub seq: u32,
     pub expires_at: Option<Millis>,
+    /// When the daemon was to try it: `scheduled_at`, or its window's
+    /// opening after that.
+    pub due_at: Millis,
+    /// The zone and window the job named; `None` for the config's default.
+    pub timezone: Option<String>,
+    pub window: Option<String>,
+}
+
+impl ClaimedJob {
+    pub(super) fn timing(&self) -> Timing<'_> {
+        Timing {
+            id: self.id,
+            kind: self.kind,
+            timezone: self.timezone.as_deref(),
+            window: self.window.as_deref(),
+            scheduled_at: self.scheduled_at,
+            expires_at: self.expires_at,
+            due_at: self.due_at,
+        }
+    }
 }
 
 /// The state a decision moves its job to.
@@ -82,44 +104,51 @@ pub struct Finish {
 /// takes about 90 ms, longer than any one store call may hold the others.
 pub const MAX_OVERDUE_COUNT: u64 = 100_000;
 
-/// Scheduled jobs already due at `now`: how many (at most
+/// Scheduled jobs already due at `now` (by `due_at`): how many (at most
 /// [`MAX_OVERDUE_COUNT`]), and the oldest due time.
 pub fn overdue(conn: &Connection, now: Millis) -> Result<(u64, Option<Millis>), StoreError> {
     let err = || StoreError::sqlite("counting due jobs");
     let due: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM (SELECT 1 FROM jobs
-             WHERE state = 'scheduled' AND scheduled_at <= ?1 LIMIT ?2)",
+             WHERE state = 'scheduled' AND due_at <= ?1 LIMIT ?2)",
         )
         .and_then(|mut s| s.query_row(params![now, MAX_OVERDUE_COUNT as i64], |r| r.get(0)))
         .map_err(err())?;
     let oldest: Option<Millis> = conn
-        .prepare_cached(
-            "SELECT min(scheduled_at) FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1",
-        )
+        .prepare_cached("SELECT min(due_at) FROM jobs WHERE state = 'scheduled' AND due_at <= ?1")
         .and_then(|mut s| s.query_row([now], |r| r.get(0)))
         .map_err(err())?;
     Ok((u64::try_from(due).unwrap_or(0), oldest))
 }
 
-/// The earliest due time among scheduled jobs. SQLite sorts integers
+/// The earliest `due_at` among scheduled jobs. SQLite sorts integers
 /// before text, so a time that is not an integer (a hand edit, which the
 /// sweep quarantines) is the minimum only when no other job is scheduled;
 /// it is then no due time.
 pub fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
-    conn.prepare_cached("SELECT min(scheduled_at) FROM jobs WHERE state = 'scheduled'")
+    conn.prepare_cached("SELECT min(due_at) FROM jobs WHERE state = 'scheduled'")
         .and_then(|mut s| s.query_row([], |r| Ok(r.get_ref(0)?.as_i64().ok())))
         .map_err(StoreError::sqlite("finding the next due job"))
 }
 
-pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
+/// Moves up to `limit` jobs due at `now` to `sending`, in order of
+/// `due_at`. A due job past its expiry is expired instead; one whose
+/// window is shut at `now` (a backlog released at night, or a reload that
+/// narrowed its window) is settled to its next opening and not claimed.
+pub fn claim(
+    conn: &Connection,
+    calendar: &Calendar,
+    now: Millis,
+    limit: usize,
+) -> Result<Claimed, StoreError> {
     let err = || StoreError::sqlite("claiming due jobs");
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut due = conn
         .prepare_cached(&format!(
             "SELECT {DUE_COLUMNS}
-             FROM jobs WHERE state = 'scheduled' AND scheduled_at <= ?1
-             ORDER BY scheduled_at, id LIMIT ?2"
+             FROM jobs WHERE state = 'scheduled' AND due_at <= ?1
+             ORDER BY due_at, id LIMIT ?2"
         ))
         .map_err(err())?;
     let rows = due
@@ -157,12 +186,28 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
              WHERE id = ?1",
         )
         .map_err(err())?;
-    let (expired, mut jobs): (Vec<ClaimedJob>, Vec<ClaimedJob>) = rows
+    let (expired, jobs): (Vec<ClaimedJob>, Vec<ClaimedJob>) = rows
         .into_iter()
         .partition(|job| job.expires_at.is_some_and(|at| at <= now));
     for job in &expired {
         expire.execute(params![job.id, now]).map_err(err())?;
     }
+    // The window is judged now, not when the due time was settled: the
+    // job may have waited out a pause, or the calendar may have changed.
+    let mut sendable = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let open_now = calendar
+            .rule(job.timezone.as_deref(), job.window.as_deref(), job.kind)
+            .is_ok_and(|rule| rule.is_open(now));
+        if open_now {
+            sendable.push(job);
+        } else {
+            // Shut at `now`, and `scheduled_at <= due_at <= now`: settling
+            // moves it to an opening after now, expires it or holds it.
+            settle(conn, calendar, &job.timing(), now)?;
+        }
+    }
+    let mut jobs = sendable;
     for job in &mut jobs {
         mark.execute(params![job.id, now]).map_err(err())?;
         job.seq = open
@@ -176,7 +221,9 @@ pub fn claim(conn: &Connection, now: Millis, limit: usize) -> Result<Claimed, St
     })
 }
 
-pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
+/// Records attempt `f` and moves its job on. A retry's time is settled
+/// against the job's window at once (see [`super::deferral`]).
+pub fn finish(conn: &Connection, calendar: &Calendar, f: &Finish) -> Result<(), StoreError> {
     let err = || StoreError::sqlite("recording an attempt");
     // Coax's words are stored bounded, so no answer can grow a row (and
     // the views of it) without limit, however often the job is requeued.
@@ -227,7 +274,42 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
         ])
     })
     .map_err(err())?;
+    if let Some(at) = retry_at {
+        settle_row(conn, calendar, f.id, Some(at), f.finished_at)?;
+    }
     Ok(())
+}
+
+/// Settles the `due_at` of scheduled job `id` (with its `scheduled_at`
+/// taken as `at` when given), reading the row as the claim does; a row
+/// that cannot be read is quarantined. Returns `None` when the job is
+/// gone or not scheduled.
+pub(super) fn settle_row(
+    conn: &Connection,
+    calendar: &Calendar,
+    id: i64,
+    at: Option<Millis>,
+    now: Millis,
+) -> Result<Option<Settled>, StoreError> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {DUE_COLUMNS} FROM jobs WHERE id = ?1 AND state = 'scheduled'"
+        ))
+        .and_then(|mut s| s.query_row([id], read_due).optional())
+        .map_err(StoreError::sqlite("reading a job's window"))?;
+    match row {
+        None => Ok(None),
+        Some(Err((id, why))) => {
+            quarantine(conn, id, &why, now)?;
+            Ok(None)
+        }
+        Some(Ok(mut job)) => {
+            if let Some(at) = at {
+                job.scheduled_at = at;
+            }
+            settle(conn, calendar, &job.timing(), now).map(Some)
+        }
+    }
 }
 
 /// Puts jobs left in `sending` by a crash back in line, marking their open
@@ -240,6 +322,7 @@ pub fn finish(conn: &Connection, f: &Finish) -> Result<(), StoreError> {
 /// held, since only an operator's `requeue` sends it again.
 pub fn recover(
     conn: &Connection,
+    calendar: &Calendar,
     now: Millis,
     policy: OnAmbiguous,
     max_attempts: u32,
@@ -287,6 +370,9 @@ pub fn recover(
             put_back
                 .execute(params![job.id, to.as_str(), why, now])
                 .map_err(StoreError::sqlite(during))?;
+            if to == State::Scheduled {
+                settle(conn, calendar, &job.timing(), now)?;
+            }
             recovered.push(Recovered {
                 id: job.id,
                 key: job.key,

@@ -7,7 +7,7 @@
 //! index, `recent` the `jobs_by_state_updated` one (schema version 4). A
 //! list of one state walks that state's index from the cursor; a list of
 //! every state walks each state's index from the same cursor and merges
-//! them, so no query sorts the table. The position is `(scheduled_at, id)`
+//! them, so no query sorts the table. The position is `(due_at, id)`
 //! or `(updated_at, id)`, which orders jobs across states too, so one
 //! cursor serves every state. A row whose time there is not an integer
 //! (a hand edit) has no position: a list's first step seeks such rows (a
@@ -21,6 +21,7 @@ use super::{StoreError, quarantine};
 use crate::job::State;
 use crate::protocol::{JobView, ListCursor, ListOrder, MAX_ANSWER_BYTES};
 use crate::time::Millis;
+use crate::window::Calendar;
 use rusqlite::{Connection, params};
 
 /// What one answer line may spend on the views, leaving room for
@@ -46,10 +47,10 @@ pub fn start(order: ListOrder) -> ListCursor {
 /// job at that instant on each step.)
 pub(super) const POSITION_SQL: [[&str; 2]; 2] = [
     [
-        "SELECT scheduled_at, id FROM jobs
-         WHERE state = ?1 AND scheduled_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
-        "SELECT scheduled_at, id FROM jobs
-         WHERE state = ?1 AND scheduled_at > ?2 ORDER BY scheduled_at, id LIMIT ?4",
+        "SELECT due_at, id FROM jobs
+         WHERE state = ?1 AND due_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+        "SELECT due_at, id FROM jobs
+         WHERE state = ?1 AND due_at > ?2 ORDER BY due_at, id LIMIT ?4",
     ],
     [
         "SELECT updated_at, id FROM jobs
@@ -63,7 +64,7 @@ pub(super) const POSITION_SQL: [[&str; 2]; 2] = [
 /// and blobs after every integer), in each order: a seek past the largest
 /// integer.
 pub(super) const UNPLACED_SQL: [&str; 2] = [
-    "SELECT id FROM jobs WHERE state = ?1 AND scheduled_at > 9223372036854775807 LIMIT ?2",
+    "SELECT id FROM jobs WHERE state = ?1 AND due_at > 9223372036854775807 LIMIT ?2",
     "SELECT id FROM jobs WHERE state = ?1 AND updated_at > 9223372036854775807 LIMIT ?2",
 ];
 
@@ -86,9 +87,35 @@ pub struct ListStep {
 /// every state), taking views while they fit in `budget` bytes. When
 /// `first` (the answer holds no job yet), the first job is always taken,
 /// without its payload if its view alone would not fit.
+/// Which jobs a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Filter {
+    /// One state, or every state.
+    pub state: Option<State>,
+    /// Only scheduled jobs whose `due_at` is before this (order `due`).
+    pub due_before: Option<Millis>,
+}
+
+impl Filter {
+    /// The states whose indexes the list walks.
+    fn states(self) -> Vec<State> {
+        let states = self.state.map_or_else(|| State::ALL.to_vec(), |s| vec![s]);
+        match self.due_before {
+            // Only a scheduled job has a due time.
+            Some(_) => states
+                .into_iter()
+                .filter(|s| *s == State::Scheduled)
+                .collect(),
+            None => states,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn step(
     conn: &Connection,
-    state: Option<State>,
+    calendar: &Calendar,
+    filter: Filter,
     from: ListCursor,
     rows: usize,
     budget: usize,
@@ -96,14 +123,14 @@ pub fn step(
     now: Millis,
 ) -> Result<ListStep, StoreError> {
     let err = || StoreError::sqlite("listing jobs");
-    let mut positions = positions(conn, state, from, rows).map_err(err())?;
+    let mut positions = positions(conn, filter, from, rows).map_err(err())?;
     if let Err(bad) = positions {
         // A time that is not an integer has no place in the order; once
         // repaired the row has one, and the walk reads its positions anew.
         for id in bad {
             quarantine::repair_times(conn, id, now)?;
         }
-        positions = self::positions(conn, state, from, rows).map_err(err())?;
+        positions = self::positions(conn, filter, from, rows).map_err(err())?;
     }
     // Repaired times are integers, so a second walk meets none.
     let positions = positions.unwrap_or_default();
@@ -122,7 +149,7 @@ pub fn step(
             id,
         };
         // A job pruned since its position was read is passed over.
-        let Some(mut view) = queries::get(conn, &Lookup::Id(id), now)? else {
+        let Some(mut view) = queries::get(conn, calendar, &Lookup::Id(id), now)? else {
             out.last = here;
             continue;
         };
@@ -154,11 +181,11 @@ type Positions = Result<Vec<(i64, i64)>, Vec<i64>>;
 /// last), their ids.
 fn positions(
     conn: &Connection,
-    state: Option<State>,
+    filter: Filter,
     from: ListCursor,
     rows: usize,
 ) -> rusqlite::Result<Positions> {
-    let states: Vec<State> = state.map_or_else(|| State::ALL.to_vec(), |s| vec![s]);
+    let states = filter.states();
     let sql = match from.order {
         ListOrder::Due => POSITION_SQL[0],
         ListOrder::Recent => POSITION_SQL[1],
@@ -208,5 +235,11 @@ fn positions(
         return Ok(Err(bad));
     }
     found.truncate(rows);
+    if let Some(before) = filter.due_before {
+        // In order `due` the positions are due times, in order: past the
+        // first one at or after `before`, none is listed, and a short step
+        // ends the list.
+        found.retain(|(at, _)| *at < before);
+    }
     Ok(Ok(found))
 }

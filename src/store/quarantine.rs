@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 /// The columns [`read_due`] expects, in order.
 pub(super) const DUE_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, attempts, \
-     payload, expires_at, created_at, updated_at";
+     payload, expires_at, created_at, updated_at, due_at, timezone, send_window";
 
 /// A due row: a job ready to send, or the id of one that cannot be read
 /// and why.
@@ -35,7 +35,7 @@ pub(super) fn read_due(r: &Row<'_>) -> rusqlite::Result<Due> {
     let v = |i: usize| r.get_ref(i);
     let (key, kind_, channel, enquiry, at, tries, body, expires) =
         (v(1)?, v(2)?, v(3)?, v(4)?, v(5)?, v(6)?, v(7)?, v(8)?);
-    let (created, updated) = (v(9)?, v(10)?);
+    let (created, updated, due, zone, window) = (v(9)?, v(10)?, v(11)?, v(12)?, v(13)?);
     let job = (|| {
         // Not needed to send, but every view shows them.
         integer(created, "created_at")?;
@@ -47,6 +47,9 @@ pub(super) fn read_due(r: &Row<'_>) -> rusqlite::Result<Due> {
             channel: channel_of(channel)?,
             enquiry_id: enquiry_of(enquiry)?,
             scheduled_at: integer(at, "scheduled_at")?,
+            due_at: integer(due, "due_at")?,
+            timezone: optional_text(zone, "timezone")?,
+            window: optional_text(window, "send_window")?,
             attempt: attempts(tries)?.saturating_add(1),
             seq: 0,
             payload: payload(body)?,
@@ -112,6 +115,7 @@ fn set_bad_times_to(conn: &Connection, id: i64, now: Millis) -> rusqlite::Result
     conn.prepare_cached(
         "UPDATE jobs SET
                 scheduled_at = CASE typeof(scheduled_at) WHEN 'integer' THEN scheduled_at ELSE ?2 END,
+                due_at = CASE typeof(due_at) WHEN 'integer' THEN due_at ELSE ?2 END,
                 created_at = CASE typeof(created_at) WHEN 'integer' THEN created_at ELSE ?2 END,
                 updated_at = CASE typeof(updated_at) WHEN 'integer' THEN updated_at ELSE ?2 END,
                 expires_at = CASE typeof(expires_at) WHEN 'integer' THEN expires_at ELSE NULL END
@@ -226,7 +230,7 @@ pub(super) fn sweep_step(
     now: Millis,
 ) -> Result<(u64, Option<walk::Cursor>), StoreError> {
     let (seen, next) = walk::step(conn, &SWEPT, from, limit, DUE_COLUMNS, &[], |r| {
-        let at = r.get_ref(5)?.as_i64().unwrap_or(Millis::MAX);
+        let at = r.get_ref(11)?.as_i64().unwrap_or(Millis::MAX);
         Ok((at, read_due(r)?.err().map(|(_, why)| why)))
     })
     .map_err(StoreError::sqlite("checking jobs for unreadable rows"))?;

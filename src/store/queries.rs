@@ -5,14 +5,16 @@
 //! Delivery's SQL is in [`super::delivery`].
 
 use super::StoreError;
-use super::delivery::next_due;
+use super::deferral::{self, Settled, Timing};
+use super::delivery::{self, next_due};
 use super::quarantine;
 use super::view::{self, JOB_COLUMNS, Read};
 pub(super) use super::view::{omit_payload, view_bytes};
 use super::walk;
-use crate::job::{NewJob, State};
+use crate::job::{Kind, NewJob, State};
 use crate::protocol::{Enqueued, JobView};
 use crate::time::{self, Millis};
+use crate::window::{Calendar, Plan};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +33,11 @@ pub enum Refusal {
     PastExpiry {
         expires_at: Millis,
     },
+    /// The job's window is shut from the new time until after its expiry.
+    ShutUntilExpiry {
+        opening: Millis,
+        expires_at: Millis,
+    },
 }
 
 /// Counts per state and the next due time, for `stats` and the logs.
@@ -38,24 +45,33 @@ pub enum Refusal {
 pub struct Summary {
     pub counts: BTreeMap<State, u64>,
     pub next_due: Option<Millis>,
+    /// Scheduled jobs waiting for their window to open, at most
+    /// [`deferral::MAX_DEFERRED_COUNT`].
+    pub deferred: u64,
 }
 
+/// Stores new jobs, each `scheduled` with its `due_at` settled against its
+/// window (so it may be `expired` or `held` at once, see
+/// [`deferral::settle`]); a job whose key is taken is not stored, and its
+/// answer describes the job that holds the key.
 pub fn enqueue(
     conn: &Connection,
+    calendar: &Calendar,
     jobs: &[NewJob],
     now: Millis,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let err = StoreError::sqlite("enqueueing");
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at, updated_at, payload, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7, ?8)
+            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
+                               updated_at, payload, expires_at, due_at, timezone, send_window)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7, ?8, ?5, ?9, ?10)
              ON CONFLICT (key) DO NOTHING
              RETURNING id",
         )
         .map_err(StoreError::sqlite("enqueueing"))?;
     let mut existing = conn
-        .prepare_cached("SELECT id, state, scheduled_at FROM jobs WHERE key = ?1")
+        .prepare_cached("SELECT id, state, scheduled_at, due_at FROM jobs WHERE key = ?1")
         .map_err(StoreError::sqlite("enqueueing"))?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut inserted = 0_i64;
@@ -71,7 +87,9 @@ pub fn enqueue(
                     job.scheduled_at,
                     now,
                     payload,
-                    job.expires_at
+                    job.expires_at,
+                    job.timezone,
+                    job.window,
                 ],
                 |r| r.get(0),
             )
@@ -79,19 +97,38 @@ pub fn enqueue(
             .map_err(StoreError::sqlite("enqueueing"))?;
         inserted += i64::from(id.is_some());
         let answer = match (id, &job.key) {
-            (Some(id), _) => Enqueued {
-                id,
-                state: State::Scheduled,
-                scheduled_at: time::format(job.scheduled_at),
-                duplicate: false,
-            },
+            (Some(id), _) => {
+                let timing = Timing {
+                    id,
+                    kind: job.kind,
+                    timezone: job.timezone.as_deref(),
+                    window: job.window.as_deref(),
+                    scheduled_at: job.scheduled_at,
+                    expires_at: job.expires_at,
+                    due_at: job.scheduled_at,
+                };
+                let (state, due_at) = match deferral::settle(conn, calendar, &timing, now)? {
+                    Settled::Due => (State::Scheduled, Some(job.scheduled_at)),
+                    Settled::Deferred(at) => (State::Scheduled, Some(at)),
+                    Settled::Expired => (State::Expired, None),
+                    Settled::Held => (State::Held, None),
+                };
+                Enqueued {
+                    id,
+                    state,
+                    scheduled_at: time::format(job.scheduled_at),
+                    due_at: due_at.map(time::format),
+                    duplicate: false,
+                }
+            }
             (None, Some(key)) => {
-                let (id, stored, scheduled_at) = existing
+                let (id, stored, scheduled_at, due_at) = existing
                     .query_row([key], |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             view::raw_text(r.get_ref(1)?).unwrap_or_default(),
                             view::time_text(r.get_ref(2)?).unwrap_or_default(),
+                            view::time_text(r.get_ref(3)?),
                         ))
                     })
                     .map_err(StoreError::sqlite("looking up a duplicate key"))?;
@@ -106,6 +143,7 @@ pub fn enqueue(
                     id,
                     state,
                     scheduled_at,
+                    due_at: due_at.filter(|_| state == State::Scheduled),
                     duplicate: true,
                 }
             }
@@ -128,7 +166,12 @@ pub fn enqueue(
 
 /// Job `lookup` as a view. A row whose state is not a state is
 /// quarantined on the spot and shown as it then is.
-pub fn get(conn: &Connection, lookup: &Lookup, now: Millis) -> Result<Option<JobView>, StoreError> {
+pub fn get(
+    conn: &Connection,
+    calendar: &Calendar,
+    lookup: &Lookup,
+    now: Millis,
+) -> Result<Option<JobView>, StoreError> {
     let read = |conn: &Connection| {
         match lookup {
             Lookup::Id(id) => conn
@@ -149,12 +192,26 @@ pub fn get(conn: &Connection, lookup: &Lookup, now: Millis) -> Result<Option<Job
         None | Some(Read::BadState(..)) => Ok(None),
         Some(Read::View(view)) => {
             let mut view = *view;
+            show_rule(&mut view, calendar);
             view.history = view::history(conn, view.id)?;
             if view_bytes(&view) > super::listing::VIEWS_BUDGET {
                 omit_payload(&mut view);
             }
             Ok(Some(view))
         }
+    }
+}
+
+/// Puts the zone and window that govern the job in its view: what it
+/// named, or the config's defaults. A name the config no longer has is
+/// shown as stored.
+fn show_rule(view: &mut JobView, calendar: &Calendar) {
+    let Some(kind) = Kind::parse(&view.kind) else {
+        return;
+    };
+    if let Ok(rule) = calendar.rule(view.timezone.as_deref(), view.window.as_deref(), kind) {
+        view.timezone = Some(rule.zone_name().to_owned());
+        view.window = Some(rule.window_name().to_owned());
     }
 }
 
@@ -183,9 +240,11 @@ fn current_state(conn: &Connection, id: i64, now: Millis) -> Result<Option<State
 }
 
 /// Applies `sql` (which takes ?1 = id, ?2 = now, ?3 = extra) if the job is
-/// in one of `from`, then returns the job as it now is.
+/// in one of `from`, settles its due time when the change leaves it
+/// `scheduled`, then returns the job as it now is.
 fn change(
     conn: &Connection,
+    calendar: &Calendar,
     id: i64,
     from: &[State],
     sql: &str,
@@ -201,7 +260,8 @@ fn change(
     conn.prepare_cached(sql)
         .and_then(|mut s| s.execute(params![id, now, extra]))
         .map_err(StoreError::sqlite("changing a job"))?;
-    match get(conn, &Lookup::Id(id), now)? {
+    delivery::settle_row(conn, calendar, id, None, now)?;
+    match get(conn, calendar, &Lookup::Id(id), now)? {
         Some(view) => Ok(Ok(view)),
         None => Ok(Err(Refusal::NotFound)),
     }
@@ -209,11 +269,13 @@ fn change(
 
 pub fn cancel(
     conn: &Connection,
+    calendar: &Calendar,
     id: i64,
     now: Millis,
 ) -> Result<Result<JobView, Refusal>, StoreError> {
     change(
         conn,
+        calendar,
         id,
         &[State::Scheduled, State::Held],
         "UPDATE jobs SET state = 'cancelled', updated_at = ?2 WHERE id = ?1 AND ?3 IS NULL",
@@ -222,22 +284,53 @@ pub fn cancel(
     )
 }
 
+/// Moves scheduled job `id` to `at`. Refused when `at`, or the opening of
+/// the job's window after it, is at or after the job's expiry: the move
+/// would only expire it.
 pub fn reschedule(
     conn: &Connection,
+    calendar: &Calendar,
     id: i64,
     at: Millis,
     now: Millis,
 ) -> Result<Result<JobView, Refusal>, StoreError> {
-    let expires_at: Option<Millis> = conn
-        .prepare_cached("SELECT expires_at FROM jobs WHERE id = ?1")
-        .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
-        .map_err(StoreError::sqlite("reading a job"))?
-        .flatten();
-    if let Some(expiry) = expires_at.filter(|e| at >= *e) {
-        return Ok(Err(Refusal::PastExpiry { expires_at: expiry }));
+    type Row = (
+        Option<Millis>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let row: Option<Row> = conn
+        .prepare_cached("SELECT expires_at, kind, timezone, send_window FROM jobs WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([id], |r| {
+                let text = |i| -> rusqlite::Result<_> { Ok(view::raw_text(r.get_ref(i)?)) };
+                Ok((r.get_ref(0)?.as_i64().ok(), text(1)?, text(2)?, text(3)?))
+            })
+            .optional()
+        })
+        .map_err(StoreError::sqlite("reading a job"))?;
+    if let Some((Some(expiry), kind, zone, window)) = row {
+        if at >= expiry {
+            return Ok(Err(Refusal::PastExpiry { expires_at: expiry }));
+        }
+        let rule = kind
+            .as_deref()
+            .and_then(Kind::parse)
+            .and_then(|kind| calendar.rule(zone.as_deref(), window.as_deref(), kind).ok());
+        if let Some(rule) = rule
+            && let Plan::Deferred { opening, .. } = rule.plan(id, at, now)
+            && opening >= expiry
+        {
+            return Ok(Err(Refusal::ShutUntilExpiry {
+                opening,
+                expires_at: expiry,
+            }));
+        }
     }
     change(
         conn,
+        calendar,
         id,
         &[State::Scheduled],
         "UPDATE jobs SET scheduled_at = ?3, updated_at = ?2 WHERE id = ?1",
@@ -246,14 +339,17 @@ pub fn reschedule(
     )
 }
 
-/// Back to `scheduled`, due now, with a fresh set of attempts; the history stays.
+/// Back to `scheduled`, due now (or at its window's next opening), with a
+/// fresh set of attempts; the history stays.
 pub fn requeue(
     conn: &Connection,
+    calendar: &Calendar,
     id: i64,
     now: Millis,
 ) -> Result<Result<JobView, Refusal>, StoreError> {
     change(
         conn,
+        calendar,
         id,
         &[State::Failed, State::Held],
         "UPDATE jobs SET state = 'scheduled', scheduled_at = ?2, attempts = 0, updated_at = ?2
@@ -304,6 +400,7 @@ pub fn summary(conn: &Connection, now: Millis) -> Result<Summary, StoreError> {
     Ok(Summary {
         counts,
         next_due: next_due(conn)?,
+        deferred: deferral::deferred(conn)?,
     })
 }
 
@@ -403,7 +500,7 @@ const FINISHED_STATES: [State; 5] = [
 
 /// What a prune step reads of each job: its position, and whether it was
 /// last updated before ?5.
-pub(super) const PRUNE_COLUMNS: &str = "id, scheduled_at, updated_at < ?5";
+pub(super) const PRUNE_COLUMNS: &str = "id, due_at, updated_at < ?5";
 
 /// Examines up to `limit` finished jobs from `from` on, through the
 /// `jobs_by_state_due` index, and deletes those last updated before

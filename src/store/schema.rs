@@ -80,6 +80,28 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX jobs_by_state_updated ON jobs (state, updated_at, id);
     "#,
+    // 5: send windows. `due_at` is when the daemon will next try a job:
+    // `scheduled_at` (the client's time, or a retry's), moved to the next
+    // opening of the job's window when that time falls outside it. The
+    // claim, the wake-up and every walk go by `due_at`, so the index that
+    // served `scheduled_at` now serves it. `timezone` and `send_window` are
+    // what the job named (NULL: the config's default, resolved when used,
+    // so a reload reaches queued jobs). `jobs_deferred` holds only the
+    // deferred jobs, for the summary line's count. `meta` remembers the
+    // calendar the due times were computed under.
+    r#"
+    ALTER TABLE jobs ADD COLUMN due_at INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN timezone TEXT;
+    ALTER TABLE jobs ADD COLUMN send_window TEXT;
+    UPDATE jobs SET due_at = scheduled_at;
+    DROP INDEX jobs_by_state_due;
+    CREATE INDEX jobs_by_state_due ON jobs (state, due_at, id);
+    CREATE INDEX jobs_deferred ON jobs (due_at) WHERE state = 'scheduled' AND due_at > scheduled_at;
+    CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -5,6 +5,7 @@ use super::walk::{self, Cursor};
 use super::{listing, schema};
 use crate::job::validate;
 use crate::protocol::ListOrder;
+use crate::window::Calendar;
 use rusqlite::Connection;
 use rusqlite::params;
 use serde_json::json;
@@ -27,7 +28,7 @@ fn jobs(conn: &Connection, prefix: &str, n: usize, state: &str, at: i64) {
             validate(&job, 0, &crate::job::Rules::default()).expect("a valid job")
         })
         .collect();
-    queries::enqueue(conn, &new, 0).expect("enqueue");
+    queries::enqueue(conn, &Calendar::none(), &new, 0).expect("enqueue");
     conn.execute(
         "UPDATE jobs SET state = ?1, updated_at = ?2 WHERE key LIKE ?3 || '-%'",
         rusqlite::params![state, at, prefix],
@@ -134,11 +135,11 @@ fn a_prune_step_seeks_in_the_state_index() {
     });
     assert_eq!(
         same_instant,
-        "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND scheduled_at=? AND id>?)"
+        "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND due_at=? AND id>?)"
     );
     assert_eq!(
         later,
-        "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
+        "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND due_at>?)"
     );
 }
 
@@ -160,11 +161,11 @@ fn every_list_query_seeks_in_an_index_and_sorts_nothing() {
         listing::POSITION_SQL.map(|pair| pair.map(|sql| plan_of(&conn, sql, params![0, 0, 0, 10])));
     assert_eq!(
         due_same,
-        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at=? AND id>?)"
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND due_at=? AND id>?)"
     );
     assert_eq!(
         due_later,
-        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND due_at>?)"
     );
     assert_eq!(
         recent_same,
@@ -178,7 +179,7 @@ fn every_list_query_seeks_in_an_index_and_sorts_nothing() {
         listing::UNPLACED_SQL.map(|sql| plan_of(&conn, sql, params!["sent", 10]));
     assert_eq!(
         due_unplaced,
-        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND scheduled_at>?)"
+        "SEARCH jobs USING COVERING INDEX jobs_by_state_due (state=? AND due_at>?)"
     );
     assert_eq!(
         recent_unplaced,
@@ -197,8 +198,20 @@ fn list_steps_merge_every_state_and_page_through_each_job_once() {
         let mut seen = Vec::new();
         let mut from = listing::start(order);
         loop {
-            let step = listing::step(&conn, None, from, 3, usize::MAX, seen.is_empty(), 0)
-                .expect("a list step");
+            let step = listing::step(
+                &conn,
+                &Calendar::none(),
+                listing::Filter {
+                    state: None,
+                    due_before: None,
+                },
+                from,
+                3,
+                usize::MAX,
+                seen.is_empty(),
+                0,
+            )
+            .expect("a list step");
             assert!(step.jobs.len() <= 3);
             seen.extend(step.jobs.iter().map(|j| (j.id, j.updated_at.clone())));
             from = step.last;
@@ -231,21 +244,73 @@ fn a_list_step_stops_at_its_byte_budget_but_always_takes_a_first_job() {
     let (_dir, conn) = queue();
     jobs(&conn, "s", 4, "scheduled", 30);
     let from = listing::start(ListOrder::Due);
-    let one = listing::step(&conn, None, from, 10, usize::MAX, true, 0).expect("step");
+    let one = listing::step(
+        &conn,
+        &Calendar::none(),
+        listing::Filter {
+            state: None,
+            due_before: None,
+        },
+        from,
+        10,
+        usize::MAX,
+        true,
+        0,
+    )
+    .expect("step");
     let size = serde_json::to_string(&one.jobs[0]).expect("json").len();
 
-    let step = listing::step(&conn, None, from, 10, size * 2 + 1, true, 0).expect("step");
+    let step = listing::step(
+        &conn,
+        &Calendar::none(),
+        listing::Filter {
+            state: None,
+            due_before: None,
+        },
+        from,
+        10,
+        size * 2 + 1,
+        true,
+        0,
+    )
+    .expect("step");
     assert_eq!(step.jobs.len(), 2);
     assert!(step.full && !step.end);
     assert_eq!(step.last.id, step.jobs[1].id);
 
     // A first job larger than the whole budget comes without its payload.
-    let step = listing::step(&conn, None, from, 10, 10, true, 0).expect("step");
+    let step = listing::step(
+        &conn,
+        &Calendar::none(),
+        listing::Filter {
+            state: None,
+            due_before: None,
+        },
+        from,
+        10,
+        10,
+        true,
+        0,
+    )
+    .expect("step");
     assert_eq!(step.jobs.len(), 1);
     assert_eq!(step.jobs[0].payload.get(), "null");
     assert!(step.jobs[0].payload_omitted.is_some());
     // Later in an answer, a job that does not fit waits for the next page.
-    let step = listing::step(&conn, None, from, 10, 10, false, 0).expect("step");
+    let step = listing::step(
+        &conn,
+        &Calendar::none(),
+        listing::Filter {
+            state: None,
+            due_before: None,
+        },
+        from,
+        10,
+        10,
+        false,
+        0,
+    )
+    .expect("step");
     assert!(step.jobs.is_empty() && step.full);
     assert_eq!(step.last, from);
 }
@@ -257,13 +322,14 @@ fn coax_words_of_any_size_are_stored_bounded() {
     use crate::policy::Decision;
     let (_dir, conn) = queue();
     jobs(&conn, "big", 1, "scheduled", 0);
-    conn.execute("UPDATE jobs SET scheduled_at = 0", [])
+    conn.execute("UPDATE jobs SET scheduled_at = 0, due_at = 0", [])
         .expect("due now");
-    let claimed = delivery::claim(&conn, 1, 1).expect("claim");
+    let claimed = delivery::claim(&conn, &Calendar::none(), 1, 1).expect("claim");
     let job = &claimed.jobs[0];
     let mib = 1024 * 1024;
     delivery::finish(
         &conn,
+        &Calendar::none(),
         &Finish {
             id: job.id,
             seq: job.seq,
@@ -289,4 +355,32 @@ fn coax_words_of_any_size_are_stored_bounded() {
         .query_row("SELECT result FROM jobs", [], |r| r.get(0))
         .expect("result");
     serde_json::from_str::<serde_json::Value>(&result).expect("the result is still JSON");
+}
+
+#[test]
+fn the_claim_and_the_deferred_count_walk_their_indexes() {
+    let (_dir, conn) = queue();
+    let claim = plan_of(
+        &conn,
+        &format!(
+            "SELECT {} FROM jobs WHERE state = 'scheduled' AND due_at <= ?1
+             ORDER BY due_at, id LIMIT ?2",
+            super::quarantine::DUE_COLUMNS
+        ),
+        params![0, 10],
+    );
+    assert_eq!(
+        claim,
+        "SEARCH jobs USING INDEX jobs_by_state_due (state=? AND due_at<?)"
+    );
+    let deferred = plan_of(
+        &conn,
+        "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_deferred
+         WHERE state = 'scheduled' AND due_at > scheduled_at LIMIT ?1)",
+        params![10],
+    );
+    assert!(
+        deferred.contains("jobs_deferred") && !deferred.contains("SCAN jobs;"),
+        "{deferred}"
+    );
 }

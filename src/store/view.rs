@@ -24,7 +24,8 @@ use serde_json::value::RawValue;
 
 /// The columns [`read`] expects, in order.
 pub(super) const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, \
-     attempts, created_at, updated_at, last_error, result, payload, expires_at";
+     attempts, created_at, updated_at, last_error, result, payload, expires_at, due_at, timezone, \
+     send_window";
 
 /// The most a text field of a view (or a stored error) takes, in bytes.
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
@@ -112,6 +113,15 @@ pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Read> {
         channel: text(3)?.unwrap_or_default(),
         enquiry_id: text(4)?,
         scheduled_at: time_text(r.get_ref(5)?).unwrap_or_default(),
+        // Only a scheduled job will be tried; the column keeps the last
+        // due time of the others, as their place in the walks.
+        due_at: match state {
+            State::Scheduled => time_text(r.get_ref(14)?),
+            _ => None,
+        },
+        // As stored: `get` puts the config's defaults in for those unset.
+        timezone: text(15)?,
+        window: text(16)?,
         state,
         attempts: r.get_ref(7)?.as_i64().unwrap_or(0),
         created_at: time_text(r.get_ref(8)?).unwrap_or_default(),

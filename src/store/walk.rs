@@ -12,14 +12,14 @@ use rusqlite::{Connection, Row, ToSql};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     state: usize,
-    scheduled_at: Millis,
+    due_at: Millis,
     id: i64,
 }
 
 impl Cursor {
     pub const START: Cursor = Cursor {
         state: 0,
-        scheduled_at: Millis::MIN,
+        due_at: Millis::MIN,
         id: i64::MIN,
     };
 }
@@ -27,23 +27,23 @@ impl Cursor {
 /// The seeks after a position, with ?1 the state, ?2 and ?3 the position
 /// and ?4 the limit: first the jobs due at the same instant with a higher
 /// id, then those due later. (A row-value comparison,
-/// `(scheduled_at, id) > (?2, ?3)`, seeks on `scheduled_at` alone and would
+/// `(due_at, id) > (?2, ?3)`, seeks on `due_at` alone and would
 /// rescan every job due at that instant on each step.)
 pub(super) const SEEKS: [&str; 2] = [
-    "WHERE state = ?1 AND scheduled_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
-    "WHERE state = ?1 AND scheduled_at > ?2 ORDER BY scheduled_at, id LIMIT ?4",
+    "WHERE state = ?1 AND due_at = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+    "WHERE state = ?1 AND due_at > ?2 ORDER BY due_at, id LIMIT ?4",
 ];
 
 /// One job a step read: its position, and what `read` made of its row.
 pub(super) struct Seen<T> {
     pub id: i64,
-    pub scheduled_at: Millis,
+    pub due_at: Millis,
     pub row: T,
 }
 
 /// Reads up to `limit` jobs of `states[from.state]` after `from`, as
 /// `SELECT {columns} FROM jobs` (whose first column must be `id`), with
-/// `extra` bound from ?5 on; `read` gives each row's `scheduled_at` and
+/// `extra` bound from ?5 on; `read` gives each row's `due_at` and
 /// what the caller wants of it. Returns what it read and where the next
 /// step starts (`None` once every state has been walked).
 pub(super) fn step<T>(
@@ -65,15 +65,15 @@ pub(super) fn step<T>(
             break;
         }
         let room = i64::try_from(room).unwrap_or(i64::MAX);
-        let mut params: Vec<&dyn ToSql> = vec![state, &from.scheduled_at, &from.id, &room];
+        let mut params: Vec<&dyn ToSql> = vec![state, &from.due_at, &from.id, &room];
         params.extend_from_slice(extra);
         let mut statement = conn.prepare_cached(&format!("SELECT {columns} FROM jobs {seek}"))?;
         let mut rows = statement.query(params.as_slice())?;
         while let Some(r) = rows.next()? {
-            let (scheduled_at, row) = read(r)?;
+            let (due_at, row) = read(r)?;
             seen.push(Seen {
                 id: r.get(0)?,
-                scheduled_at,
+                due_at,
                 row,
             });
         }
@@ -81,7 +81,7 @@ pub(super) fn step<T>(
     let next = match seen.last() {
         Some(last) if seen.len() >= limit => Cursor {
             state: from.state,
-            scheduled_at: last.scheduled_at,
+            due_at: last.due_at,
             id: last.id,
         },
         // This state is done; the next starts from its beginning.

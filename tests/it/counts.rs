@@ -249,6 +249,7 @@ async fn open_when_free(db: &Path, hold: bool) -> (Store, Opened) {
             OnAmbiguous::Retry
         },
         max_attempts: 5,
+        calendar: std::sync::Arc::new(coax_scheduler::window::Calendar::none()),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -251,7 +251,7 @@ async fn list_and_get_show_rows_with_wrong_column_types() {
         &daemon.db,
         "UPDATE jobs SET state = 'failed' WHERE key NOT LIKE 'fine-%';
          UPDATE jobs SET state = 'sent' WHERE key IN ('created-text', 'fine-0');
-         UPDATE jobs SET scheduled_at = 'soon' WHERE key = 'at-text';
+         UPDATE jobs SET scheduled_at = 'soon', due_at = 'later' WHERE key = 'at-text';
          UPDATE jobs SET expires_at = 'never' WHERE key = 'expiry-text';
          UPDATE jobs SET attempts = 1.5 WHERE key = 'attempts-real';
          UPDATE jobs SET created_at = 'long ago' WHERE key = 'created-text';

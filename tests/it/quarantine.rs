@@ -43,7 +43,7 @@ async fn one_bad_row_among_due_jobs(damage: &str, named: &str) {
         &db,
         &format!(
             "{damage_bad}; {damage_later};
-             UPDATE jobs SET scheduled_at = 0 WHERE key != 'bad-later';",
+             UPDATE jobs SET scheduled_at = 0, due_at = 0 WHERE key != 'bad-later';",
             damage_bad = damage.replace("KEY", "'bad'"),
             damage_later = damage.replace("KEY", "'bad-later'"),
         ),

@@ -302,7 +302,8 @@ async fn ready_watchdog_status_and_stopping_reach_the_notify_socket() {
         .await;
     let summary = status_of(&summary).unwrap();
     assert!(
-        summary.contains("0 scheduled (0 due)") && summary.contains("dispatcher running"),
+        summary.contains("0 scheduled (0 due, 0 deferred)")
+            && summary.contains("dispatcher running"),
         "the summary status line: {summary:?}"
     );
 

@@ -590,6 +590,7 @@ fn open_store(db: &Path) -> Store {
         path: db.to_owned(),
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 5,
+        calendar: std::sync::Arc::new(coax_scheduler::window::Calendar::none()),
     })
     .expect("the store opens");
     assert!(opened.recovered.is_empty());

@@ -1,0 +1,271 @@
+//! Send windows in the store: where a job's `due_at` comes from.
+//!
+//! `scheduled_at` is when a job is due by its own rules: the client's time,
+//! or a retry's. `due_at` is when the daemon will try it: the same instant
+//! when the job's window is open then, else the window's next opening
+//! (spread over its first minutes, see [`crate::window`]). Every change that
+//! makes a job `scheduled` settles its `due_at` at once, so `get` shows it
+//! right away; the claim settles again whatever it finds due while its
+//! window is shut (a backlog released at night), so a job reaches Coax only
+//! while its window is open, whichever way it got there.
+//!
+//! A deferral is not an attempt: it changes `due_at` and nothing else.
+
+use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
+use super::{StoreError, walk};
+use crate::job::Kind;
+use crate::time::{self, Millis};
+use crate::window::{Calendar, Plan};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// What settling needs to know of a scheduled job.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing<'a> {
+    pub id: i64,
+    pub kind: Kind,
+    pub timezone: Option<&'a str>,
+    pub window: Option<&'a str>,
+    pub scheduled_at: Millis,
+    pub expires_at: Option<Millis>,
+    /// The `due_at` stored now.
+    pub due_at: Millis,
+}
+
+/// Where settling left a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Settled {
+    /// Its window is open at its due time: `due_at` is `scheduled_at`.
+    Due,
+    /// Its window is shut then: `due_at` is this later instant.
+    Deferred(Millis),
+    /// The next opening is at or after its expiry: now `expired`.
+    Expired,
+    /// Its zone or window cannot be used, or its window never opens
+    /// again: now `held`, for a person to decide.
+    Held,
+}
+
+/// Sets job `t.id`'s `due_at` from its window, judged at `now`, and logs a
+/// deferral once (when `due_at` moves). A job whose next opening is at or
+/// after its expiry is expired; one whose zone or window the config no
+/// longer has, or whose window does not open again, is held.
+pub(super) fn settle(
+    conn: &Connection,
+    calendar: &Calendar,
+    t: &Timing<'_>,
+    now: Millis,
+) -> Result<Settled, StoreError> {
+    let rule = match calendar.rule(t.timezone, t.window, t.kind) {
+        Ok(rule) => rule,
+        Err(e) => {
+            let reason = format!("held: {e}; requeue it once the config has it, or cancel it");
+            hold(conn, t.id, &reason, now)?;
+            return Ok(Settled::Held);
+        }
+    };
+    match rule.plan(t.id, t.scheduled_at, now) {
+        Plan::Due => {
+            if t.due_at != t.scheduled_at {
+                set_due(conn, t.id, t.scheduled_at)?;
+            }
+            Ok(Settled::Due)
+        }
+        Plan::Deferred { opening, due_at } => {
+            if let Some(expiry) = t.expires_at.filter(|e| opening >= *e) {
+                let reason = format!(
+                    "expired: window {} in {} next opens at {}, at or after its expiry {}",
+                    rule.window_name(),
+                    rule.zone_name(),
+                    time::format(opening),
+                    time::format(expiry)
+                );
+                expire(conn, t.id, &reason, now)?;
+                tracing::info!(
+                    job_id = t.id,
+                    timezone = rule.zone_name(),
+                    window = rule.window_name(),
+                    opening = %time::format(opening),
+                    expires_at = %time::format(expiry),
+                    "expired: its window opens only at or after its expiry"
+                );
+                return Ok(Settled::Expired);
+            }
+            // The spread must not carry a job past its expiry.
+            let due_at = match t.expires_at {
+                Some(expiry) if due_at >= expiry => opening,
+                _ => due_at,
+            };
+            if due_at != t.due_at {
+                set_due(conn, t.id, due_at)?;
+                tracing::info!(
+                    job_id = t.id,
+                    timezone = rule.zone_name(),
+                    window = rule.window_name(),
+                    opening = %time::format(opening),
+                    due_at = %time::format(due_at),
+                    "deferred to its window's next opening"
+                );
+            }
+            Ok(Settled::Deferred(due_at))
+        }
+        Plan::Never => {
+            let reason = format!(
+                "held: window {} in {} does not open again within the holidays the config lists; \
+                 requeue it once it does, or cancel it",
+                rule.window_name(),
+                rule.zone_name()
+            );
+            hold(conn, t.id, &reason, now)?;
+            Ok(Settled::Held)
+        }
+    }
+}
+
+fn set_due(conn: &Connection, id: i64, due_at: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE jobs SET due_at = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, due_at]))
+        .map_err(StoreError::sqlite("setting a job's due time"))?;
+    Ok(())
+}
+
+fn expire(conn: &Connection, id: i64, reason: &str, now: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'expired', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, reason, now]))
+    .map_err(StoreError::sqlite("expiring a job"))?;
+    Ok(())
+}
+
+fn hold(conn: &Connection, id: i64, reason: &str, now: Millis) -> Result<(), StoreError> {
+    tracing::warn!(job_id = id, reason, "held a job its window cannot place");
+    conn.prepare_cached(
+        "UPDATE jobs SET state = 'held', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, reason, now]))
+    .map_err(StoreError::sqlite("holding a job"))?;
+    Ok(())
+}
+
+/// The most deferred jobs [`deferred`] counts, like the due count.
+pub const MAX_DEFERRED_COUNT: u64 = super::delivery::MAX_OVERDUE_COUNT;
+
+/// How many scheduled jobs wait for an opening (`due_at` later than
+/// `scheduled_at`), at most [`MAX_DEFERRED_COUNT`]: a walk of the
+/// `jobs_deferred` index, which holds only those jobs.
+pub(super) fn deferred(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_deferred
+             WHERE state = 'scheduled' AND due_at > scheduled_at LIMIT ?1)",
+        )
+        .and_then(|mut s| s.query_row([MAX_DEFERRED_COUNT as i64], |r| r.get(0)))
+        .map_err(StoreError::sqlite("counting deferred jobs"))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Settles up to `limit` scheduled jobs from `from` on under `calendar`
+/// (after a reload or a restart changed it); returns how many it moved
+/// (deferred, brought forward, expired or held) and where to go on. A row
+/// that cannot be read is quarantined, as the claim would.
+pub(super) fn resettle_step(
+    conn: &Connection,
+    calendar: &Calendar,
+    from: walk::Cursor,
+    limit: usize,
+    now: Millis,
+) -> Result<(u64, Option<walk::Cursor>), StoreError> {
+    let (seen, next) = walk::step(conn, &["scheduled"], from, limit, DUE_COLUMNS, &[], |r| {
+        let at = r.get_ref(11)?.as_i64().unwrap_or(Millis::MAX);
+        Ok((at, read_due(r)?))
+    })
+    .map_err(StoreError::sqlite(
+        "settling due times under a new calendar",
+    ))?;
+    let mut moved = 0;
+    for seen in seen {
+        match seen.row {
+            Ok(job) => {
+                let before = job.due_at;
+                let settled = settle(conn, calendar, &job.timing(), now)?;
+                moved += u64::from(match settled {
+                    Settled::Due => before != job.scheduled_at,
+                    Settled::Deferred(at) => at != before,
+                    Settled::Expired | Settled::Held => true,
+                });
+            }
+            Err((id, why)) => quarantine(conn, id, &why, now)?,
+        }
+    }
+    Ok((moved, next))
+}
+
+/// Under a calendar with no windows, settles up to `limit` deferred jobs
+/// (a walk of `jobs_deferred`; each settled job leaves it); returns how
+/// many it moved and, while more may remain, where to go on.
+pub(super) fn undefer_step(
+    conn: &Connection,
+    calendar: &Calendar,
+    limit: usize,
+    now: Millis,
+) -> Result<(u64, Option<walk::Cursor>), StoreError> {
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {DUE_COLUMNS} FROM jobs INDEXED BY jobs_deferred
+             WHERE state = 'scheduled' AND due_at > scheduled_at LIMIT ?1"
+        ))
+        .and_then(|mut s| {
+            s.query_map([limit as i64], read_due)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(StoreError::sqlite(
+            "settling deferred jobs under a new calendar",
+        ))?;
+    let mut moved = 0;
+    for row in &rows {
+        match row {
+            Ok(job) => {
+                // Nothing is deferred without a window: each one is due,
+                // or held for a window the config no longer has.
+                if settle(conn, calendar, &job.timing(), now)? != Settled::Deferred(job.due_at) {
+                    moved += 1;
+                }
+            }
+            Err((id, why)) => {
+                quarantine(conn, *id, why, now)?;
+                moved += 1;
+            }
+        }
+    }
+    let more = rows.len() == limit && moved == limit as u64;
+    Ok((moved, more.then_some(walk::Cursor::START)))
+}
+
+/// The name under which `meta` keeps the fingerprint of the calendar that
+/// the stored due times were settled under.
+const CALENDAR: &str = "calendar";
+
+/// Whether the due times were settled under a calendar with this
+/// fingerprint (see [`Calendar::fingerprint`]).
+pub(super) fn settled_under(conn: &Connection, fingerprint: u64) -> Result<bool, StoreError> {
+    let stored: Option<i64> = conn
+        .prepare_cached("SELECT value FROM meta WHERE name = ?1")
+        .and_then(|mut s| {
+            s.query_row([CALENDAR], |r| Ok(r.get_ref(0)?.as_i64().ok()))
+                .optional()
+        })
+        .map_err(StoreError::sqlite("reading the calendar's fingerprint"))?
+        .flatten();
+    // Stored as the same 64 bits, signed.
+    Ok(stored == Some(fingerprint as i64))
+}
+
+pub(super) fn mark_settled(conn: &Connection, fingerprint: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )
+    .and_then(|mut s| s.execute(params![CALENDAR, fingerprint as i64]))
+    .map_err(StoreError::sqlite("recording the calendar's fingerprint"))?;
+    Ok(())
+}
