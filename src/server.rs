@@ -149,7 +149,9 @@ impl Service {
                 Ok(protocol::job_line(&job))
             }
             Request::Reschedule { id, scheduled_at } => {
-                let at = time::parse_rfc3339(&scheduled_at)
+                let local = self.local_time(id, &scheduled_at).await?;
+                let at = local
+                    .map_or_else(|| time::parse_rfc3339(&scheduled_at), Ok)
                     .and_then(|at| {
                         job::check_instant("scheduled_at", at).map_err(|e| e.to_string())
                     })
@@ -224,6 +226,30 @@ impl Service {
                 })))
             }
         }
+    }
+
+    /// `text` as a local date and time without an offset, read in job
+    /// `id`'s zone, as at enqueue; `None` when it is not one (or the job is
+    /// gone, which the reschedule itself then reports).
+    async fn local_time(&self, id: i64, text: &str) -> Result<Option<time::Millis>, ErrorBody> {
+        if time::parse_rfc3339(text).is_ok() {
+            return Ok(None);
+        }
+        let Some(view) = self
+            .store
+            .get(protocol::Lookup::Id(id))
+            .await
+            .map_err(|e| internal(&e))?
+        else {
+            return Ok(None);
+        };
+        let rule = job::Kind::parse(&view.kind).and_then(|kind| {
+            let calendar = self.store.calendar();
+            calendar
+                .rule(view.timezone.as_deref(), view.window.as_deref(), kind)
+                .ok()
+        });
+        Ok(rule.and_then(|rule| crate::window::parse_local(text, &rule)))
     }
 
     /// Ends a pause or an open breaker for an operator, and says what it

@@ -127,10 +127,12 @@ pub fn enqueued(done: &[crate::protocol::Enqueued]) {
     }
 }
 
-/// Records the lateness of a job's first attempt, starting at `now`.
+/// Records the lateness of a job's first attempt, starting at `now`:
+/// counted from its due time, so a job its send window held back is not
+/// late for having waited.
 pub fn attempt_started(job: &ClaimedJob, now: Millis) {
     if job.seq == 1 {
-        lateness(now.saturating_sub(job.scheduled_at));
+        lateness(now.saturating_sub(job.due_at));
     }
 }
 
