@@ -43,3 +43,4 @@ pub mod store;
 pub mod summary;
 pub mod systemd;
 pub mod time;
+pub mod window;
