@@ -13,11 +13,14 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+
+use crate::window::Calendar;
 
 /// Where the config is read from when nothing else is said.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/coax-scheduler/config.toml";
@@ -142,8 +145,9 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
-    /// The send windows and default zone (a stand-in until the [windows] config lands).
-    pub calendar: std::sync::Arc<crate::window::Calendar>,
+    /// `dispatch.default_timezone`, `dispatch.default_window` and the
+    /// `[windows.*]` tables; shared so a reload can hand it on cheaply.
+    pub calendar: Arc<Calendar>,
 }
 
 /// `[coax]`: how to reach the Coax API.

@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    windows: std::collections::BTreeMap<String, crate::window::RawWindow>,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +142,8 @@ pub(super) struct RawDispatch {
     on_ambiguous: RawOnAmbiguous,
     rate_limit: Option<String>,
     default_ttl: Option<String>,
+    default_timezone: String,
+    default_window: Option<String>,
 }
 
 impl Default for RawDispatch {
@@ -153,6 +157,8 @@ impl Default for RawDispatch {
             on_ambiguous: RawOnAmbiguous::Retry,
             rate_limit: None,
             default_ttl: None,
+            default_timezone: default_timezone(),
+            default_window: None,
         }
     }
 }
@@ -271,6 +277,9 @@ pub(super) fn default_base_delay() -> Duration {
 }
 pub(super) fn default_max_delay() -> Duration {
     Duration::from_secs(60 * 60)
+}
+pub(super) fn default_timezone() -> String {
+    "UTC".to_owned()
 }
 pub(super) fn default_log_level() -> String {
     "info".to_owned()
@@ -444,6 +453,20 @@ impl RawConfig {
             ),
         };
 
+        // windows, with dispatch.default_timezone and default_window
+        let calendar = Calendar::from_parts(
+            &self.dispatch.default_timezone,
+            self.dispatch.default_window.as_deref(),
+            self.windows,
+        )
+        .map_err(|err| match err {
+            crate::window::CalendarError::Invalid { key, message } => invalid(&key, message),
+            crate::window::CalendarError::Parse(message) => ConfigError::Parse {
+                path: source.clone(),
+                message,
+            },
+        })?;
+
         // breaker
         if self.breaker.failures < 1 {
             return Err(invalid("breaker.failures", "must be at least 1".to_owned()));
@@ -543,7 +566,7 @@ impl RawConfig {
             metrics: MetricsConfig {
                 listen: metrics_listen,
             },
-            calendar: std::sync::Arc::new(crate::window::Calendar::none()),
+            calendar: Arc::new(calendar),
             source,
         })
     }

@@ -896,3 +896,97 @@ fn retry_after_has_a_ceiling_dispatch_max_pause() {
     assert_eq!(key, "dispatch.max_pause");
     assert!(!message.is_empty());
 }
+
+#[test]
+fn the_default_config_has_no_send_windows() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(*c.calendar, crate::window::Calendar::none());
+    assert_eq!(c.calendar.default_zone_name(), "UTC");
+    assert_eq!(c.calendar.window_names().count(), 0);
+}
+
+#[test]
+fn example_config_window_comments_parse() {
+    // Uncommented, the example window and default_window make a valid config.
+    let mut in_block = false;
+    let uncommented: String = EXAMPLE
+        .lines()
+        .map(|line| {
+            let bare = line.trim_start_matches('#').trim_start();
+            in_block |= bare.starts_with("[windows.business]");
+            in_block &= !line.trim().is_empty();
+            if in_block || bare.starts_with("default_window") {
+                bare
+            } else {
+                line
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        uncommented.contains("\n[windows.business]\n"),
+        "{uncommented}"
+    );
+    let c = parse(&uncommented).unwrap();
+    assert_eq!(c.calendar.default_window_name(), Some("business"));
+    let rule = c
+        .calendar
+        .rule(Some("Australia/Sydney"), None, crate::job::Kind::Message)
+        .unwrap();
+    // Wednesday 2026-12-02 12:30 in Sydney is the lunch break.
+    assert!(!rule.is_open(crate::time::parse_rfc3339("2026-12-02T01:30:00Z").unwrap()));
+    assert!(rule.is_open(crate::time::parse_rfc3339("2026-12-02T02:00:00Z").unwrap()));
+}
+
+#[test]
+fn window_keys_are_read_and_refusals_name_the_key() {
+    let c = parse_extra(
+        "[dispatch]\ndefault_timezone = \"Australia/Sydney\"\ndefault_window = \"business\"\n\
+         [windows.business]\nmon = \"09:00-17:00\"\nspread = \"20m\"",
+    )
+    .unwrap();
+    assert_eq!(c.calendar.default_zone_name(), "Australia/Sydney");
+    assert_eq!(c.calendar.default_window_name(), Some("business"));
+    for (extra, expected) in [
+        ("[windows.business]\nwed = \"9-17\"", "windows.business.wed"),
+        (
+            "[windows.business]\nwed = \"17:00-09:00\"",
+            "windows.business.wed",
+        ),
+        (
+            "[windows.business]\nwed = \"09:00-12:00, 11:00-13:00\"",
+            "windows.business.wed",
+        ),
+        (
+            "[windows.business]\nwed = \"09:00-17:00\"\nholidays = [\"2026-12-32\"]",
+            "windows.business.holidays",
+        ),
+        (
+            "[windows.business]\nwed = \"09:00-17:00\"\nspread = \"2d\"",
+            "windows.business.spread",
+        ),
+        ("[windows.business]\nsun = \"closed\"", "windows.business"),
+        ("[windows.none]\nsun = \"09:00-10:00\"", "windows.none"),
+        (
+            "[dispatch]\ndefault_timezone = \"Mars/Olympus_Mons\"",
+            "dispatch.default_timezone",
+        ),
+        (
+            "[dispatch]\ndefault_window = \"business\"",
+            "dispatch.default_window",
+        ),
+    ] {
+        let (key, message) = invalid_key(parse_extra(extra));
+        assert_eq!(key, expected, "{extra}: {message}");
+        let text = err_text(parse_extra(extra));
+        assert!(text.contains("/etc/coax-scheduler/config.toml"), "{text}");
+    }
+    // An unknown day key is a parse error that names the table and the key.
+    let text = err_text(parse_extra(
+        "[windows.business]\nmon = \"09:00-17:00\"\nmonday = \"09:00-17:00\"",
+    ));
+    assert!(
+        text.contains("windows.business") && text.contains("monday"),
+        "{text}"
+    );
+}
