@@ -126,6 +126,15 @@ fn drive(socket: &Path) -> anyhow::Result<Finished> {
             .as_i64()
             .context("the daemon's enqueue answer has no id")?;
         say(&format!("enqueued job {id}: {}", job.what));
+        if job.deferred {
+            say(&format!(
+                "  its window is shut now, so it is due at {} instead of {}; \
+                 the demo cancels it rather than wait",
+                answer["due_at"].as_str().unwrap_or("?"),
+                answer["scheduled_at"].as_str().unwrap_or("?"),
+            ));
+            ask(&mut client, json!({"op": "cancel", "id": id}))?;
+        }
         ids.push(id);
     }
     let deadline = Instant::now() + DEADLINE;

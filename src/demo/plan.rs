@@ -26,7 +26,14 @@ pub struct Planned {
     pub job: Value,
     pub state: State,
     pub attempts: u32,
+    /// Its send window is shut until tomorrow: the demo shows its due
+    /// time, then cancels it rather than wait.
+    pub deferred: bool,
 }
+
+/// The demo's send window: open only tomorrow (UTC), so it is shut
+/// whenever the demo runs.
+const WINDOW: &str = "tomorrow";
 
 pub fn jobs() -> Vec<Planned> {
     vec![
@@ -38,6 +45,7 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Sent,
             attempts: 1,
+            deferred: false,
         },
         Planned {
             what: "a message due in 5 s",
@@ -47,6 +55,7 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Sent,
             attempts: 1,
+            deferred: false,
         },
         Planned {
             what: "a message that meets a 503 and is retried",
@@ -56,6 +65,7 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Sent,
             attempts: 2,
+            deferred: false,
         },
         Planned {
             what: "a message for a paused campaign, which Coax does not send",
@@ -65,6 +75,7 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Skipped,
             attempts: 1,
+            deferred: false,
         },
         Planned {
             what: "a review request",
@@ -74,6 +85,7 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Sent,
             attempts: 1,
+            deferred: false,
         },
         Planned {
             what: "a message on enquiry 4242",
@@ -83,6 +95,17 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Sent,
             attempts: 1,
+            deferred: false,
+        },
+        Planned {
+            what: "a message whose send window is shut until tomorrow",
+            job: json!({
+                "key": "demo-deferred", "kind": "message", "channel": "sms", "window": WINDOW,
+                "payload": {"message": "Good morning! Your appointment is at 10am.", "phone": "+15550100005"}
+            }),
+            state: State::Cancelled,
+            attempts: 0,
+            deferred: true,
         },
     ]
 }
@@ -123,10 +146,22 @@ max_delay = "2s"
 [log]
 format = "text"
 level = "info"
-"#
+
+[windows.{WINDOW}]
+{tomorrow} = "09:00-17:00"
+"#,
+        tomorrow = tomorrow_key(),
     );
     let env = |name: &str| (name == API_KEY_ENV).then(|| DEMO_KEY.to_owned());
     Config::from_toml(&text, &dir.join("config.toml"), &env)
+}
+
+/// The config key of tomorrow's weekday in UTC (`mon`, `tue`, ...).
+fn tomorrow_key() -> &'static str {
+    use chrono::Datelike;
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let tomorrow = chrono::Utc::now().weekday().succ();
+    DAYS[tomorrow.num_days_from_monday() as usize]
 }
 
 #[cfg(test)]
@@ -135,8 +170,13 @@ mod tests {
 
     #[test]
     fn every_planned_job_is_valid() {
+        let config = config(Path::new("/tmp/coax-demo"), "http://127.0.0.1:9").unwrap();
+        let rules = crate::job::Rules {
+            calendar: config.calendar.clone(),
+            ..Default::default()
+        };
         for planned in jobs() {
-            crate::job::validate(&planned.job, 0, &crate::job::Rules::default())
+            crate::job::validate(&planned.job, 0, &rules)
                 .unwrap_or_else(|e| panic!("{}: {e}", planned.what));
         }
     }
@@ -146,5 +186,21 @@ mod tests {
         let config = config(Path::new("/tmp/coax-demo"), "http://127.0.0.1:9").unwrap();
         assert_eq!(config.socket.path, Path::new("/tmp/coax-demo/coax.sock"));
         assert_eq!(config.coax.api_key.expose(), DEMO_KEY);
+    }
+
+    #[test]
+    fn the_demo_window_is_shut_now_and_opens_tomorrow() {
+        let config = config(Path::new("/tmp/coax-demo"), "http://127.0.0.1:9").unwrap();
+        let rule = config
+            .calendar
+            .rule(None, Some(WINDOW), crate::job::Kind::Message)
+            .unwrap();
+        let now = crate::time::now();
+        assert!(!rule.is_open(now));
+        let opening = rule.next_opening(now).unwrap();
+        assert!(
+            opening > now && opening - now <= 48 * 3_600_000,
+            "{opening}"
+        );
     }
 }

@@ -1015,15 +1015,30 @@ async fn reschedule_at_a_time_sets_that_time() {
         time::parse_rfc3339("2030-01-01T00:00:00Z").expect("time")
     );
 
-    // A time without an offset is refused by the daemon, and changes nothing.
-    let run = client(&daemon)
+    // A time without an offset is read in the job's zone (UTC by default).
+    client(&daemon)
         .arg("reschedule")
         .arg(id.to_string())
         .args(["--at", "2031-01-01T00:00:00"])
         .run()
+        .await
+        .expect_code(0);
+    assert_eq!(
+        daemon.get(id).await["scheduled_at"],
+        "2031-01-01T00:00:00.000Z"
+    );
+    // One that is no time at all is refused by the daemon, and changes nothing.
+    let run = client(&daemon)
+        .arg("reschedule")
+        .arg(id.to_string())
+        .args(["--at", "2031-01-01T25:00"])
+        .run()
         .await;
     run.expect_code(1);
-    assert_eq!(daemon.get(id).await["scheduled_at"], job["scheduled_at"]);
+    assert_eq!(
+        daemon.get(id).await["scheduled_at"],
+        "2031-01-01T00:00:00.000Z"
+    );
     daemon.stop().await;
 }
 

@@ -551,8 +551,17 @@ async fn each_job_validation_rule_is_invalid_job_naming_the_field() {
             &["enquiry_id"],
         ),
         (
-            "scheduled_at without offset",
-            set(&customer, "scheduled_at", json!("2031-01-01T09:00:00")),
+            "scheduled_at without offset that is no local time",
+            set(
+                &customer,
+                "scheduled_at",
+                json!("2031-01-01T09:00:00 tomorrow"),
+            ),
+            &["scheduled_at"],
+        ),
+        (
+            "scheduled_at without offset on a day that does not exist",
+            set(&customer, "scheduled_at", json!("2031-02-30T09:00")),
             &["scheduled_at"],
         ),
         (
@@ -1115,7 +1124,12 @@ async fn reschedule_moves_a_scheduled_job_and_refuses_bad_times() {
     assert_eq!(view["scheduled_at"], "2031-05-01T08:00:00.000Z");
     assert_eq!(view["state"], "scheduled");
 
-    for bad in ["next tuesday", "2031-05-01T10:00:00", ""] {
+    for bad in [
+        "next tuesday",
+        "2031-05-01T10:00:61",
+        "2031-13-01T10:00",
+        "",
+    ] {
         let answer = daemon
             .request(json!({"op": "reschedule", "id": id, "scheduled_at": bad}))
             .await;

@@ -342,12 +342,18 @@ async fn the_demo_runs_every_job_to_its_end() {
             .find(|r| r.key == key)
             .unwrap_or_else(|| panic!("no row for {key} in\n{stdout}"))
     };
-    assert_eq!(rows.len(), 6, "{stdout}");
+    assert_eq!(rows.len(), 7, "{stdout}");
     assert_eq!(row("demo-now").state, "sent");
     assert_eq!(row("demo-in-5s").state, "sent");
     assert_eq!(row("demo-paused-campaign").state, "skipped");
     assert_eq!(row("demo-review").state, "sent");
     assert_eq!(row("demo-on-enquiry").state, "sent");
+    // Shut out by its send window until tomorrow, shown, then cancelled.
+    assert_eq!(row("demo-deferred").state, "cancelled");
+    assert!(
+        stdout.contains("its window is shut now, so it is due at 20"),
+        "{stdout}"
+    );
     let retried = row("demo-retried");
     assert_eq!(
         (retried.state.as_str(), retried.tries.as_str()),
