@@ -450,6 +450,12 @@ fn scale_figures(scale: &scale::Scale, plan: Plan, rows: f64) -> Vec<Figure> {
         )
         .limit(Limit::rate(scale.fill_rate, rows, "batched rows")),
         Figure::new(
+            "scale_settle",
+            format!("{n} queued: due times settled anew, as after a change of windows"),
+            scale.settle.as_secs_f64(),
+            Unit::Seconds,
+        ),
+        Figure::new(
             "scale_startup",
             format!("{n} queued: start-up until ping answers"),
             startup,

@@ -33,7 +33,39 @@ pub const CONCURRENCY: usize = 64;
 const READY_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The daemon's config file for a phase in `dir`, talking to `base_url`.
-pub fn config_text(base_url: &str) -> String {
+/// The send windows of the scale phase's daemon: every job in its queue
+/// falls under one, in a zone with DST, so the large-queue figures are
+/// measured with windows in force. (The dispatch phases send at once, so
+/// their daemons have none.)
+pub const WINDOWS: &str = r#"
+[windows.business]
+mon = "09:00-20:00"
+tue = "09:00-20:00"
+wed = "09:00-12:00, 13:00-20:00"
+thu = "09:00-20:00"
+fri = "09:00-20:00"
+sat = "10:00-16:00"
+holidays = ["2026-12-25", "2026-12-28", "2027-01-01"]
+spread = "20m"
+"#;
+
+/// The `[dispatch]` keys that put [`WINDOWS`] in force.
+pub const WINDOWS_DISPATCH: &str =
+    "default_timezone = \"Australia/Sydney\"\ndefault_window = \"business\"\n";
+
+/// The calendar of [`WINDOWS`], as the scale phase's daemon reads it.
+pub fn windows_calendar() -> anyhow::Result<crate::window::Calendar> {
+    crate::window::Calendar::from_toml(&format!("[dispatch]\n{WINDOWS_DISPATCH}{WINDOWS}"))
+        .map_err(|e| anyhow::anyhow!("the benchmark's send windows are invalid: {e}"))
+}
+
+/// The daemon's config; with `windowed`, under [`WINDOWS`].
+pub fn config_text(base_url: &str, windowed: bool) -> String {
+    let (dispatch, windows) = if windowed {
+        (WINDOWS_DISPATCH, WINDOWS)
+    } else {
+        ("", "")
+    };
     format!(
         r#"# Written by `coax-scheduler bench`.
 [coax]
@@ -50,11 +82,11 @@ max_connections = 256
 [dispatch]
 concurrency = {CONCURRENCY}
 shutdown_timeout = "5s"
-
+{dispatch}
 [log]
 format = "text"
 level = "warn"
-"#
+{windows}"#
     )
 }
 
@@ -70,7 +102,7 @@ pub fn config(dir: &Path, base_url: &str) -> anyhow::Result<Config> {
 /// The same, with `extra` (such as a `[metrics]` section) appended.
 pub fn config_with(dir: &Path, base_url: &str, extra: &str) -> anyhow::Result<Config> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let text = format!("{}{extra}", config_text(base_url));
+    let text = format!("{}{extra}", config_text(base_url, false));
     Config::from_toml(&text, &dir.join("config.toml"), &key_env)
         .context("the benchmark's daemon config is invalid")
 }
@@ -193,10 +225,11 @@ pub struct ChildDaemon {
 }
 
 impl ChildDaemon {
-    /// Writes `dir/config.toml` and starts this very binary on it.
+    /// Writes `dir/config.toml` (under the send windows [`WINDOWS`]) and
+    /// starts this very binary on it.
     pub fn spawn(dir: &Path, base_url: &str) -> anyhow::Result<ChildDaemon> {
         let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config_text(base_url))
+        std::fs::write(&config_path, config_text(base_url, true))
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         let exe = std::env::current_exe().context("cannot find this program's path")?;
         let child = std::process::Command::new(exe)

@@ -1,10 +1,13 @@
 //! The daemon with a large queue: start-up, idle memory and CPU, `stats`,
 //! and enqueue throughput, with the daemon as a child process
 //! (`coax-scheduler run`) so that its memory and CPU time are its own.
+//! Every job is under a send window ([`fixture::WINDOWS`]), so these are the
+//! figures with windows in force.
 //!
 //! ```text
 //! child on an empty db ─► enqueue rate (empty, warm-up + median of 3) ─► stop
-//!   ─► fill N jobs due in 1–31 days through the store ─► wait for its lock
+//!   ─► fill N jobs due in 1–31 days through the store ─► settle them anew
+//!      (what a change of windows costs) ─► wait for its lock
 //!   ─► start child: time until it answers ping ─► settle ─► idle window:
 //!      utime+stime and VmRSS from /proc ─► `stats` ×5 ─► enqueue rate
 //!      (full, warm-up + median of 3)
@@ -31,6 +34,9 @@ pub const ENQUEUE_RUNS: usize = 3;
 #[derive(Debug, Clone, Copy)]
 pub struct Scale {
     pub fill_rate: f64,
+    /// Settling every queued job's due time anew, as after a change of
+    /// windows (with nothing to move: the cost of the walk itself).
+    pub settle: Duration,
     pub startup: Duration,
     pub rss_mib: f64,
     pub cpu_seconds: f64,
@@ -63,8 +69,8 @@ pub async fn run(
 
     progress(&format!("filling the queue with {jobs} jobs"));
     let filled = Instant::now();
-    fill(&dir.join("queue.db"), jobs).await?;
-    let fill_rate = jobs as f64 / filled.elapsed().as_secs_f64();
+    let settle = fill(&dir.join("queue.db"), jobs).await?;
+    let fill_rate = jobs as f64 / filled.elapsed().saturating_sub(settle).as_secs_f64();
 
     let started = Instant::now();
     let child = ChildDaemon::spawn(dir, &base_url)?;
@@ -104,6 +110,7 @@ pub async fn run(
         .context("the simulator did not stop cleanly")?;
     Ok(Scale {
         fill_rate,
+        settle,
         startup,
         rss_mib,
         cpu_seconds,
@@ -115,19 +122,29 @@ pub async fn run(
 }
 
 /// Fills the database at `db` with `jobs` jobs through the store's batch
-/// enqueue, due one every 2.5 s from a day ahead, then waits until the
-/// store has let go of the database.
-async fn fill(db: &Path, jobs: usize) -> anyhow::Result<()> {
+/// enqueue, due one every 2.5 s from a day ahead, under the daemon's send
+/// windows; settles them all anew, as a change of windows would, and
+/// returns how long that took (which also records the calendar, so the
+/// daemon starts without a walk); then waits until the store has let go of
+/// the database.
+async fn fill(db: &Path, jobs: usize) -> anyhow::Result<Duration> {
     let (store, _) = Store::open(&store::Options {
         path: db.to_owned(),
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 5,
-        calendar: std::sync::Arc::new(crate::window::Calendar::none()),
+        calendar: std::sync::Arc::new(fixture::windows_calendar()?),
     })
     .context("cannot open the queue to fill it")?;
     let base = time::add(time::now(), Duration::from_secs(86_400));
     let at = |i: usize| base + i as i64 * 2_500;
     fixture::fill(&store, "scale", jobs, 10_000, at).await?;
+    let settling = Instant::now();
+    let (_keep, never) = tokio::sync::watch::channel(false);
+    store
+        .settle_all(never)
+        .await
+        .context("cannot settle the filled queue")?;
+    let settle = settling.elapsed();
     drop(store);
     // The store thread ends once every handle is gone, and its lock with it.
     let lock = store::lock_path(db);
@@ -138,7 +155,7 @@ async fn fill(db: &Path, jobs: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(settle),
             Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
