@@ -143,6 +143,21 @@ fn a_prune_step_seeks_in_the_state_index() {
     );
 }
 
+/// One step of a list of every state, at time 0, under no windows.
+fn step_all(
+    conn: &Connection,
+    from: crate::protocol::ListCursor,
+    rows: usize,
+    budget: usize,
+    first: bool,
+) -> listing::ListStep {
+    let every = listing::Filter {
+        state: None,
+        due_before: None,
+    };
+    listing::step(conn, &Calendar::none(), every, from, rows, budget, first, 0).expect("step")
+}
+
 /// The plan of `sql` run with `args`, one line per step.
 fn plan_of(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> String {
     conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
@@ -198,20 +213,7 @@ fn list_steps_merge_every_state_and_page_through_each_job_once() {
         let mut seen = Vec::new();
         let mut from = listing::start(order);
         loop {
-            let step = listing::step(
-                &conn,
-                &Calendar::none(),
-                listing::Filter {
-                    state: None,
-                    due_before: None,
-                },
-                from,
-                3,
-                usize::MAX,
-                seen.is_empty(),
-                0,
-            )
-            .expect("a list step");
+            let step = step_all(&conn, from, 3, usize::MAX, seen.is_empty());
             assert!(step.jobs.len() <= 3);
             seen.extend(step.jobs.iter().map(|j| (j.id, j.updated_at.clone())));
             from = step.last;
@@ -244,73 +246,21 @@ fn a_list_step_stops_at_its_byte_budget_but_always_takes_a_first_job() {
     let (_dir, conn) = queue();
     jobs(&conn, "s", 4, "scheduled", 30);
     let from = listing::start(ListOrder::Due);
-    let one = listing::step(
-        &conn,
-        &Calendar::none(),
-        listing::Filter {
-            state: None,
-            due_before: None,
-        },
-        from,
-        10,
-        usize::MAX,
-        true,
-        0,
-    )
-    .expect("step");
+    let one = step_all(&conn, from, 10, usize::MAX, true);
     let size = serde_json::to_string(&one.jobs[0]).expect("json").len();
 
-    let step = listing::step(
-        &conn,
-        &Calendar::none(),
-        listing::Filter {
-            state: None,
-            due_before: None,
-        },
-        from,
-        10,
-        size * 2 + 1,
-        true,
-        0,
-    )
-    .expect("step");
+    let step = step_all(&conn, from, 10, size * 2 + 1, true);
     assert_eq!(step.jobs.len(), 2);
     assert!(step.full && !step.end);
     assert_eq!(step.last.id, step.jobs[1].id);
 
     // A first job larger than the whole budget comes without its payload.
-    let step = listing::step(
-        &conn,
-        &Calendar::none(),
-        listing::Filter {
-            state: None,
-            due_before: None,
-        },
-        from,
-        10,
-        10,
-        true,
-        0,
-    )
-    .expect("step");
+    let step = step_all(&conn, from, 10, 10, true);
     assert_eq!(step.jobs.len(), 1);
     assert_eq!(step.jobs[0].payload.get(), "null");
     assert!(step.jobs[0].payload_omitted.is_some());
     // Later in an answer, a job that does not fit waits for the next page.
-    let step = listing::step(
-        &conn,
-        &Calendar::none(),
-        listing::Filter {
-            state: None,
-            due_before: None,
-        },
-        from,
-        10,
-        10,
-        false,
-        0,
-    )
-    .expect("step");
+    let step = step_all(&conn, from, 10, 10, false);
     assert!(step.jobs.is_empty() && step.full);
     assert_eq!(step.last, from);
 }
