@@ -488,3 +488,51 @@ fn metrics_listen_is_checked_and_off_by_default() {
         .to_string();
     assert!(err.contains("port"), "{err}");
 }
+
+/// The config key of tomorrow's weekday in UTC (`mon`, `tue`, ...): a
+/// window open only then is shut whenever the test runs.
+fn tomorrow_key() -> &'static str {
+    use chrono::Datelike;
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let tomorrow = chrono::Utc::now().weekday().succ();
+    DAYS[tomorrow.num_days_from_monday() as usize]
+}
+
+#[tokio::test]
+async fn deferred_jobs_gauge_counts_jobs_waiting_for_their_window() {
+    let coax = CoaxStub::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{}\n[windows.tomorrow]\n{} = \"09:00-17:00\"\n",
+        config_with_metrics(&coax.base_url(), &addr, ""),
+        tomorrow_key()
+    );
+    let daemon = DaemonProcess::start(dir.path(), &config).await;
+    let base = format!("http://{addr}");
+    for _ in 0..3 {
+        let mut job = message("sms");
+        job["window"] = json!("tomorrow");
+        let answer = daemon.request(json!({"op": "enqueue", "job": job})).await;
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert_ne!(answer["due_at"], answer["scheduled_at"], "{answer}");
+    }
+    // One without a window goes at once and is not counted.
+    daemon
+        .request(json!({"op": "enqueue", "job": message("sms")}))
+        .await;
+    let samples = wait_for_value(&base, "coax_scheduler_deferred_jobs", &[], 3.0).await;
+    assert_eq!(
+        samples.must("coax_scheduler_jobs", &[("state", "scheduled")]),
+        3.0
+    );
+    assert_eq!(samples.must("coax_scheduler_due_now", &[]), 0.0);
+    let stats = daemon.request(json!({"op": "stats"})).await;
+    assert_eq!(stats["deferred"], 3, "{stats}");
+    coax.wait_for_requests(1, PATIENCE).await;
+    assert_eq!(
+        coax.requests().len(),
+        1,
+        "only the job without a window is sent"
+    );
+}
