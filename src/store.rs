@@ -51,7 +51,7 @@ use crate::window::Calendar;
 use group::{Call, Completion, Work};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// What went wrong with the store, in words an operator can act on.
@@ -185,7 +185,7 @@ pub struct Store {
     work: mpsc::Sender<Call>,
     outage: std::sync::Arc<outage::Outage>,
     /// The send windows due times are settled under; a reload replaces it.
-    calendar: Arc<RwLock<Arc<Calendar>>>,
+    calendar: calendar::CalendarCell,
     /// Where calls read the wall clock: the system's, or a test's.
     clock: Arc<dyn Clock>,
 }
@@ -237,7 +237,7 @@ impl Store {
             Store {
                 work: tx,
                 outage: std::sync::Arc::new(outage::Outage::new(options.path.clone())),
-                calendar: Arc::new(RwLock::new(options.calendar.clone())),
+                calendar: calendar::CalendarCell::new(options.calendar.clone()),
                 clock: Arc::new(SystemClock::new()),
             },
             Opened {
@@ -314,8 +314,8 @@ impl Store {
         jobs: Vec<crate::job::NewJob>,
     ) -> Result<Vec<crate::protocol::Enqueued>, StoreError> {
         let _timed = crate::metrics::store_call("enqueue");
-        let (calendar, now) = (self.calendar(), self.now());
-        self.call(move |c| queries::enqueue(c, &calendar, &jobs, now))
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| queries::enqueue(c, &calendar.get(), &jobs, now))
             .await
     }
 
@@ -324,8 +324,8 @@ impl Store {
         lookup: Lookup,
     ) -> Result<Option<crate::protocol::JobView>, StoreError> {
         let _timed = crate::metrics::store_call("get");
-        let (calendar, now) = (self.calendar(), self.now());
-        self.call(move |c| queries::get(c, &calendar, &lookup, now))
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| queries::get(c, &calendar.get(), &lookup, now))
             .await
     }
 
@@ -358,11 +358,11 @@ impl Store {
             let budget =
                 listing::VIEWS_BUDGET.saturating_sub(bytes + usize::from(!page.jobs.is_empty()));
             let first = page.jobs.is_empty();
-            let (calendar, now) = (self.calendar(), self.now());
+            let (calendar, now) = (self.calendar.clone(), self.now());
             let step = self
                 .call(move |c| {
                     let filter = listing::Filter { state, due_before };
-                    listing::step(c, &calendar, filter, cursor, rows, budget, first, now)
+                    listing::step(c, &calendar.get(), filter, cursor, rows, budget, first, now)
                 })
                 .await?;
             bytes += step.bytes + usize::from(!first && !step.jobs.is_empty());
@@ -383,8 +383,8 @@ impl Store {
         id: i64,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("cancel");
-        let (calendar, now) = (self.calendar(), self.now());
-        self.call(move |c| queries::cancel(c, &calendar, id, now))
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| queries::cancel(c, &calendar.get(), id, now))
             .await
     }
 
@@ -394,8 +394,8 @@ impl Store {
         at: Millis,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("reschedule");
-        let (calendar, now) = (self.calendar(), self.now());
-        self.call(move |c| queries::reschedule(c, &calendar, id, at, now))
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| queries::reschedule(c, &calendar.get(), id, at, now))
             .await
     }
 
@@ -404,8 +404,8 @@ impl Store {
         id: i64,
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("requeue");
-        let (calendar, now) = (self.calendar(), self.now());
-        self.call(move |c| queries::requeue(c, &calendar, id, now))
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| queries::requeue(c, &calendar.get(), id, now))
             .await
     }
 
@@ -418,16 +418,16 @@ impl Store {
     /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
     pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
         let _timed = crate::metrics::store_call("claim");
-        let calendar = self.calendar();
-        self.call(move |c| delivery::claim(c, &calendar, now, limit))
+        let calendar = self.calendar.clone();
+        self.call(move |c| delivery::claim(c, &calendar.get(), now, limit))
             .await
     }
 
     /// Records how an attempt ended and moves its job on.
     pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
         let _timed = crate::metrics::store_call("finish");
-        let calendar = self.calendar();
-        self.call(move |c| delivery::finish(c, &calendar, &finish))
+        let calendar = self.calendar.clone();
+        self.call(move |c| delivery::finish(c, &calendar.get(), &finish))
             .await
     }
 

@@ -335,7 +335,7 @@ pub fn status(stats: &Value, next: &Value, failed: &Value, held: &Value, now: Mi
     }
     if stats["deferred"].as_u64().is_some_and(|n| n > 0) {
         println!(
-            "deferred    {} scheduled jobs wait for their send window to open",
+            "deferred    {} (scheduled, waiting for their send window to open)",
             text(&stats["deferred"])
         );
     }

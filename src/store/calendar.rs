@@ -13,33 +13,54 @@
 use super::deferral;
 use super::{Store, StoreError, walk};
 use crate::window::Calendar;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 /// How many jobs one step of settling the queue anew reads at most.
 const RESETTLE_STEP: usize = 1_000;
 
-impl Store {
-    /// The calendar due times are settled under now.
-    pub fn calendar(&self) -> Arc<Calendar> {
-        match self.calendar.read() {
+/// The calendar in force, shared with the store thread. A call reads it
+/// when it runs, not when it is queued, so a claim queued just before a
+/// reload but run after it judges windows under the new calendar.
+#[derive(Clone)]
+pub(super) struct CalendarCell(Arc<RwLock<Arc<Calendar>>>);
+
+impl CalendarCell {
+    pub(super) fn new(calendar: Arc<Calendar>) -> CalendarCell {
+        CalendarCell(Arc::new(RwLock::new(calendar)))
+    }
+
+    pub(super) fn get(&self) -> Arc<Calendar> {
+        match self.0.read() {
             Ok(guard) => guard.clone(),
             // A panic while swapping an Arc cannot leave it half-written.
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    /// Puts `calendar` in force for every call from now on. Returns whether
-    /// it differs from the one it replaces; if so, [`Store::resettle`]
-    /// brings the queued jobs' due times in line.
-    pub fn set_calendar(&self, calendar: Arc<Calendar>) -> bool {
-        let mut slot = match self.calendar.write() {
+    /// Puts `calendar` in force; whether it differs from the one before.
+    fn replace(&self, calendar: Arc<Calendar>) -> bool {
+        let mut slot = match self.0.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         let changed = **slot != *calendar;
         *slot = calendar;
         changed
+    }
+}
+
+impl Store {
+    /// The calendar due times are settled under now.
+    pub fn calendar(&self) -> Arc<Calendar> {
+        self.calendar.get()
+    }
+
+    /// Puts `calendar` in force for every call that runs from now on.
+    /// Returns whether it differs from the one it replaces; if so,
+    /// [`Store::resettle`] brings the queued jobs' due times in line.
+    pub fn set_calendar(&self, calendar: Arc<Calendar>) -> bool {
+        self.calendar.replace(calendar)
     }
 
     /// Settles the due time of every scheduled job under the calendar in
