@@ -39,6 +39,8 @@ mod schema;
 mod tests;
 mod view;
 mod walk;
+#[cfg(test)]
+mod window_tests;
 
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};

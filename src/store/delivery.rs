@@ -221,8 +221,9 @@ pub fn claim(
     })
 }
 
-/// Records attempt `f` and moves its job on. A retry's time is settled
-/// against the job's window at once (see [`super::deferral`]).
+/// Records attempt `f` and moves its job on. A retry's time, and a job
+/// given back by a key pause, is settled against the job's window at once
+/// (see [`super::deferral`]).
 pub fn finish(conn: &Connection, calendar: &Calendar, f: &Finish) -> Result<(), StoreError> {
     let err = || StoreError::sqlite("recording an attempt");
     // Coax's words are stored bounded, so no answer can grow a row (and
@@ -274,8 +275,10 @@ pub fn finish(conn: &Connection, calendar: &Calendar, f: &Finish) -> Result<(), 
         ])
     })
     .map_err(err())?;
-    if let Some(at) = retry_at {
-        settle_row(conn, calendar, f.id, Some(at), f.finished_at)?;
+    // A job given back by a key pause is scheduled again too, and may
+    // have come back after its window shut.
+    if retry_at.is_some() || give_back {
+        settle_row(conn, calendar, f.id, retry_at, f.finished_at)?;
     }
     Ok(())
 }
