@@ -94,7 +94,8 @@ impl Service {
                     ErrorBody::new(ErrorCode::Internal, "the store answered nothing")
                 })?;
                 Ok(ok_line(json!({
-                    "id": e.id, "state": e.state, "scheduled_at": e.scheduled_at, "duplicate": e.duplicate
+                    "id": e.id, "state": e.state, "scheduled_at": e.scheduled_at,
+                    "due_at": e.due_at, "duplicate": e.duplicate
                 })))
             }
             Request::Enqueue(protocol::Enqueue::Batch(jobs)) => {
