@@ -144,3 +144,60 @@ async fn each_deferral_is_logged_once_at_info_with_zone_window_and_opening() {
     let count = logs.lines().filter(|l| is_deferral(l)).count();
     assert_eq!(count, 1, "logged {count} times:\n{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_due_before_pages_through_every_job_due_before_it_and_no_other() {
+    let coax = accepting_coax().await;
+    let (daemon, _clock) = start_at(
+        &config(&coax, "", &daily("day", "09:00-17:00")),
+        "2026-12-02T18:00:00Z",
+    )
+    .await;
+    let mut due = Vec::new();
+    // Five jobs deferred to tomorrow's opening, one due tonight, and one
+    // due the day after, in an order unlike their due times.
+    for n in 0..5 {
+        let answer = enqueue(
+            &daemon,
+            sms(&format!("deferred {n}"), json!({"window": "day"})),
+        )
+        .await;
+        due.push(answer["id"].as_i64().expect("id"));
+    }
+    let tonight = enqueue(
+        &daemon,
+        sms("tonight", json!({"scheduled_at": "2026-12-02T23:00:00Z"})),
+    )
+    .await["id"]
+        .as_i64()
+        .expect("id");
+    enqueue(
+        &daemon,
+        sms("later", json!({"scheduled_at": "2026-12-04T08:00:00Z"})),
+    )
+    .await;
+    due.insert(0, tonight);
+
+    let mut listed = Vec::new();
+    let mut after = Value::Null;
+    for _ in 0..10 {
+        let answer = daemon
+            .request(json!({"op": "list", "limit": 2, "after": after,
+                            "due_before": "2026-12-03T12:00:00Z"}))
+            .await;
+        assert_eq!(answer["ok"], true, "{answer}");
+        listed.extend(
+            answer["jobs"]
+                .as_array()
+                .expect("jobs")
+                .iter()
+                .map(|j| j["id"].as_i64().expect("id")),
+        );
+        after = answer["next"].clone();
+        if after.is_null() {
+            break;
+        }
+    }
+    assert_eq!(listed, due);
+    daemon.stop().await;
+}

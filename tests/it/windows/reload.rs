@@ -127,3 +127,55 @@ async fn the_claim_defers_a_job_whose_due_at_falls_in_a_shut_window() {
     assert_due(&daemon.get(id).await, "2026-12-03T09:00:00Z");
     daemon.stop().await;
 }
+
+async fn stats(daemon: &TestDaemon) -> Value {
+    let stats = daemon.request(json!({"op": "stats"})).await;
+    assert_eq!(stats["ok"], true, "{stats}");
+    stats
+}
+
+/// How many jobs are due before `before`, by `list`.
+async fn due_before(daemon: &TestDaemon, before: &str) -> usize {
+    let answer = daemon
+        .request(json!({"op": "list", "limit": 10_000, "due_before": before}))
+        .await;
+    answer["jobs"].as_array().expect("jobs").len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_settles_a_queue_larger_than_one_step_of_the_walk() {
+    // More jobs than one step of settling reads (1,000), so the walk goes
+    // on across steps, with jobs moving earlier behind its position.
+    const JOBS: u64 = 2_500;
+    let coax = accepting_coax().await;
+    let before = config(&coax, "", &daily("day", "09:00-20:00"));
+    let clock = TestClock::at(at("2026-12-02T04:00:00Z"));
+    let daemon = TestDaemon::start_reloadable(&before, clock.clone()).await;
+    let jobs: Vec<Value> = (0..JOBS)
+        .map(|n| sms(&format!("bulk {n}"), json!({"window": "day"})))
+        .collect();
+    let answer = daemon.request(json!({"op": "enqueue", "jobs": jobs})).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(stats(&daemon).await["deferred"], JOBS);
+    assert_eq!(due_before(&daemon, "2026-12-02T09:00:00Z").await, 0);
+
+    daemon
+        .reload(&config(&coax, "", &daily("day", "07:00-20:00")))
+        .await;
+    wait_until("every job to move to 07:00", PATIENCE, || async {
+        (due_before(&daemon, "2026-12-02T07:00:01Z").await as u64 == JOBS).then_some(())
+    })
+    .await;
+
+    // A config without windows: no job is deferred any more, and each of
+    // these, naming a window that is gone, is held.
+    daemon.reload(&config(&coax, "", "")).await;
+    let stats = wait_until("every job to be held", PATIENCE, || async {
+        let stats = stats(&daemon).await;
+        (stats["counts"]["held"] == JOBS).then_some(stats)
+    })
+    .await;
+    assert_eq!(stats["deferred"], 0, "{stats}");
+    assert!(coax.requests().is_empty(), "a held job was sent");
+    daemon.stop().await;
+}
