@@ -30,3 +30,4 @@ mod smoke;
 mod startup;
 mod storage;
 mod systemd;
+mod windows;

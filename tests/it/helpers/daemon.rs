@@ -5,14 +5,16 @@ use super::{PATIENCE, wait_until};
 use coax_scheduler::client::Client;
 use coax_scheduler::config::Config;
 use coax_scheduler::daemon::Daemon;
-use coax_scheduler::time::Clock;
+use coax_scheduler::time::{Clock, Millis, Mono, SystemClock};
 use serde_json::{Value, json};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// The API key every test daemon uses; tests assert it never leaks.
@@ -63,6 +65,65 @@ pub struct TestDaemon {
     pub db: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Set by [`TestDaemon::start_reloadable`]: each message re-reads the
+    /// config file, as SIGHUP does.
+    reloads: Option<mpsc::Sender<()>>,
+}
+
+/// The system's clocks, with a wall clock that the test sets to a chosen
+/// moment (a Monday 22:00 in Sydney) or steps; it runs on in real time from
+/// there. The monotonic clock is the system's, so pauses last as long as
+/// they would.
+#[derive(Debug)]
+pub struct TestClock {
+    system: SystemClock,
+    offset_ms: AtomicI64,
+}
+
+impl TestClock {
+    /// A clock whose wall clock reads `at` now.
+    pub fn at(at: Millis) -> Arc<TestClock> {
+        let clock = Arc::new(TestClock {
+            system: SystemClock::new(),
+            offset_ms: AtomicI64::new(0),
+        });
+        clock.set(at);
+        clock
+    }
+
+    /// Sets the wall clock to read `at` now.
+    pub fn set(&self, at: Millis) {
+        self.offset_ms
+            .store(at - self.system.wall(), Ordering::SeqCst);
+    }
+
+    /// Moves the wall clock by `ms` (negative: back).
+    pub fn step(&self, ms: i64) {
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn wall(&self) -> Millis {
+        self.system.wall() + self.offset_ms.load(Ordering::SeqCst)
+    }
+
+    fn mono(&self) -> Mono {
+        self.system.mono()
+    }
+}
+
+/// The name of the key file a reloadable daemon reads its API key from.
+const KEY_FILE: &str = "api.key";
+
+/// `config` reading the API key from [`KEY_FILE`]: a reload re-reads the
+/// key from the process environment, which the tests leave unset.
+fn with_key_file(config: &str) -> String {
+    config.replacen(
+        "[coax]\n",
+        &format!("[coax]\napi_key_file = \"{KEY_FILE}\"\n"),
+        1,
+    )
 }
 
 impl TestDaemon {
@@ -88,10 +149,58 @@ impl TestDaemon {
         TestDaemon::start_in_with(dir, config, Some(clock)).await
     }
 
+    /// Starts a daemon on `clock` in an existing dir (a restart).
+    pub async fn start_in_with_clock(
+        dir: TempDir,
+        config: &str,
+        clock: Arc<dyn Clock>,
+    ) -> TestDaemon {
+        TestDaemon::start_in_with(dir, config, Some(clock)).await
+    }
+
+    /// Starts a daemon on `clock` that [`TestDaemon::reload`] can reload.
+    /// The API key comes from a key file in the dir, since a reload reads
+    /// the real environment.
+    pub async fn start_reloadable(config: &str, clock: Arc<dyn Clock>) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = dir.path().join(KEY_FILE);
+        std::fs::write(&key, TEST_KEY).expect("write key file");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("key file mode");
+        let (reloads, reloaded) = mpsc::channel(4);
+        let mut daemon =
+            TestDaemon::start_configured(dir, &with_key_file(config), Some(clock), Some(reloaded))
+                .await;
+        daemon.reloads = Some(reloads);
+        daemon
+    }
+
+    /// Rewrites the config file with `config` and has the daemon reload it,
+    /// as SIGHUP would. Only for a daemon from [`TestDaemon::start_reloadable`].
+    pub async fn reload(&self, config: &str) {
+        std::fs::write(self.dir.path().join("config.toml"), with_key_file(config))
+            .expect("rewrite config");
+        self.reloads
+            .as_ref()
+            .expect("a daemon started with start_reloadable")
+            .send(())
+            .await
+            .expect("the daemon takes reloads");
+    }
+
     async fn start_in_with(
         dir: TempDir,
         config: &str,
         clock: Option<Arc<dyn Clock>>,
+    ) -> TestDaemon {
+        TestDaemon::start_configured(dir, config, clock, None).await
+    }
+
+    async fn start_configured(
+        dir: TempDir,
+        config: &str,
+        clock: Option<Arc<dyn Clock>>,
+        reloads: Option<mpsc::Receiver<()>>,
     ) -> TestDaemon {
         let path = dir.path().join("config.toml");
         std::fs::write(&path, config).expect("write config");
@@ -101,6 +210,9 @@ impl TestDaemon {
         let mut daemon = Daemon::open(config.clone()).expect("daemon opens");
         if let Some(clock) = clock {
             daemon = daemon.with_clock(clock);
+        }
+        if let Some(reloads) = reloads {
+            daemon = daemon.reload_on(reloads);
         }
         let listener =
             coax_scheduler::socket::bind(&socket, config.socket.mode).expect("socket binds");
@@ -114,6 +226,7 @@ impl TestDaemon {
             db,
             stop: Some(stop),
             task: Some(task),
+            reloads: None,
         }
     }
 
