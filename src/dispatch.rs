@@ -75,6 +75,69 @@ impl Context {
     fn clock(&self) -> &dyn Clock {
         self.handle.clock.as_ref()
     }
+
+    /// Changes the gate by `f` and logs the change it reports, once.
+    fn transition(&self, f: impl FnOnce(&mut Gate) -> Option<Mode>) {
+        let (previous, changed) = self.handle.with_gate(|g| {
+            let previous = g.mode();
+            (previous, f(g))
+        });
+        if let Some(mode) = changed {
+            self.changed(previous, mode);
+        }
+    }
+
+    /// Logs a change of the gate's mode.
+    fn changed(&self, previous: Mode, mode: Mode) {
+        crate::metrics::dispatch_changed(previous.name(), mode.name());
+        let until = self
+            .handle
+            .status(mode)
+            .until()
+            .map(time::format)
+            .unwrap_or_default();
+        // Only a lower max_pause (a reload) brings a 429 pause's end nearer.
+        let shortened = matches!(
+            (previous, mode),
+            (Mode::PausedRateLimit { until: old }, Mode::PausedRateLimit { until: new }) if new < old
+        );
+        match mode {
+            Mode::Running => {
+                tracing::info!(
+                    from = previous.name(),
+                    "dispatcher running: sending resumed"
+                )
+            }
+            Mode::PausedAuth { .. } => tracing::error!(
+                pause = %humantime::format_duration(self.settings().auth_pause),
+                until,
+                "Coax rejected the API key; all sending is paused. Check the key, then reload or wait"
+            ),
+            Mode::PausedRateLimit { .. } if shortened => {
+                tracing::warn!(
+                    until,
+                    max_pause = %humantime::format_duration(self.settings().max_pause),
+                    "the pause for HTTP 429 now ends earlier, at dispatch.max_pause"
+                )
+            }
+            Mode::PausedRateLimit { .. } => tracing::warn!(
+                until,
+                "Coax is throttling this key (HTTP 429); all sending is paused until then"
+            ),
+            Mode::BreakerOpen { .. } if matches!(previous, Mode::BreakerOpen { .. }) => {
+                tracing::info!(
+                    next_probe = until,
+                    "Coax /health still failing; breaker stays open"
+                )
+            }
+            Mode::BreakerOpen { .. } => tracing::error!(
+                failures = self.settings().breaker.failures,
+                next_probe = until,
+                "Coax keeps failing; breaker open: sending stopped, probing /health"
+            ),
+            Mode::Trial => tracing::info!("Coax /health answers; one trial send before resuming"),
+        }
+    }
 }
 
 pub struct Dispatcher {
@@ -259,8 +322,6 @@ impl Dispatcher {
                     "failed" => self.handle.failed.fetch_add(1, Ordering::Relaxed),
                     _ => 0,
                 };
-                let now = self.ctx.clock().mono();
-                self.transition(|g| g.record(now, report.signal));
             }
             Err(e) => tracing::error!(error = %e, "an attempt task failed"),
         }
@@ -268,65 +329,7 @@ impl Dispatcher {
 
     /// Changes the gate by `f` and logs the change it reports, once.
     fn transition(&self, f: impl FnOnce(&mut Gate) -> Option<Mode>) {
-        let (previous, changed) = self.handle.with_gate(|g| {
-            let previous = g.mode();
-            (previous, f(g))
-        });
-        if let Some(mode) = changed {
-            self.changed(previous, mode);
-        }
-    }
-
-    /// Logs a change of the gate's mode.
-    fn changed(&self, previous: Mode, mode: Mode) {
-        crate::metrics::dispatch_changed(previous.name(), mode.name());
-        let until = self
-            .handle
-            .status(mode)
-            .until()
-            .map(time::format)
-            .unwrap_or_default();
-        // Only a lower max_pause (a reload) brings a 429 pause's end nearer.
-        let shortened = matches!(
-            (previous, mode),
-            (Mode::PausedRateLimit { until: old }, Mode::PausedRateLimit { until: new }) if new < old
-        );
-        match mode {
-            Mode::Running => {
-                tracing::info!(
-                    from = previous.name(),
-                    "dispatcher running: sending resumed"
-                )
-            }
-            Mode::PausedAuth { .. } => tracing::error!(
-                pause = %humantime::format_duration(self.ctx.settings().auth_pause),
-                until,
-                "Coax rejected the API key; all sending is paused. Check the key, then reload or wait"
-            ),
-            Mode::PausedRateLimit { .. } if shortened => {
-                tracing::warn!(
-                    until,
-                    max_pause = %humantime::format_duration(self.ctx.settings().max_pause),
-                    "the pause for HTTP 429 now ends earlier, at dispatch.max_pause"
-                )
-            }
-            Mode::PausedRateLimit { .. } => tracing::warn!(
-                until,
-                "Coax is throttling this key (HTTP 429); all sending is paused until then"
-            ),
-            Mode::BreakerOpen { .. } if matches!(previous, Mode::BreakerOpen { .. }) => {
-                tracing::info!(
-                    next_probe = until,
-                    "Coax /health still failing; breaker stays open"
-                )
-            }
-            Mode::BreakerOpen { .. } => tracing::error!(
-                failures = self.ctx.settings().breaker.failures,
-                next_probe = until,
-                "Coax keeps failing; breaker open: sending stopped, probing /health"
-            ),
-            Mode::Trial => tracing::info!("Coax /health answers; one trial send before resuming"),
-        }
+        self.ctx.transition(f);
     }
 
     async fn drain(&self, mut in_flight: JoinSet<attempt::Report>) {

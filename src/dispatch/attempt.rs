@@ -2,7 +2,7 @@
 //! line, and record the outcome before the dispatcher's slot is freed.
 
 use super::Context;
-use super::gate::{self, Signal};
+use super::gate;
 use crate::policy::{self, Answer, Decision};
 use crate::store::{ClaimedJob, Finish, Store};
 use crate::time;
@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 /// What an attempt task reports back to the loop.
 pub(super) struct Report {
-    pub signal: Signal,
     /// The decision's label, for the summary's counters.
     pub decision: &'static str,
 }
@@ -67,11 +66,12 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
         result: result_of(&answer),
         decision,
     };
+    // The gate hears the answer before the job is given back: a job given
+    // back for a rejected key or a 429 is due at once, and a claim that
+    // ran between the two would send it again into the pause.
+    ctx.transition(|g| g.record(read_at, signal));
     record(&ctx.store, finish).await;
-    Report {
-        signal,
-        decision: label,
-    }
+    Report { decision: label }
 }
 
 fn status_of(answer: &Answer) -> Option<u16> {

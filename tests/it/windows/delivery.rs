@@ -282,7 +282,6 @@ async fn a_send_recovered_while_its_window_is_shut_waits_for_the_opening() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a job refused with 401 is at times sent again before the auth pause holds"]
 async fn a_job_refused_with_401_is_not_sent_again_before_the_auth_pause() {
     // The attempt gives the job back (due at once) in the store before the
     // dispatcher's loop hears of the 401; a loop turn in between claims it
