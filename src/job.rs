@@ -443,9 +443,10 @@ fn when(
             "delay",
             "give scheduled_at or delay, not both",
         )),
-        (Some(Value::String(s)), None) => match window::parse_local(s, rule) {
-            Some(at) => Ok(at),
-            None => time::parse_rfc3339(s).map_err(|e| {
+        (Some(Value::String(s)), None) => match window::read_local(s, rule) {
+            Ok(Some(at)) => Ok(at),
+            Err(e) => Err(JobError::new("scheduled_at", e)),
+            Ok(None) => time::parse_rfc3339(s).map_err(|e| {
                 JobError::new(
                     "scheduled_at",
                     format!(

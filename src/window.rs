@@ -284,12 +284,32 @@ pub enum Plan {
 /// form (so the caller can read it as RFC 3339 with an offset) or is not a
 /// real date.
 pub fn parse_local(text: &str, rule: &Rule) -> Option<Millis> {
+    read_local(text, rule).ok().flatten()
+}
+
+/// [`parse_local`], saying why a text of the local form is no time: `None`
+/// when `text` is not of that form at all, an error when it is but names
+/// no real date and time, or one past the last the tz database reaches
+/// (9999-12-30, as UTC).
+pub fn read_local(text: &str, rule: &Rule) -> Result<Option<Millis>, String> {
     if !is_local_shape(text.as_bytes()) {
-        return None;
+        return Ok(None);
     }
-    let dt: DateTime = text.parse().ok()?;
-    let at = rule.tz.to_ambiguous_timestamp(dt).compatible().ok()?;
-    Some(at.as_millisecond())
+    let dt: DateTime = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a real local date and time ({e})"))?;
+    let at = rule
+        .tz
+        .to_ambiguous_timestamp(dt)
+        .compatible()
+        .map_err(|_| {
+            format!(
+                "{text:?} in {} is past the last local time this daemon can compute \
+                 (9999-12-30); give a time with an offset",
+                rule.zone_name()
+            )
+        })?;
+    Ok(Some(at.as_millisecond()))
 }
 
 /// `YYYY-MM-DDTHH:MM`, then optionally `:SS` and `.` with 1 to 9 digits, and
