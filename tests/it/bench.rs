@@ -29,6 +29,7 @@ const FIGURES: &[&str] = &[
     "metrics_calls_enqueue",
     "metrics_calls_dispatch",
     "scale_fill",
+    "scale_settle",
     "scale_startup",
     "scale_idle_rss",
     "scale_idle_cpu",
