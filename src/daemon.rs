@@ -177,7 +177,12 @@ impl Tasks {
         };
         // A config changed while the daemon was down moves due times as a
         // reload would.
-        crate::reload::resettle(store.clone(), dispatch.clone(), stopped.clone());
+        crate::reload::resettle(
+            store.clone(),
+            dispatch.clone(),
+            stopped.clone(),
+            crate::reload::Settle::IfChanged,
+        );
         Tasks {
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
             serving: tokio::spawn(server::serve(

@@ -44,12 +44,26 @@ pub struct Live {
     pub stopped: watch::Receiver<bool>,
 }
 
+/// When to settle the queue's due times anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// At start-up: unless the queue was last settled under this calendar.
+    IfChanged,
+    /// After a reload changed the calendar: always, since a reload back to
+    /// the calendar recorded may cut short a walk under another.
+    Always,
+}
+
 /// Settles the queue's due times under the store's calendar, in the
 /// background, and wakes the dispatcher once done: jobs may now be due
 /// sooner than it planned.
-pub fn resettle(store: Store, dispatch: Handle, stopped: watch::Receiver<bool>) {
+pub fn resettle(store: Store, dispatch: Handle, stopped: watch::Receiver<bool>, when: Settle) {
     tokio::spawn(async move {
-        match store.resettle(stopped).await {
+        let settled = match when {
+            Settle::IfChanged => store.resettle(stopped).await,
+            Settle::Always => store.settle_all(stopped).await,
+        };
+        match settled {
             Ok(_) => dispatch.wake(),
             Err(e) => tracing::error!(
                 error = %e,
@@ -141,6 +155,7 @@ impl Live {
                 self.store.clone(),
                 self.dispatch.clone(),
                 self.stopped.clone(),
+                Settle::Always,
             );
         }
 

@@ -109,7 +109,10 @@ impl Service {
                 let done = self.enqueue(jobs).await?;
                 let results: Vec<Value> = done
                     .iter()
-                    .map(|e| json!({"id": e.id, "duplicate": e.duplicate}))
+                    .map(|e| {
+                        json!({"id": e.id, "state": e.state, "due_at": e.due_at,
+                               "duplicate": e.duplicate})
+                    })
                     .collect();
                 Ok(ok_line(json!({ "results": results })))
             }

@@ -31,6 +31,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use rule::HORIZON_DAYS;
 pub use spec::RawWindow;
 use spec::{DAY_MINUTES, Window};
 
@@ -295,7 +296,13 @@ pub fn read_local(text: &str, rule: &Rule) -> Result<Option<Millis>, String> {
     if !is_local_shape(text.as_bytes()) {
         return Ok(None);
     }
-    let dt: DateTime = text
+    // A leap second, "23:59:60", is read as RFC 3339 times are: the second
+    // after :59 (jiff's civil parser would fold it into :59).
+    let (civil, leap) = match text.get(17..19) {
+        Some("60") => (format!("{}59{}", &text[..17], &text[19..]), 1_000),
+        _ => (text.to_owned(), 0),
+    };
+    let dt: DateTime = civil
         .parse()
         .map_err(|e| format!("{text:?} is not a real local date and time ({e})"))?;
     let at = rule
@@ -309,7 +316,7 @@ pub fn read_local(text: &str, rule: &Rule) -> Result<Option<Millis>, String> {
                 rule.zone_name()
             )
         })?;
-    Ok(Some(at.as_millisecond()))
+    Ok(Some(at.as_millisecond() + leap))
 }
 
 /// `YYYY-MM-DDTHH:MM`, then optionally `:SS` and `.` with 1 to 9 digits, and

@@ -84,11 +84,14 @@ impl Store {
     }
 
     /// [`Store::resettle`] whatever calendar the queue was last settled
-    /// under (the benchmark measures what a change of windows costs).
+    /// under: after a reload (which may go back to the calendar recorded
+    /// while a walk under another was under way), and for the benchmark.
+    /// The record is cleared first, so a walk cut short is walked again.
     pub async fn settle_all(&self, stop: watch::Receiver<bool>) -> Result<u64, StoreError> {
         let _timed = crate::metrics::store_call("resettle");
         let calendar = self.calendar();
         let fingerprint = calendar.fingerprint();
+        self.call(deferral::mark_unsettled).await?;
         let windowless = calendar.window_names().next().is_none();
         let mut moved = 0;
         let mut from = Some(walk::Cursor::START);

@@ -15,7 +15,10 @@ use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
 use super::{StoreError, walk};
 use crate::job::Kind;
 use crate::time::{self, Millis};
-use crate::window::{Calendar, Plan};
+use crate::window::{Calendar, HORIZON_DAYS, Plan};
+
+/// The search horizon for an opening, in milliseconds.
+const HORIZON_MS: Millis = HORIZON_DAYS * 86_400_000;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// What settling needs to know of a scheduled job.
@@ -45,15 +48,30 @@ pub(super) enum Settled {
     Held,
 }
 
+/// How a settle reports a deferral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Report {
+    /// One INFO line per deferral: the job fell due, or was just made.
+    Each,
+    /// DEBUG only: the queue is being settled anew in bulk, and the walk
+    /// logs one INFO line with the count (a line per job would flood the
+    /// journal past its rate limit).
+    Bulk,
+}
+
 /// Sets job `t.id`'s `due_at` from its window, judged at `now`, and logs a
 /// deferral once (when `due_at` moves). A job whose next opening is at or
 /// after its expiry is expired; one whose zone or window the config no
-/// longer has, or whose window does not open again, is held.
+/// longer has, or whose window does not open again, is held. Settling
+/// anew in bulk leaves a job deferred to a point in its window's spread at
+/// that point while the window is open, so a reload inside an opening does
+/// not release the rest of its spread at once.
 pub(super) fn settle(
     conn: &Connection,
     calendar: &Calendar,
     t: &Timing<'_>,
     now: Millis,
+    report: Report,
 ) -> Result<Settled, StoreError> {
     let rule = match calendar.rule(t.timezone, t.window, t.kind) {
         Ok(rule) => rule,
@@ -64,6 +82,15 @@ pub(super) fn settle(
         }
     };
     match rule.plan(t.id, t.scheduled_at, now) {
+        Plan::Due
+            if report == Report::Bulk
+                && t.due_at > t.scheduled_at
+                && t.due_at > now
+                && t.due_at - now <= rule.spread_ms()
+                && rule.is_open(t.due_at) =>
+        {
+            Ok(Settled::Deferred(t.due_at))
+        }
         Plan::Due => {
             if t.due_at != t.scheduled_at {
                 set_due(conn, t.id, t.scheduled_at)?;
@@ -97,21 +124,42 @@ pub(super) fn settle(
             };
             if due_at != t.due_at {
                 set_due(conn, t.id, due_at)?;
-                tracing::info!(
-                    job_id = t.id,
-                    timezone = rule.zone_name(),
-                    window = rule.window_name(),
-                    opening = %time::format(opening),
-                    due_at = %time::format(due_at),
-                    "deferred to its window's next opening"
-                );
+                macro_rules! deferred {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            job_id = t.id,
+                            timezone = rule.zone_name(),
+                            window = rule.window_name(),
+                            opening = %time::format(opening),
+                            due_at = %time::format(due_at),
+                            "deferred to its window's next opening"
+                        )
+                    };
+                }
+                match report {
+                    Report::Each => deferred!(info),
+                    Report::Bulk => deferred!(debug),
+                }
             }
             Ok(Settled::Deferred(due_at))
         }
         Plan::Never => {
+            // Not open within the horizon: surely not before an expiry
+            // that comes sooner.
+            let horizon = t.scheduled_at.max(now).saturating_add(HORIZON_MS);
+            if let Some(expiry) = t.expires_at.filter(|e| *e <= horizon) {
+                let reason = format!(
+                    "expired: window {} in {} does not open again before its expiry {}",
+                    rule.window_name(),
+                    rule.zone_name(),
+                    time::format(expiry)
+                );
+                expire(conn, t.id, &reason, now)?;
+                return Ok(Settled::Expired);
+            }
             let reason = format!(
-                "held: window {} in {} does not open again within the holidays the config lists; \
-                 requeue it once it does, or cancel it",
+                "held: window {} in {} does not open again within ten years (its holidays \
+                 keep it shut); requeue it once it does, or cancel it",
                 rule.window_name(),
                 rule.zone_name()
             );
@@ -187,7 +235,7 @@ pub(super) fn resettle_step(
         match seen.row {
             Ok(job) => {
                 let before = job.due_at;
-                let settled = settle(conn, calendar, &job.timing(), now)?;
+                let settled = settle(conn, calendar, &job.timing(), now, Report::Bulk)?;
                 moved += u64::from(match settled {
                     Settled::Due => before != job.scheduled_at,
                     Settled::Deferred(at) => at != before,
@@ -227,7 +275,8 @@ pub(super) fn undefer_step(
             Ok(job) => {
                 // Nothing is deferred without a window: each one is due,
                 // or held for a window the config no longer has.
-                if settle(conn, calendar, &job.timing(), now)? != Settled::Deferred(job.due_at) {
+                let settled = settle(conn, calendar, &job.timing(), now, Report::Bulk)?;
+                if settled != Settled::Deferred(job.due_at) {
                     moved += 1;
                 }
             }
@@ -258,6 +307,17 @@ pub(super) fn settled_under(conn: &Connection, fingerprint: u64) -> Result<bool,
         .flatten();
     // Stored as the same 64 bits, signed.
     Ok(stored == Some(fingerprint as i64))
+}
+
+/// Forgets the calendar the queue was settled under, before a walk that
+/// settles it anew: a walk cut short (a reload back to the old calendar, a
+/// stop, a crash) then leaves no calendar recorded, and the next start or
+/// reload walks again instead of trusting due times half-moved.
+pub(super) fn mark_unsettled(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM meta WHERE name = ?1")
+        .and_then(|mut s| s.execute([CALENDAR]))
+        .map_err(StoreError::sqlite("clearing the calendar's fingerprint"))?;
+    Ok(())
 }
 
 pub(super) fn mark_settled(conn: &Connection, fingerprint: u64) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@
 //! ended, and recovering sends a crash interrupted. Runs on the store thread
 //! like [`super::queries`].
 
-use super::deferral::{Settled, Timing, settle};
+use super::deferral::{Report, Settled, Timing, settle};
 use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
 use super::view;
 use super::{Recovered, StoreError};
@@ -204,7 +204,7 @@ pub fn claim(
         } else {
             // Shut at `now`, and `scheduled_at <= due_at <= now`: settling
             // moves it to an opening after now, expires it or holds it.
-            settle(conn, calendar, &job.timing(), now)?;
+            settle(conn, calendar, &job.timing(), now, Report::Each)?;
         }
     }
     let mut jobs = sendable;
@@ -310,7 +310,7 @@ pub(super) fn settle_row(
             if let Some(at) = at {
                 job.scheduled_at = at;
             }
-            settle(conn, calendar, &job.timing(), now).map(Some)
+            settle(conn, calendar, &job.timing(), now, Report::Each).map(Some)
         }
     }
 }
@@ -374,7 +374,7 @@ pub fn recover(
                 .execute(params![job.id, to.as_str(), why, now])
                 .map_err(StoreError::sqlite(during))?;
             if to == State::Scheduled {
-                settle(conn, calendar, &job.timing(), now)?;
+                settle(conn, calendar, &job.timing(), now, Report::Each)?;
             }
             recovered.push(Recovered {
                 id: job.id,

@@ -5,7 +5,7 @@
 //! Delivery's SQL is in [`super::delivery`].
 
 use super::StoreError;
-use super::deferral::{self, Settled, Timing};
+use super::deferral::{self, Report, Settled, Timing};
 use super::delivery::{self, next_due};
 use super::quarantine;
 use super::view::{self, JOB_COLUMNS, Read};
@@ -73,6 +73,12 @@ pub fn enqueue(
     let mut existing = conn
         .prepare_cached("SELECT id, state, scheduled_at, due_at FROM jobs WHERE key = ?1")
         .map_err(StoreError::sqlite("enqueueing"))?;
+    // New jobs are counted below, once per call; settling may move one on
+    // (to `expired` or `held`) before that, and the trigger then takes it
+    // from a count that must exist for the sum to come out right.
+    conn.prepare_cached("INSERT OR IGNORE INTO state_counts (state, jobs) VALUES ('scheduled', 0)")
+        .and_then(|mut s| s.execute([]))
+        .map_err(StoreError::sqlite("counting new jobs"))?;
     let mut out = Vec::with_capacity(jobs.len());
     let mut inserted = 0_i64;
     for job in jobs {
@@ -107,7 +113,8 @@ pub fn enqueue(
                     expires_at: job.expires_at,
                     due_at: job.scheduled_at,
                 };
-                let (state, due_at) = match deferral::settle(conn, calendar, &timing, now)? {
+                let settled = deferral::settle(conn, calendar, &timing, now, Report::Each)?;
+                let (state, due_at) = match settled {
                     Settled::Due => (State::Scheduled, Some(job.scheduled_at)),
                     Settled::Deferred(at) => (State::Scheduled, Some(at)),
                     Settled::Expired => (State::Expired, None),

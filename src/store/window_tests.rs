@@ -106,6 +106,21 @@ fn expected(calendar: &Calendar, row: &Row, now: Millis) -> Outcome {
     }
 }
 
+/// Whether settling anew in bulk leaves `row` at the point in its window's
+/// spread it was deferred to: it is deferred, that point is ahead of `now`
+/// within the spread, and the window is open at both.
+fn keeps_spread_point(calendar: &Calendar, row: &Row, now: Millis) -> bool {
+    let Ok(rule) = calendar.rule(row.timezone.as_deref(), row.window.as_deref(), row.kind) else {
+        return false;
+    };
+    row.state == State::Scheduled
+        && row.due_at > row.scheduled_at
+        && row.due_at > now
+        && row.due_at - now <= rule.spread_ms()
+        && rule.is_open(now)
+        && rule.is_open(row.due_at)
+}
+
 /// Where `row` is, in the terms of [`Outcome`].
 fn outcome(row: &Row) -> Option<Outcome> {
     match row.state {

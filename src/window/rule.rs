@@ -3,10 +3,20 @@
 
 use super::*;
 
+/// How far ahead, in days, a search for a window's next opening looks:
+/// about ten years. A window that the holidays keep shut longer is taken
+/// as not opening again, and its jobs are held.
+pub const HORIZON_DAYS: i64 = 3_660;
+
 impl Rule {
     /// The zone's IANA name, e.g. "Australia/Sydney".
     pub fn zone_name(&self) -> &str {
         self.tz.iana_name().unwrap_or("UTC")
+    }
+
+    /// The window's spread in milliseconds; 0 with none (or no window).
+    pub fn spread_ms(&self) -> i64 {
+        self.window.as_deref().map_or(0, |w| w.spread_ms)
     }
 
     /// The window's name, or "none".
@@ -29,16 +39,15 @@ impl Rule {
     }
 
     /// The earliest instant >= `at` at which the window is open (`at` itself
-    /// when open). None if it does not open within the search.
+    /// when open). None if it does not open within [`HORIZON_DAYS`].
     ///
     /// The search runs day by day from the day before `at`'s local date (a
-    /// fold across midnight can bring an earlier date back) for
-    /// 7 × (holidays on or after that date + 1) + 3 days: every open weekday
-    /// comes round once a week and each holiday can close at most one of
-    /// them, so a window that opens at all opens within it (the 3 spare days
-    /// cover the day before and a range a DST gap removes). Holidays and
-    /// closed days cost a comparison each, and the search stops the day
-    /// after the first opening it finds.
+    /// fold across midnight can bring an earlier date back), stepping over
+    /// each run of consecutive holidays in one go, and stops the day after
+    /// the first opening it finds. Every open weekday comes round once a
+    /// week, so only holidays, and DST gaps that remove a range, keep a
+    /// window shut longer; the horizon bounds the work of one search
+    /// however many holidays the config lists.
     pub fn next_opening(&self, at: Millis) -> Option<Millis> {
         let Some(window) = &self.window else {
             return Some(at);
@@ -48,20 +57,29 @@ impl Rule {
         if open_at(window, local) {
             return Some(at);
         }
+        let horizon = local
+            .date()
+            .checked_add(jiff::Span::new().days(HORIZON_DAYS))
+            .ok();
         let mut date = local.date().yesterday().unwrap_or(local.date());
-        let later_holidays = window.holidays.len() - window.holidays.partition_point(|d| *d < date);
-        let days = 7 * (later_holidays + 1) + 3;
         let mut found: Option<Timestamp> = None;
-        let mut stop_at = days;
-        for day in 0..days {
-            if day >= stop_at {
+        let mut stop_after: Option<Date> = None;
+        loop {
+            if horizon.is_some_and(|h| date > h) || stop_after.is_some_and(|s| date > s) {
                 break;
+            }
+            if let Some(last) = window.holidays_until(date) {
+                date = match last.tomorrow() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                };
+                continue;
             }
             if let Some(t) = self.first_opening_on(window, date, after) {
                 // The next date is looked at too: a fold across midnight can
                 // make one of its instants come first.
                 if found.is_none() {
-                    stop_at = day + 2;
+                    stop_after = Some(date.tomorrow().unwrap_or(date));
                 }
                 if found.is_none_or(|f| t < f) {
                     found = Some(t);

@@ -52,6 +52,9 @@ pub(super) struct Window {
     pub(super) days: [Vec<Range>; 7],
     /// Sorted, without duplicates.
     pub(super) holidays: Vec<Date>,
+    /// For each holiday, the last day of the run of consecutive holidays it
+    /// is in, so a search for an opening steps over a run in one go.
+    pub(super) run_ends: Vec<Date>,
     /// Milliseconds; zero for no spread.
     pub(super) spread_ms: i64,
 }
@@ -59,6 +62,13 @@ pub(super) struct Window {
 impl Window {
     pub(super) fn is_holiday(&self, date: Date) -> bool {
         self.holidays.binary_search(&date).is_ok()
+    }
+
+    /// The last day of the run of consecutive holidays `date` is in, if it
+    /// is a holiday.
+    pub(super) fn holidays_until(&self, date: Date) -> Option<Date> {
+        let i = self.holidays.binary_search(&date).ok()?;
+        self.run_ends.get(i).copied()
     }
 
     /// The ranges of `date`'s weekday.
@@ -125,6 +135,12 @@ pub(super) fn check_window(name: &str, raw: RawWindow) -> Result<Window, Calenda
     }
     holidays.sort_unstable();
     holidays.dedup();
+    let mut run_ends = holidays.clone();
+    for i in (0..run_ends.len().saturating_sub(1)).rev() {
+        if run_ends[i].tomorrow().ok() == Some(holidays[i + 1]) {
+            run_ends[i] = run_ends[i + 1];
+        }
+    }
     let spread_ms = match &raw.spread {
         None => 0,
         Some(text) => parse_spread(text).map_err(|m| CalendarError::invalid(&key("spread"), m))?,
@@ -133,6 +149,7 @@ pub(super) fn check_window(name: &str, raw: RawWindow) -> Result<Window, Calenda
         name: name.to_owned(),
         days,
         holidays,
+        run_ends,
         spread_ms,
     })
 }

@@ -398,7 +398,8 @@ impl Run {
             .collect();
         for id in &scheduled {
             let (was, row) = (&before[id], &after[id]);
-            let settled = outcome(row) == Some(expected(&self.calendar, row, self.now));
+            let settled = outcome(row) == Some(expected(&self.calendar, row, self.now))
+                || (was == row && keeps_spread_point(&self.calendar, row, self.now));
             // Under a calendar without windows only the deferred jobs are
             // walked: one that names a window and is not deferred is held
             // by the claim that meets it instead.
