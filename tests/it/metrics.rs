@@ -521,7 +521,9 @@ async fn deferred_jobs_gauge_counts_jobs_waiting_for_their_window() {
     daemon
         .request(json!({"op": "enqueue", "job": message("sms")}))
         .await;
-    let samples = wait_for_value(&base, "coax_scheduler_deferred_jobs", &[], 3.0).await;
+    coax.wait_for_requests(1, PATIENCE).await;
+    let samples = wait_for_value(&base, "coax_scheduler_jobs", &[("state", "sent")], 1.0).await;
+    assert_eq!(samples.must("coax_scheduler_deferred_jobs", &[]), 3.0);
     assert_eq!(
         samples.must("coax_scheduler_jobs", &[("state", "scheduled")]),
         3.0
@@ -529,7 +531,6 @@ async fn deferred_jobs_gauge_counts_jobs_waiting_for_their_window() {
     assert_eq!(samples.must("coax_scheduler_due_now", &[]), 0.0);
     let stats = daemon.request(json!({"op": "stats"})).await;
     assert_eq!(stats["deferred"], 3, "{stats}");
-    coax.wait_for_requests(1, PATIENCE).await;
     assert_eq!(
         coax.requests().len(),
         1,
