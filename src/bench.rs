@@ -487,6 +487,20 @@ fn scale_figures(scale: &scale::Scale, plan: Plan, rows: f64) -> Vec<Figure> {
         )
         .target(Target::at_most(stats, 50.0, Unit::Millis)),
         Figure::new(
+            "scale_cancel_tag",
+            format!(
+                "{n} queued: cancel the {} jobs of one tag, one request",
+                count(scale.cancelled as usize)
+            ),
+            scale.cancel_tag.as_secs_f64(),
+            Unit::Seconds,
+        )
+        .target(Target::at_most(
+            scale.cancel_tag.as_secs_f64(),
+            1.0,
+            Unit::Seconds,
+        )),
+        Figure::new(
             "scale_enqueue",
             format!(
                 "{n} queued: enqueue, {} connections, one job per request (median of {})",

@@ -70,18 +70,39 @@ pub enum Command {
         /// Most recently updated first instead
         #[arg(long)]
         recent: bool,
+        /// Only jobs with this tag
+        #[arg(long)]
+        tag: Option<String>,
     },
-    /// Cancel a scheduled job
-    Cancel { id: i64 },
-    /// Move a scheduled job to another time
+    /// Cancel a scheduled or held job, or every one with a tag
+    Cancel {
+        #[arg(required_unless_present = "tag")]
+        id: Option<i64>,
+        /// Every scheduled or held job with this tag, in one transaction
+        #[arg(long, conflicts_with = "id")]
+        tag: Option<String>,
+    },
+    /// Move a scheduled job to another time, or every one with a tag by a duration
     Reschedule {
-        id: i64,
-        /// RFC 3339 time with an offset
-        #[arg(long, conflicts_with = "in", required_unless_present = "in")]
+        #[arg(required_unless_present = "tag")]
+        id: Option<i64>,
+        /// RFC 3339 time, or a local time read in the job's zone
+        #[arg(long, conflicts_with_all = ["in", "tag"], required_unless_present_any = ["in", "tag"])]
         at: Option<String>,
         /// A duration from now, such as 2h
-        #[arg(long = "in", value_name = "DURATION")]
+        #[arg(long = "in", value_name = "DURATION", conflicts_with = "tag")]
         r#in: Option<String>,
+        /// Every scheduled job with this tag (with --by)
+        #[arg(long, conflicts_with = "id", requires = "by")]
+        tag: Option<String>,
+        /// A signed duration to move them by, such as 2h or -30m
+        #[arg(
+            long,
+            value_name = "DURATION",
+            allow_hyphen_values = true,
+            requires = "tag"
+        )]
+        by: Option<String>,
     },
     /// Put a failed (or held) job back in line, due now
     Requeue { id: i64 },
@@ -406,8 +427,12 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
             limit,
             recent,
             due_before,
+            tag,
         } => {
             let mut r = json!({"op": "list"});
+            if let Some(tag) = tag {
+                r["tag"] = json!(tag);
+            }
             if let Some(before) = due_before {
                 r["due_before"] = json!(before);
             }
@@ -422,8 +447,12 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
             }
             r
         }
-        Command::Cancel { id } => json!({"op": "cancel", "id": id}),
-        Command::Reschedule { id, at, r#in } => {
+        Command::Cancel { tag: Some(tag), .. } => json!({"op": "cancel", "tag": tag}),
+        Command::Cancel { id, .. } => json!({"op": "cancel", "id": id}),
+        Command::Reschedule {
+            tag: Some(tag), by, ..
+        } => json!({"op": "reschedule", "tag": tag, "by": by}),
+        Command::Reschedule { id, at, r#in, .. } => {
             let at = match (at, r#in) {
                 (Some(at), _) => at.clone(),
                 (None, Some(d)) => {

@@ -136,6 +136,9 @@ pub struct NewJob {
     /// default, resolved when used so that a reload reaches queued jobs.
     pub timezone: Option<String>,
     pub window: Option<String>,
+    /// Labels to find, cancel or move the job by, in the order given,
+    /// each once.
+    pub tags: Vec<String>,
 }
 
 /// Why a JOB object was refused, naming the field at fault.
@@ -172,6 +175,7 @@ const JOB_FIELDS: &[&str] = &[
     "payload",
     "timezone",
     "window",
+    "tags",
 ];
 
 /// The earliest instant a job may name: 1970-01-01T00:00:00Z.
@@ -264,6 +268,7 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
     let enquiry_id = validate_enquiry_id(fields.get("enquiry_id"))?;
     let timezone = optional_name(fields.get("timezone"), "timezone")?;
     let window = optional_name(fields.get("window"), "window")?;
+    let tags = validate_tags(fields.get("tags"))?;
     let rule = rules
         .calendar
         .rule(timezone.as_deref(), window.as_deref(), kind)
@@ -297,7 +302,56 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
         payload,
         timezone,
         window,
+        tags,
     })
+}
+
+/// The most tags a job may carry.
+pub const MAX_TAGS: usize = 16;
+/// The longest tag.
+const MAX_TAG_LEN: usize = 64;
+
+/// Whether `text` is a tag: 1 to 64 of `A-Z a-z 0-9 : . _ -`.
+pub fn is_tag(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_TAG_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
+}
+
+/// `tags`: an array of at most [`MAX_TAGS`] tags; a tag given twice counts once.
+fn validate_tags(value: Option<&Value>) -> Result<Vec<String>, JobError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(JobError::new("tags", "must be an array of strings")),
+    };
+    let mut tags: Vec<String> = Vec::with_capacity(items.len().min(MAX_TAGS));
+    for item in items {
+        let Value::String(tag) = item else {
+            return Err(JobError::new("tags", "must be an array of strings"));
+        };
+        if !is_tag(tag) {
+            return Err(JobError::new(
+                "tags",
+                format!(
+                    "{} is not a tag: 1 to {MAX_TAG_LEN} letters, digits, ':', '.', '_' or '-'",
+                    quoted(tag)
+                ),
+            ));
+        }
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(JobError::new(
+            "tags",
+            format!("at most {MAX_TAGS} tags (got {})", tags.len()),
+        ));
+    }
+    Ok(tags)
 }
 
 /// A `timezone` or `window` name: a string, or absent (null too).

@@ -96,13 +96,24 @@ pub enum Request {
         after: Option<ListCursor>,
         /// Only scheduled jobs whose `due_at` is before this instant.
         due_before: Option<Millis>,
+        /// Only jobs with this tag.
+        tag: Option<String>,
     },
     Cancel {
         id: i64,
     },
+    /// Cancels every scheduled or held job with the tag.
+    CancelTag {
+        tag: String,
+    },
     Reschedule {
         id: i64,
         scheduled_at: String,
+    },
+    /// Moves every scheduled job with the tag by a signed duration.
+    RescheduleTag {
+        tag: String,
+        by_ms: i64,
     },
     Requeue {
         id: i64,
@@ -139,8 +150,8 @@ impl Request {
             Request::Enqueue(_) => "enqueue",
             Request::Get(_) => "get",
             Request::List { .. } => "list",
-            Request::Cancel { .. } => "cancel",
-            Request::Reschedule { .. } => "reschedule",
+            Request::Cancel { .. } | Request::CancelTag { .. } => "cancel",
+            Request::Reschedule { .. } | Request::RescheduleTag { .. } => "reschedule",
             Request::Requeue { .. } => "requeue",
             Request::Stats => "stats",
             Request::Ping => "ping",
@@ -277,6 +288,8 @@ pub struct JobView {
     /// Its send window's name, or `none` for any hour.
     #[serde(default)]
     pub window: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// After this the job is `expired` instead of sent.
     pub expires_at: Option<String>,
     pub state: State,
@@ -395,12 +408,22 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
                 order,
                 after: args.after(order)?,
                 due_before: args.due_before(order)?,
+                tag: args.tag()?,
             }
         }
-        "cancel" => Request::Cancel { id: args.id()? },
-        "reschedule" => Request::Reschedule {
-            id: args.id()?,
-            scheduled_at: args.string("scheduled_at")?,
+        "cancel" => match args.tag_instead_of_id()? {
+            Some(tag) => Request::CancelTag { tag },
+            None => Request::Cancel { id: args.id()? },
+        },
+        "reschedule" => match args.tag_instead_of_id()? {
+            Some(tag) => Request::RescheduleTag {
+                tag,
+                by_ms: args.signed_duration("by")?,
+            },
+            None => Request::Reschedule {
+                id: args.id()?,
+                scheduled_at: args.string("scheduled_at")?,
+            },
         },
         "requeue" => Request::Requeue { id: args.id()? },
         "stats" => Request::Stats,
@@ -560,6 +583,52 @@ impl Args<'_> {
         }
     }
 
+    /// An optional `tag`, which must be a tag.
+    fn tag(&mut self) -> Result<Option<String>, ErrorBody> {
+        let Some(tag) = self.optional_string("tag")? else {
+            return Ok(None);
+        };
+        if !crate::job::is_tag(&tag) {
+            let mut e = ErrorBody::bad_request(format!(
+                "{} is not a tag: 1 to 64 letters, digits, ':', '.', '_' or '-'",
+                quoted(&tag)
+            ));
+            e.field = Some("tag".into());
+            return Err(e);
+        }
+        Ok(Some(tag))
+    }
+
+    /// For an op that takes an `id` or a `tag`: the tag, if one is given.
+    fn tag_instead_of_id(&mut self) -> Result<Option<String>, ErrorBody> {
+        self.drop_null("id");
+        let tag = self.tag()?;
+        if tag.is_some() && self.fields.contains_key("id") {
+            return Err(ErrorBody::bad_request("give \"id\" or \"tag\", not both"));
+        }
+        Ok(tag)
+    }
+
+    /// A signed duration such as `"2h"` or `"-30m"`, in milliseconds.
+    fn signed_duration(&mut self, name: &str) -> Result<i64, ErrorBody> {
+        let text = self.string(name)?;
+        let (sign, magnitude) = match text.strip_prefix('-') {
+            Some(rest) => (-1, rest),
+            None => (1, text.strip_prefix('+').unwrap_or(&text)),
+        };
+        let bad = |detail: String| {
+            let mut e = ErrorBody::bad_request(format!(
+                "\"{name}\" must be a duration such as \"2h\" or \"-30m\": {detail}"
+            ));
+            e.field = Some(name.to_owned());
+            e
+        };
+        let d = humantime::parse_duration(magnitude.trim()).map_err(|e| bad(e.to_string()))?;
+        i64::try_from(d.as_millis())
+            .map(|ms| sign * ms)
+            .map_err(|_| bad("too long".into()))
+    }
+
     /// `due_before`: an RFC 3339 instant. It walks the due-time index, so
     /// it lists in order `due` only.
     fn due_before(&mut self, order: ListOrder) -> Result<Option<Millis>, ErrorBody> {
@@ -665,7 +734,8 @@ mod tests {
                 limit: DEFAULT_LIST_LIMIT,
                 order: ListOrder::Due,
                 after: None,
-                due_before: None
+                due_before: None,
+                tag: None
             })
         );
         assert_eq!(
@@ -675,7 +745,8 @@ mod tests {
                 limit: 5,
                 order: ListOrder::Recent,
                 after: None,
-                due_before: None
+                due_before: None,
+                tag: None
             })
         );
         assert_eq!(

@@ -134,10 +134,11 @@ impl Service {
                 order,
                 after,
                 due_before,
+                tag,
             } => {
                 let page = self
                     .store
-                    .list(state, limit, order, after, due_before)
+                    .list(state, limit, order, after, due_before, tag)
                     .await
                     .map_err(|e| internal(&e))?;
                 Ok(protocol::list_line(&page.jobs, page.next))
@@ -151,6 +152,34 @@ impl Service {
                     .map_err(|r| refusal(id, "cancel", r))?;
                 tracing::info!(job_id = id, "job cancelled");
                 Ok(protocol::job_line(&job))
+            }
+            Request::CancelTag { tag } => {
+                let cancelled = self
+                    .store
+                    .cancel_tag(tag.clone())
+                    .await
+                    .map_err(|e| internal(&e))?;
+                tracing::info!(tag, cancelled, "jobs cancelled by tag");
+                Ok(ok_line(json!({ "cancelled": cancelled })))
+            }
+            Request::RescheduleTag { tag, by_ms } => {
+                let moved = self
+                    .store
+                    .reschedule_tag(tag.clone(), by_ms)
+                    .await
+                    .map_err(|e| internal(&e))?;
+                self.dispatch.wake();
+                tracing::info!(
+                    tag,
+                    by_ms,
+                    rescheduled = moved.rescheduled,
+                    expired = moved.expired,
+                    "jobs rescheduled by tag"
+                );
+                Ok(ok_line(json!({
+                    "rescheduled": moved.rescheduled,
+                    "expired": moved.expired,
+                })))
             }
             Request::Reschedule { id, scheduled_at } => {
                 let local = self.local_time(id, &scheduled_at).await?;

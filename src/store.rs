@@ -35,6 +35,7 @@ mod outage;
 mod quarantine;
 mod queries;
 mod schema;
+mod tags;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -45,6 +46,7 @@ mod window_tests;
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
 pub use schema::SCHEMA_VERSION;
+pub use tags::Moved;
 
 use crate::config::OnAmbiguous;
 use crate::time::Millis;
@@ -346,6 +348,7 @@ impl Store {
         order: crate::protocol::ListOrder,
         after: Option<crate::protocol::ListCursor>,
         due_before: Option<Millis>,
+        tag: Option<String>,
     ) -> Result<ListPage, StoreError> {
         let _timed = crate::metrics::store_call("list");
         let limit = limit as usize;
@@ -361,9 +364,13 @@ impl Store {
                 listing::VIEWS_BUDGET.saturating_sub(bytes + usize::from(!page.jobs.is_empty()));
             let first = page.jobs.is_empty();
             let (calendar, now) = (self.calendar.clone(), self.now());
+            let filter = listing::Filter {
+                state,
+                due_before,
+                tag: tag.clone(),
+            };
             let step = self
                 .call(move |c| {
-                    let filter = listing::Filter { state, due_before };
                     listing::step(c, &calendar.get(), filter, cursor, rows, budget, first, now)
                 })
                 .await?;
@@ -398,6 +405,22 @@ impl Store {
         let _timed = crate::metrics::store_call("reschedule");
         let (calendar, now) = (self.calendar.clone(), self.now());
         self.call(move |c| queries::reschedule(c, &calendar.get(), id, at, now))
+            .await
+    }
+
+    /// Cancels every scheduled and held job with `tag`, in one
+    /// transaction; how many.
+    pub async fn cancel_tag(&self, tag: String) -> Result<u64, StoreError> {
+        let _timed = crate::metrics::store_call("cancel");
+        let now = self.now();
+        self.call(move |c| tags::cancel(c, &tag, now)).await
+    }
+
+    /// Moves every scheduled job with `tag` by `by_ms`, in one transaction.
+    pub async fn reschedule_tag(&self, tag: String, by_ms: i64) -> Result<Moved, StoreError> {
+        let _timed = crate::metrics::store_call("reschedule");
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| tags::reschedule(c, &calendar.get(), &tag, by_ms, now))
             .await
     }
 

@@ -146,8 +146,18 @@ pub fn new_job(key: String, index: usize, at: Millis) -> NewJob {
         payload,
         timezone: None,
         window: None,
+        // One job in a hundred carries a tag: the scale phase cancels them
+        // all with one `cancel` by tag.
+        tags: if index.is_multiple_of(100) {
+            vec![TAGGED.to_owned()]
+        } else {
+            Vec::new()
+        },
     }
 }
+
+/// The tag of one job in a hundred that [`new_job`] makes.
+pub const TAGGED: &str = "bench:every-100th";
 
 /// Enqueues `count` jobs through `store`, `chunk` per call with up to four
 /// calls in flight so building rows overlaps writing them. Job `i` gets

@@ -42,6 +42,10 @@ pub struct Scale {
     pub cpu_seconds: f64,
     pub cpu_percent: f64,
     pub stats: Duration,
+    /// One `cancel` by tag of the jobs tagged [`fixture::TAGGED`] (one in
+    /// a hundred), and how many it cancelled.
+    pub cancel_tag: Duration,
+    pub cancelled: u64,
     pub empty_rate: f64,
     pub full_rate: f64,
 }
@@ -103,6 +107,17 @@ pub async fn run(
     let stats = samples[samples.len() / 2];
 
     let full_rate = enqueue::median_rate(&child.socket, shape, "scale-full", ENQUEUE_RUNS).await?;
+
+    let mut conn = Conn::connect(&child.socket).await?;
+    let asked = Instant::now();
+    let answer = conn
+        .ask(&format!(r#"{{"op":"cancel","tag":"{}"}}"#, fixture::TAGGED))
+        .await?;
+    let cancel_tag = asked.elapsed();
+    drop(conn);
+    let cancelled = answer["cancelled"]
+        .as_u64()
+        .with_context(|| format!("the cancel by tag answered {answer}"))?;
     child.stop().await?;
     simulator
         .stop()
@@ -116,6 +131,8 @@ pub async fn run(
         cpu_seconds,
         cpu_percent: cpu_seconds / window * 100.0,
         stats,
+        cancel_tag,
+        cancelled,
         empty_rate,
         full_rate,
     })

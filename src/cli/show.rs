@@ -9,7 +9,7 @@
 use super::Command;
 use crate::time::{self, Millis};
 use chrono::{DateTime, Local};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub fn answer(command: &Command, answer: &Value, now: Millis) {
     match command {
@@ -18,6 +18,21 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         Command::List { .. } => {
             let jobs = answer["jobs"].as_array().cloned().unwrap_or_default();
             table(&jobs, now);
+        }
+        Command::Cancel { tag: Some(tag), .. } => {
+            println!(
+                "cancelled {} jobs tagged {}",
+                answer["cancelled"],
+                text(&json!(tag))
+            );
+        }
+        Command::Reschedule { tag: Some(tag), .. } => {
+            println!(
+                "moved {} jobs tagged {} ({} expired instead)",
+                answer["rescheduled"],
+                text(&json!(tag)),
+                answer["expired"]
+            );
         }
         Command::Cancel { .. } | Command::Reschedule { .. } | Command::Requeue { .. } => {
             let j = &answer["job"];
@@ -211,6 +226,7 @@ fn job(j: &Value, now: Millis) {
         ("due_at", when(&j["due_at"], now)),
         ("timezone", text(&j["timezone"])),
         ("window", text(&j["window"])),
+        ("tags", tags(&j["tags"])),
         ("attempts", text(&j["attempts"])),
         ("created_at", when(&j["created_at"], now)),
         ("updated_at", when(&j["updated_at"], now)),
@@ -390,6 +406,16 @@ fn print_aligned(lines: &[Vec<String>], indent: &str) {
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
         println!("{indent}{}", cells.join("  ").trim_end());
+    }
+}
+
+/// A job's tags, comma-separated; `-` for none.
+fn tags(v: &Value) -> String {
+    let tags: Vec<String> = v.as_array().into_iter().flatten().map(text).collect();
+    if tags.is_empty() {
+        "-".into()
+    } else {
+        tags.join(", ")
     }
 }
 

@@ -60,6 +60,26 @@ pub(super) const POSITION_SQL: [[&str; 2]; 2] = [
     ],
 ];
 
+/// [`POSITION_SQL`] for the jobs of one tag (?5): the tag's rows come first
+/// (`CROSS JOIN` keeps SQLite from walking the state's index instead), so
+/// a step costs the number of jobs with that tag, however large the queue.
+pub(super) const TAG_POSITION_SQL: [[&str; 2]; 2] = [
+    [
+        "SELECT j.due_at, j.id FROM job_tags t CROSS JOIN jobs j ON j.id = t.job_id
+         WHERE t.tag = ?5 AND j.state = ?1 AND j.due_at = ?2 AND j.id > ?3 ORDER BY j.id LIMIT ?4",
+        "SELECT j.due_at, j.id FROM job_tags t CROSS JOIN jobs j ON j.id = t.job_id
+         WHERE t.tag = ?5 AND j.state = ?1 AND j.due_at > ?2 ORDER BY j.due_at, j.id LIMIT ?4",
+    ],
+    [
+        "SELECT j.updated_at, j.id FROM job_tags t CROSS JOIN jobs j ON j.id = t.job_id
+         WHERE t.tag = ?5 AND j.state = ?1 AND j.updated_at = ?2 AND j.id < ?3
+         ORDER BY j.id DESC LIMIT ?4",
+        "SELECT j.updated_at, j.id FROM job_tags t CROSS JOIN jobs j ON j.id = t.job_id
+         WHERE t.tag = ?5 AND j.state = ?1 AND j.updated_at < ?2
+         ORDER BY j.updated_at DESC, j.id DESC LIMIT ?4",
+    ],
+];
+
 /// The jobs of one state whose time is not an integer (SQLite sorts text
 /// and blobs after every integer), in each order: a seek past the largest
 /// integer.
@@ -88,17 +108,19 @@ pub struct ListStep {
 /// `first` (the answer holds no job yet), the first job is always taken,
 /// without its payload if its view alone would not fit.
 /// Which jobs a list shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// One state, or every state.
     pub state: Option<State>,
     /// Only scheduled jobs whose `due_at` is before this (order `due`).
     pub due_before: Option<Millis>,
+    /// Only jobs with this tag.
+    pub tag: Option<String>,
 }
 
 impl Filter {
     /// The states whose indexes the list walks.
-    fn states(self) -> Vec<State> {
+    fn states(&self) -> Vec<State> {
         let states = self.state.map_or_else(|| State::ALL.to_vec(), |s| vec![s]);
         match self.due_before {
             // Only a scheduled job has a due time.
@@ -123,14 +145,14 @@ pub fn step(
     now: Millis,
 ) -> Result<ListStep, StoreError> {
     let err = || StoreError::sqlite("listing jobs");
-    let mut positions = positions(conn, filter, from, rows).map_err(err())?;
+    let mut positions = positions(conn, &filter, from, rows).map_err(err())?;
     if let Err(bad) = positions {
         // A time that is not an integer has no place in the order; once
         // repaired the row has one, and the walk reads its positions anew.
         for id in bad {
             quarantine::repair_times(conn, id, now)?;
         }
-        positions = self::positions(conn, filter, from, rows).map_err(err())?;
+        positions = self::positions(conn, &filter, from, rows).map_err(err())?;
     }
     // Repaired times are integers, so a second walk meets none.
     let positions = positions.unwrap_or_default();
@@ -181,14 +203,18 @@ type Positions = Result<Vec<(i64, i64)>, Vec<i64>>;
 /// last), their ids.
 fn positions(
     conn: &Connection,
-    filter: Filter,
+    filter: &Filter,
     from: ListCursor,
     rows: usize,
 ) -> rusqlite::Result<Positions> {
     let states = filter.states();
-    let sql = match from.order {
-        ListOrder::Due => POSITION_SQL[0],
-        ListOrder::Recent => POSITION_SQL[1],
+    let order = match from.order {
+        ListOrder::Due => 0,
+        ListOrder::Recent => 1,
+    };
+    let sql = match filter.tag {
+        Some(_) => TAG_POSITION_SQL[order],
+        None => POSITION_SQL[order],
     };
     let mut found = Vec::new();
     let mut bad = Vec::new();
@@ -214,12 +240,19 @@ fn positions(
                 break;
             }
             let mut stmt = conn.prepare_cached(query)?;
-            let rows = stmt.query_map(
-                params![state.as_str(), from.at, from.id, room as i64],
-                |r| Ok((r.get_ref(0)?.as_i64().ok(), r.get::<_, i64>(1)?)),
-            )?;
+            let read =
+                |r: &rusqlite::Row<'_>| Ok((r.get_ref(0)?.as_i64().ok(), r.get::<_, i64>(1)?));
+            let (state, room) = (state.as_str(), room as i64);
+            let rows: Vec<(Option<i64>, i64)> = match &filter.tag {
+                Some(tag) => stmt
+                    .query_map(params![state, from.at, from.id, room, tag], read)?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => stmt
+                    .query_map(params![state, from.at, from.id, room], read)?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
             for row in rows {
-                match row? {
+                match row {
                     (Some(at), id) => found.push((at, id)),
                     (None, id) => bad.push(id),
                 }

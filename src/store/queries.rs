@@ -64,11 +64,14 @@ pub fn enqueue(
     let mut insert = conn
         .prepare_cached(
             "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
-                               updated_at, payload, expires_at, due_at, timezone, send_window)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7, ?8, ?5, ?9, ?10)
+                               updated_at, payload, expires_at, due_at, timezone, send_window, tags)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'scheduled', ?6, ?6, ?7, ?8, ?5, ?9, ?10, ?11)
              ON CONFLICT (key) DO NOTHING
              RETURNING id",
         )
+        .map_err(StoreError::sqlite("enqueueing"))?;
+    let mut tag = conn
+        .prepare_cached("INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?1, ?2)")
         .map_err(StoreError::sqlite("enqueueing"))?;
     let mut existing = conn
         .prepare_cached("SELECT id, state, scheduled_at, due_at FROM jobs WHERE key = ?1")
@@ -83,6 +86,9 @@ pub fn enqueue(
     let mut inserted = 0_i64;
     for job in jobs {
         let payload = Value::Object(job.payload.clone()).to_string();
+        let tags = (!job.tags.is_empty()).then(|| {
+            Value::from(job.tags.iter().map(String::as_str).collect::<Vec<_>>()).to_string()
+        });
         let id: Option<i64> = insert
             .query_row(
                 params![
@@ -96,6 +102,7 @@ pub fn enqueue(
                     job.expires_at,
                     job.timezone,
                     job.window,
+                    tags,
                 ],
                 |r| r.get(0),
             )
@@ -104,6 +111,10 @@ pub fn enqueue(
         inserted += i64::from(id.is_some());
         let answer = match (id, &job.key) {
             (Some(id), _) => {
+                for t in &job.tags {
+                    tag.execute(params![t, id])
+                        .map_err(StoreError::sqlite("tagging a job"))?;
+                }
                 let timing = Timing {
                     id,
                     kind: job.kind,
@@ -546,7 +557,19 @@ pub fn prune_step(
         let mut jobs = conn
             .prepare_cached("DELETE FROM jobs WHERE id = ?1")
             .map_err(err())?;
+        // By (tag, job_id), from the job's own list: one seek per tag. A
+        // list that is not JSON (a hand edit) leaves its rows, which point
+        // at no job and are passed over wherever they are met.
+        let mut tags = conn
+            .prepare_cached(
+                "DELETE FROM job_tags WHERE job_id = ?1 AND tag IN (
+                     SELECT value FROM json_each((
+                         SELECT CASE WHEN json_valid(tags) THEN tags ELSE '[]' END
+                         FROM jobs WHERE id = ?1)))",
+            )
+            .map_err(err())?;
         for id in old {
+            tags.execute([id]).map_err(err())?;
             pruned.attempts += attempts.execute([id]).map_err(err())? as u64;
             pruned.jobs += jobs.execute([id]).map_err(err())? as u64;
         }

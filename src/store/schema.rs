@@ -102,6 +102,19 @@ const MIGRATIONS: &[&str] = &[
         value
     ) WITHOUT ROWID;
     "#,
+    // 6: tags. `jobs.tags` keeps a job's tags as a JSON array for its view;
+    // `job_tags` finds the jobs of a tag with one seek, for `list`,
+    // `cancel` and `reschedule` by tag. A job's rows there are deleted with
+    // it, found by (tag, job_id) from its own list, so no second index is
+    // kept.
+    r#"
+    ALTER TABLE jobs ADD COLUMN tags TEXT;
+    CREATE TABLE job_tags (
+        tag    TEXT NOT NULL,
+        job_id INTEGER NOT NULL,
+        PRIMARY KEY (tag, job_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

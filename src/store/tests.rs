@@ -22,7 +22,7 @@ fn jobs(conn: &Connection, prefix: &str, n: usize, state: &str, at: i64) {
         .map(|i| {
             let job = json!({
                 "kind": "message", "channel": "sms", "key": format!("{prefix}-{i}"),
-                "scheduled_at": "2030-01-01T00:00:00Z",
+                "scheduled_at": "2030-01-01T00:00:00Z", "tags": [prefix, "every"],
                 "payload": {"message": "hi", "phone": "+15550100"}
             });
             validate(&job, 0, &crate::job::Rules::default()).expect("a valid job")
@@ -154,6 +154,7 @@ fn step_all(
     let every = listing::Filter {
         state: None,
         due_before: None,
+        tag: None,
     };
     listing::step(conn, &Calendar::none(), every, from, rows, budget, first, 0).expect("step")
 }
@@ -333,4 +334,46 @@ fn the_claim_and_the_deferred_count_walk_their_indexes() {
         deferred.contains("jobs_deferred") && !deferred.contains("SCAN jobs;"),
         "{deferred}"
     );
+}
+
+#[test]
+fn a_prune_deletes_the_tags_of_the_jobs_it_deletes() {
+    let (_dir, conn) = queue();
+    jobs(&conn, "old", 5, "sent", 10);
+    jobs(&conn, "new", 3, "sent", 5_000);
+    assert_eq!(count(&conn, "SELECT count(*) FROM job_tags"), 16);
+    let step = queries::prune_step(&conn, 1_000, Cursor::START, 100, false).expect("prune");
+    assert_eq!(step.pruned.jobs, 5);
+    assert_eq!(count(&conn, "SELECT count(*) FROM job_tags"), 6);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM job_tags WHERE tag = 'old'"),
+        0
+    );
+}
+
+#[test]
+fn tag_lookups_seek_the_tag_and_never_walk_the_queue() {
+    let (_dir, conn) = queue();
+    for pair in listing::TAG_POSITION_SQL {
+        for sql in pair {
+            let plan = plan_of(&conn, sql, params!["scheduled", 0, 0, 10, "t"]);
+            assert!(
+                plan.starts_with("SEARCH t USING PRIMARY KEY (tag=?"),
+                "{plan}"
+            );
+            assert!(!plan.contains("SCAN"), "{plan}");
+        }
+    }
+    let plan = plan_of(
+        &conn,
+        "UPDATE jobs SET state = 'cancelled', updated_at = ?2
+         WHERE id IN (SELECT job_id FROM job_tags WHERE tag = ?1)
+           AND state IN ('scheduled', 'held')",
+        params!["t", 0],
+    );
+    assert!(
+        plan.contains("job_tags USING PRIMARY KEY (tag=?)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("SCAN"), "{plan}");
 }

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 /// The columns [`read`] expects, in order.
 pub(super) const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, \
      attempts, created_at, updated_at, last_error, result, payload, expires_at, due_at, timezone, \
-     send_window";
+     send_window, tags";
 
 /// The most a text field of a view (or a stored error) takes, in bytes.
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
@@ -83,6 +83,24 @@ pub(super) fn time_text(v: ValueRef<'_>) -> Option<String> {
     }
 }
 
+/// A stored tag list: its tags, or none if it is not a JSON array of
+/// strings (a hand edit). Tags are bounded at enqueue, and this is bounded
+/// like every text field.
+fn tags(v: ValueRef<'_>) -> Vec<String> {
+    let ValueRef::Text(bytes) = v else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(bytes);
+    serde_json::from_str::<Vec<String>>(&text)
+        .map(|tags| {
+            tags.into_iter()
+                .take(crate::job::MAX_TAGS)
+                .map(|t| bounded(t, MAX_TEXT_BYTES))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads a row of [`JOB_COLUMNS`]. Fails only if SQLite itself does.
 pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Read> {
     let text = |i: usize| -> rusqlite::Result<Option<String>> {
@@ -122,6 +140,7 @@ pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Read> {
         // As stored: `get` puts the config's defaults in for those unset.
         timezone: text(15)?,
         window: text(16)?,
+        tags: tags(r.get_ref(17)?),
         state,
         attempts: r.get_ref(7)?.as_i64().unwrap_or(0),
         created_at: time_text(r.get_ref(8)?).unwrap_or_default(),

@@ -143,6 +143,7 @@ fn new_job(kind: Kind, zone: Option<&str>, window: Option<&str>, at: Millis) -> 
         payload: payload.as_object().cloned().unwrap_or_default(),
         timezone: zone.map(str::to_owned),
         window: window.map(str::to_owned),
+        tags: Vec::new(),
     }
 }
 

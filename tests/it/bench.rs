@@ -34,6 +34,7 @@ const FIGURES: &[&str] = &[
     "scale_idle_rss",
     "scale_idle_cpu",
     "scale_stats",
+    "scale_cancel_tag",
     "scale_enqueue",
 ];
 

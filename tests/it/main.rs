@@ -31,4 +31,5 @@ mod smoke;
 mod startup;
 mod storage;
 mod systemd;
+mod tags;
 mod windows;

@@ -1,0 +1,93 @@
+//! Jobs by tag: cancelling or moving every job of a tag in one call, and
+//! so in one transaction. The jobs of a tag are found through `job_tags`
+//! (schema version 6) with one seek, so the cost is the number of jobs with
+//! that tag, however large the queue.
+
+use super::StoreError;
+use super::deferral::{Report, settle};
+use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
+use crate::job::LATEST;
+use crate::time::{self, Millis};
+use crate::window::Calendar;
+use rusqlite::{Connection, params};
+
+/// What moving a tag's jobs did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Jobs moved (due now when the move took them into the past).
+    pub rescheduled: u64,
+    /// Jobs whose new time was at or after their expiry: now `expired`.
+    pub expired: u64,
+}
+
+/// Cancels every `scheduled` and `held` job with `tag`; how many.
+pub fn cancel(conn: &Connection, tag: &str, now: Millis) -> Result<u64, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'cancelled', updated_at = ?2
+             WHERE id IN (SELECT job_id FROM job_tags WHERE tag = ?1)
+               AND state IN ('scheduled', 'held')",
+        )
+        .and_then(|mut s| s.execute(params![tag, now]))
+        .map_err(StoreError::sqlite("cancelling jobs by tag"))?;
+    Ok(n as u64)
+}
+
+/// Moves every `scheduled` job with `tag` by `by_ms` (signed). A job moved
+/// into the past is due now; one moved to or past its expiry is expired.
+/// Each moved job's due time is settled against its window. A row that
+/// cannot be read is quarantined.
+pub fn reschedule(
+    conn: &Connection,
+    calendar: &Calendar,
+    tag: &str,
+    by_ms: i64,
+    now: Millis,
+) -> Result<Moved, StoreError> {
+    let err = || StoreError::sqlite("rescheduling jobs by tag");
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT {DUE_COLUMNS} FROM job_tags t CROSS JOIN jobs j ON j.id = t.job_id
+             WHERE t.tag = ?1 AND j.state = 'scheduled'"
+        ))
+        .and_then(|mut s| {
+            s.query_map([tag], read_due)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(err())?;
+    let mut moved = Moved::default();
+    for row in rows {
+        let mut job = match row {
+            Ok(job) => job,
+            Err((id, why)) => {
+                quarantine(conn, id, &why, now)?;
+                continue;
+            }
+        };
+        let at = job
+            .scheduled_at
+            .saturating_add(by_ms)
+            .clamp(now, LATEST.max(now));
+        if let Some(expiry) = job.expires_at.filter(|e| at >= *e) {
+            let reason = format!(
+                "expired: moved by tag to {}, at or after its expiry {}",
+                time::format(at),
+                time::format(expiry)
+            );
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'expired', last_error = ?2, updated_at = ?3 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![job.id, reason, now]))
+            .map_err(err())?;
+            moved.expired += 1;
+            continue;
+        }
+        conn.prepare_cached("UPDATE jobs SET scheduled_at = ?2, updated_at = ?3 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![job.id, at, now]))
+            .map_err(err())?;
+        job.scheduled_at = at;
+        settle(conn, calendar, &job.timing(), now, Report::Each)?;
+        moved.rescheduled += 1;
+    }
+    Ok(moved)
+}
