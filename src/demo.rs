@@ -137,6 +137,15 @@ fn drive(socket: &Path) -> anyhow::Result<Finished> {
         }
         ids.push(id);
     }
+    let answer = ask(
+        &mut client,
+        json!({"op": "cancel", "tag": plan::APPOINTMENT}),
+    )?;
+    say(&format!(
+        "the appointment is called off: one cancel by its tag {} cancelled {} reminders",
+        plan::APPOINTMENT,
+        answer["cancelled"]
+    ));
     let deadline = Instant::now() + DEADLINE;
     let pending = wait_until_settled(&mut client, &ids, deadline)?;
     let list = ask(&mut client, json!({"op": "list", "limit": 100}))?;

@@ -35,6 +35,10 @@ pub struct Planned {
 /// whenever the demo runs.
 const WINDOW: &str = "tomorrow";
 
+/// The tag of an appointment's reminders, which the demo cancels together
+/// as a client would when the appointment is called off.
+pub const APPOINTMENT: &str = "appointment:8812";
+
 pub fn jobs() -> Vec<Planned> {
     vec![
         Planned {
@@ -95,6 +99,28 @@ pub fn jobs() -> Vec<Planned> {
             }),
             state: State::Sent,
             attempts: 1,
+            deferred: false,
+        },
+        Planned {
+            what: "a reminder a day before an appointment, tagged with it",
+            job: json!({
+                "key": "demo-reminder-day", "kind": "message", "channel": "sms", "delay": "1d",
+                "tags": [APPOINTMENT],
+                "payload": {"message": "See you tomorrow at 10am.", "phone": "+15550100006"}
+            }),
+            state: State::Cancelled,
+            attempts: 0,
+            deferred: false,
+        },
+        Planned {
+            what: "a reminder two hours before the same appointment",
+            job: json!({
+                "key": "demo-reminder-hours", "kind": "message", "channel": "sms", "delay": "26h",
+                "tags": [APPOINTMENT],
+                "payload": {"message": "See you at 10am.", "phone": "+15550100006"}
+            }),
+            state: State::Cancelled,
+            attempts: 0,
             deferred: false,
         },
         Planned {

@@ -342,12 +342,16 @@ async fn the_demo_runs_every_job_to_its_end() {
             .find(|r| r.key == key)
             .unwrap_or_else(|| panic!("no row for {key} in\n{stdout}"))
     };
-    assert_eq!(rows.len(), 7, "{stdout}");
+    assert_eq!(rows.len(), 9, "{stdout}");
     assert_eq!(row("demo-now").state, "sent");
     assert_eq!(row("demo-in-5s").state, "sent");
     assert_eq!(row("demo-paused-campaign").state, "skipped");
     assert_eq!(row("demo-review").state, "sent");
     assert_eq!(row("demo-on-enquiry").state, "sent");
+    // An appointment's two reminders, cancelled by their tag in one go.
+    assert_eq!(row("demo-reminder-day").state, "cancelled");
+    assert_eq!(row("demo-reminder-hours").state, "cancelled");
+    assert!(stdout.contains("cancelled 2 reminders"), "{stdout}");
     // Shut out by its send window until tomorrow, shown, then cancelled.
     assert_eq!(row("demo-deferred").state, "cancelled");
     assert!(
