@@ -59,9 +59,15 @@ pub async fn run(
         detail,
     };
     let mut scheduler = JobScheduler::new().await.map_err(|e| fail(e.to_string()))?;
+    // The scheduler keeps its jobs (and what they hold) after it shuts
+    // down; the job holds the store through this slot, emptied on the way
+    // out, so that a stopped daemon lets go of its queue and its lock.
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(store)));
+    let held = slot.clone();
     let job = Job::new_async_tz(schedule.as_str(), chrono::Local, move |_, _| {
-        let store = store.clone();
+        let store = held.lock().ok().and_then(|s| s.clone());
         Box::pin(async move {
+            let Some(store) = store else { return };
             if let Err(e) = prune(&store, retention, false).await {
                 tracing::error!(error = %e, "scheduled prune failed");
             }
@@ -73,6 +79,9 @@ pub async fn run(
     let _ = shutdown.changed().await;
     if let Err(e) = scheduler.shutdown().await {
         tracing::debug!(error = %e, "housekeeping scheduler did not stop cleanly");
+    }
+    if let Ok(mut store) = slot.lock() {
+        store.take();
     }
     Ok(())
 }

@@ -161,3 +161,33 @@ async fn the_cli_ends_quietly_when_its_output_pipe_closes() {
     }
     daemon.stop().await;
 }
+
+/// An embedded daemon that has stopped lets go of its queue: the same
+/// process can open it again (the housekeeping schedule's job kept a handle
+/// on the store, and with it the lock, after the daemon stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_daemon_that_stopped_lets_go_of_its_queue() {
+    use coax_scheduler::config::OnAmbiguous;
+    use coax_scheduler::store::{Options, Store};
+    let coax = crate::helpers::coax::CoaxStub::start().await;
+    let daemon = crate::helpers::daemon::TestDaemon::start(&coax.base_url()).await;
+    let db = daemon.db.clone();
+    let dir = daemon.stop().await;
+    let options = Options {
+        path: db,
+        on_ambiguous: OnAmbiguous::Retry,
+        max_attempts: 3,
+        calendar: std::sync::Arc::new(coax_scheduler::window::Calendar::none()),
+    };
+    let opened = crate::helpers::wait_until(
+        "the stopped daemon's store to let go of its lock",
+        crate::helpers::PATIENCE,
+        || {
+            let options = options.clone();
+            async move { Store::open(&options).ok() }
+        },
+    )
+    .await;
+    drop(opened);
+    drop(dir);
+}
