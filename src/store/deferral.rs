@@ -16,10 +16,10 @@ use super::{StoreError, walk};
 use crate::job::Kind;
 use crate::time::{self, Millis};
 use crate::window::{Calendar, HORIZON_DAYS, Plan};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// The search horizon for an opening, in milliseconds.
 const HORIZON_MS: Millis = HORIZON_DAYS * 86_400_000;
-use rusqlite::{Connection, OptionalExtension, params};
 
 /// What settling needs to know of a scheduled job.
 #[derive(Debug, Clone, Copy)]
