@@ -366,6 +366,19 @@ impl Conn {
 mod tests {
     use super::*;
 
+    /// The queue is filled under the calendar the scale phase's daemon
+    /// reads, so the daemon starts without settling it anew (a walk of a
+    /// million jobs in the idle window would be measured as idle CPU).
+    #[test]
+    fn the_filled_queue_and_the_scale_daemon_share_one_calendar() {
+        let text = config_text("http://127.0.0.1:9", true);
+        let config = Config::from_toml(&text, Path::new("/tmp/bench/config.toml"), &key_env)
+            .expect("the scale daemon's config is valid");
+        let filled = windows_calendar().expect("the windows are valid");
+        assert_eq!(config.calendar.fingerprint(), filled.fingerprint());
+        assert!(config.calendar.window_names().next().is_some());
+    }
+
     #[test]
     fn the_message_carries_index_and_time() {
         let text = message(17, 1_767_225_600_123);
