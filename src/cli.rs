@@ -74,11 +74,12 @@ pub enum Command {
         #[arg(long)]
         tag: Option<String>,
     },
-    /// Cancel a scheduled or held job, or every one with a tag
+    /// Cancel a scheduled, held or waiting job (and the jobs that follow
+    /// it), or every one with a tag
     Cancel {
         #[arg(required_unless_present = "tag")]
         id: Option<i64>,
-        /// Every scheduled or held job with this tag, in one transaction
+        /// Every scheduled, held or waiting job with this tag, in one transaction
         #[arg(long, conflicts_with = "id")]
         tag: Option<String>,
     },

@@ -20,6 +20,10 @@
 //!   │ 401/403    │ │
 //!   └────────────┘ └──────► failed ──requeue──► scheduled
 //! ```
+//!
+//! A job enqueued with `after` starts `waiting` instead, and leaves it when
+//! its parent ends: `scheduled` if the parent was `sent`, else `cancelled`
+//! (see [`crate::store`]'s `chain`).
 
 mod payload;
 
@@ -82,10 +86,12 @@ pub enum State {
     Held,
     /// Not delivered by its `expires_at`, so never sent.
     Expired,
+    /// Enqueued with `after`: waits for its parent to end.
+    Waiting,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::Scheduled,
         State::Sending,
         State::Sent,
@@ -94,6 +100,7 @@ impl State {
         State::Cancelled,
         State::Held,
         State::Expired,
+        State::Waiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +113,7 @@ impl State {
             State::Cancelled => "cancelled",
             State::Held => "held",
             State::Expired => "expired",
+            State::Waiting => "waiting",
         }
     }
 
@@ -139,6 +147,20 @@ pub struct NewJob {
     /// Labels to find, cancel or move the job by, in the order given,
     /// each once.
     pub tags: Vec<String>,
+    /// The job it follows (`after`): it then starts `waiting`, and
+    /// `scheduled_at` is only the earliest it could be due.
+    pub after: Option<After>,
+}
+
+/// A follow-up's parent and its times, counted from the parent's send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub parent: crate::protocol::Lookup,
+    /// `delay`: from the parent's send to the child's `scheduled_at`.
+    pub delay_ms: i64,
+    /// `ttl` (or `dispatch.default_ttl`): from the child's `scheduled_at`
+    /// to its expiry, once it is known. An `expires_at` is kept as given.
+    pub ttl_ms: Option<i64>,
 }
 
 /// Why a JOB object was refused, naming the field at fault.
@@ -176,6 +198,7 @@ const JOB_FIELDS: &[&str] = &[
     "timezone",
     "window",
     "tags",
+    "after",
 ];
 
 /// The earliest instant a job may name: 1970-01-01T00:00:00Z.
@@ -276,6 +299,13 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
             RuleError::UnknownZone(_) => JobError::new("timezone", e.to_string()),
             RuleError::UnknownWindow { .. } => JobError::new("window", e.to_string()),
         })?;
+    let parent = validate_after(fields.get("after"))?;
+    if parent.is_some() && fields.get("scheduled_at").is_some() {
+        return Err(JobError::new(
+            "scheduled_at",
+            "is refused with after: a follow-up is due its delay after its parent is sent",
+        ));
+    }
     let scheduled_at = validate_when(fields.get("scheduled_at"), fields.get("delay"), now, &rule)?;
     let expires_at = validate_expiry(
         fields.get("expires_at"),
@@ -283,6 +313,22 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
         scheduled_at,
         rules.default_ttl,
     )?;
+    // A follow-up's times are known only once its parent is sent: the
+    // delay, and an expiry from a ttl, are kept as spans until then.
+    let (expires_at, after) = match parent {
+        None => (expires_at, None),
+        Some(parent) => {
+            let ttl_ms = expires_at
+                .filter(|_| fields.get("expires_at").is_none())
+                .map(|at| at - scheduled_at);
+            let after = After {
+                parent,
+                delay_ms: scheduled_at - now,
+                ttl_ms,
+            };
+            (expires_at.filter(|_| ttl_ms.is_none()), Some(after))
+        }
+    };
     let key = validate_key(fields.get("key"))?;
     let payload = match fields.get("payload") {
         None => Map::new(),
@@ -303,7 +349,32 @@ pub fn validate(job: &Value, now: Millis, rules: &Rules) -> Result<NewJob, JobEr
         timezone,
         window,
         tags,
+        after,
     })
+}
+
+/// `after`: `{"id":N}` or `{"key":K}`, the job this one follows.
+fn validate_after(value: Option<&Value>) -> Result<Option<crate::protocol::Lookup>, JobError> {
+    use crate::protocol::Lookup;
+    let shape = || JobError::new("after", "must be {\"id\":N} or {\"key\":K}");
+    let fields = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(fields)) if fields.len() == 1 => fields,
+        Some(_) => return Err(shape()),
+    };
+    match (fields.get("id"), fields.get("key")) {
+        (Some(id), None) => match id.as_i64() {
+            Some(id) if id > 0 => Ok(Some(Lookup::Id(id))),
+            _ => Err(JobError::new("after", "id must be a positive integer")),
+        },
+        (None, Some(key)) => match validate_key(Some(key))
+            .map_err(|e| JobError::new("after", format!("key {}", e.message)))?
+        {
+            Some(key) => Ok(Some(Lookup::Key(key))),
+            None => Err(shape()),
+        },
+        _ => Err(shape()),
+    }
 }
 
 /// The most tags a job may carry.

@@ -26,6 +26,8 @@ use std::collections::BTreeMap;
 
 /// The longest request line the daemon reads, newline included.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// The most children a job's view lists.
+pub const MAX_CHILDREN_SHOWN: usize = 1_000;
 /// How many jobs `list` returns when no limit is given.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// The most jobs one `list` returns.
@@ -290,6 +292,13 @@ pub struct JobView {
     pub window: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The job it follows (`after`), by id.
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// The jobs that follow it, by id, at most
+    /// [`MAX_CHILDREN_SHOWN`] of them.
+    #[serde(default)]
+    pub children: Vec<i64>,
     /// After this the job is `expired` instead of sent.
     pub expires_at: Option<String>,
     pub state: State,
@@ -356,6 +365,15 @@ pub fn ok_line(fields: Value) -> String {
 /// The answer line to a `get` or a change: `{"ok":true,"job":VIEW}`.
 pub fn job_line(job: &JobView) -> String {
     format!(r#"{{"ok":true,"job":{}}}"#, view_text(job))
+}
+
+/// The answer line to a `cancel`: `{"ok":true,"job":VIEW,
+/// "cancelled_children":N}`, N counting every follower cancelled with it.
+pub fn cancel_line(job: &JobView, cancelled_children: u64) -> String {
+    format!(
+        r#"{{"ok":true,"job":{},"cancelled_children":{cancelled_children}}}"#,
+        view_text(job)
+    )
 }
 
 /// The answer line to a `list`: `{"ok":true,"jobs":[...],"next":CURSOR|null}`.

@@ -89,7 +89,7 @@ impl Service {
             Request::Resume => Ok(self.resume(uid)),
             Request::Enqueue(protocol::Enqueue::One(job)) => {
                 let job = self.validate(&job, None)?;
-                let mut done = self.enqueue(vec![job]).await?;
+                let mut done = self.enqueue(vec![job], false).await?;
                 let e = done.pop().ok_or_else(|| {
                     ErrorBody::new(ErrorCode::Internal, "the store answered nothing")
                 })?;
@@ -106,7 +106,7 @@ impl Service {
                     .enumerate()
                     .map(|(i, job)| self.validate(&job, Some(i)))
                     .collect::<Result<Vec<_>, _>>()?;
-                let done = self.enqueue(jobs).await?;
+                let done = self.enqueue(jobs, true).await?;
                 let results: Vec<Value> = done
                     .iter()
                     .map(|e| {
@@ -150,17 +150,25 @@ impl Service {
                     .await
                     .map_err(|e| internal(&e))?
                     .map_err(|r| refusal(id, "cancel", r))?;
-                tracing::info!(job_id = id, "job cancelled");
-                Ok(protocol::job_line(&job))
+                let (job, children) = job;
+                tracing::info!(job_id = id, cancelled_children = children, "job cancelled");
+                Ok(protocol::cancel_line(&job, children))
             }
             Request::CancelTag { tag } => {
-                let cancelled = self
+                let (cancelled, children) = self
                     .store
                     .cancel_tag(tag.clone())
                     .await
                     .map_err(|e| internal(&e))?;
-                tracing::info!(tag, cancelled, "jobs cancelled by tag");
-                Ok(ok_line(json!({ "cancelled": cancelled })))
+                tracing::info!(
+                    tag,
+                    cancelled,
+                    cancelled_children = children,
+                    "jobs cancelled by tag"
+                );
+                Ok(ok_line(
+                    json!({ "cancelled": cancelled, "cancelled_children": children }),
+                ))
             }
             Request::RescheduleTag { tag, by_ms } => {
                 let moved = self
@@ -327,9 +335,41 @@ impl Service {
         })
     }
 
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
-        let earliest = jobs.iter().map(|j| j.scheduled_at).min();
-        let done = self.store.enqueue(jobs).await.map_err(|e| internal(&e))?;
+    /// Stores `jobs` (a `batch` of them, or one); a job whose `after`
+    /// names no job is `invalid_job` on `after`, and nothing is stored.
+    async fn enqueue(
+        &self,
+        jobs: Vec<NewJob>,
+        batch: bool,
+    ) -> Result<Vec<protocol::Enqueued>, ErrorBody> {
+        // A follow-up whose parent was sent long ago is due at once, before
+        // the `scheduled_at` it was validated with: count it as due now.
+        let earliest = jobs
+            .iter()
+            .map(|j| {
+                j.after
+                    .as_ref()
+                    .map_or(j.scheduled_at, |a| j.scheduled_at - a.delay_ms)
+            })
+            .min();
+        let done = self
+            .store
+            .enqueue_checked(jobs)
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(|unknown| {
+                let index = batch.then_some(unknown.index);
+                let message = match index {
+                    Some(i) => format!("job {i}: {unknown}"),
+                    None => unknown.to_string(),
+                };
+                ErrorBody {
+                    code: ErrorCode::InvalidJob,
+                    message,
+                    field: Some("after".into()),
+                    index,
+                }
+            })?;
         crate::metrics::enqueued(&done);
         if let Some(at) = earliest {
             self.dispatch.wake_if_before(at);

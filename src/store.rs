@@ -26,6 +26,9 @@
 //! [`crate::server`] call the operations in [`queries`] with their decisions.
 
 mod calendar;
+mod chain;
+#[cfg(test)]
+mod chain_tests;
 mod deferral;
 mod delivery;
 mod group;
@@ -43,6 +46,7 @@ mod walk;
 #[cfg(test)]
 mod window_tests;
 
+pub use chain::UnknownParent;
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
 pub use schema::SCHEMA_VERSION;
@@ -313,6 +317,24 @@ impl Store {
         result
     }
 
+    /// Stores new jobs, first checking that each `after` names a job
+    /// (stored, or earlier in `jobs` by key): when one does not, nothing
+    /// is stored and the answer says which.
+    pub async fn enqueue_checked(
+        &self,
+        jobs: Vec<crate::job::NewJob>,
+    ) -> Result<Result<Vec<crate::protocol::Enqueued>, UnknownParent>, StoreError> {
+        let _timed = crate::metrics::store_call("enqueue");
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| match chain::unknown_parent(c, &jobs)? {
+            Some(unknown) => Ok(Err(unknown)),
+            None => queries::enqueue(c, &calendar.get(), &jobs, now).map(Ok),
+        })
+        .await
+    }
+
+    /// Stores new jobs; a job whose `after` names no job fails the call
+    /// (see [`Store::enqueue_checked`]).
     pub async fn enqueue(
         &self,
         jobs: Vec<crate::job::NewJob>,
@@ -387,10 +409,12 @@ impl Store {
         }
     }
 
+    /// Cancels job `id` and its waiting followers, in one transaction: the
+    /// job, and how many followers were cancelled.
     pub async fn cancel(
         &self,
         id: i64,
-    ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
+    ) -> Result<Result<(crate::protocol::JobView, u64), Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("cancel");
         let (calendar, now) = (self.calendar.clone(), self.now());
         self.call(move |c| queries::cancel(c, &calendar.get(), id, now))
@@ -408,12 +432,13 @@ impl Store {
             .await
     }
 
-    /// Cancels every scheduled and held job with `tag`, in one
-    /// transaction; how many.
-    pub async fn cancel_tag(&self, tag: String) -> Result<u64, StoreError> {
+    /// Cancels every scheduled, held and waiting job with `tag`, and the
+    /// waiting followers of each, in one transaction; how many of each.
+    pub async fn cancel_tag(&self, tag: String) -> Result<(u64, u64), StoreError> {
         let _timed = crate::metrics::store_call("cancel");
-        let now = self.now();
-        self.call(move |c| tags::cancel(c, &tag, now)).await
+        let (calendar, now) = (self.calendar.clone(), self.now());
+        self.call(move |c| tags::cancel(c, &calendar.get(), &tag, now))
+            .await
     }
 
     /// Moves every scheduled job with `tag` by `by_ms`, in one transaction.

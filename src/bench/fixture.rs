@@ -153,6 +153,7 @@ pub fn new_job(key: String, index: usize, at: Millis) -> NewJob {
         } else {
             Vec::new()
         },
+        after: None,
     }
 }
 

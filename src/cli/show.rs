@@ -25,6 +25,7 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
                 answer["cancelled"],
                 text(&json!(tag))
             );
+            followers_cancelled(answer);
         }
         Command::Reschedule { tag: Some(tag), .. } => {
             println!(
@@ -42,6 +43,7 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
                 text(&j["state"]),
                 when(&j["scheduled_at"], now)
             );
+            followers_cancelled(answer);
         }
         Command::Stats => stats(answer, now),
         Command::Ping => println!("the daemon is answering"),
@@ -66,6 +68,16 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         | Command::Bench(_)
         | Command::Status
         | Command::Completions { .. } => {}
+    }
+}
+
+/// How many followers a cancel took with it, when it took any.
+fn followers_cancelled(answer: &Value) {
+    if answer["cancelled_children"].as_u64().is_some_and(|n| n > 0) {
+        println!(
+            "  and {} waiting jobs that follow it",
+            answer["cancelled_children"]
+        );
     }
 }
 
@@ -199,6 +211,11 @@ fn enqueued(answer: &Value, now: Millis) {
             text(&answer["state"]),
             when(&answer["scheduled_at"], now)
         );
+    } else if answer["state"] == "waiting" {
+        println!(
+            "job {} is waiting: due its delay after the job it follows is sent",
+            answer["id"]
+        );
     } else {
         println!(
             "job {} scheduled at {}",
@@ -227,6 +244,8 @@ fn job(j: &Value, now: Millis) {
         ("timezone", text(&j["timezone"])),
         ("window", text(&j["window"])),
         ("tags", tags(&j["tags"])),
+        ("after", text(&j["after"])),
+        ("children", ids(&j["children"])),
         ("attempts", text(&j["attempts"])),
         ("created_at", when(&j["created_at"], now)),
         ("updated_at", when(&j["updated_at"], now)),
@@ -407,6 +426,11 @@ fn print_aligned(lines: &[Vec<String>], indent: &str) {
             .collect();
         println!("{indent}{}", cells.join("  ").trim_end());
     }
+}
+
+/// A job's children, by id, comma-separated; `-` for none.
+fn ids(v: &Value) -> String {
+    tags(v)
 }
 
 /// A job's tags, comma-separated; `-` for none.

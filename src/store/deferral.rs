@@ -13,7 +13,7 @@
 
 use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
 use super::{StoreError, walk};
-use crate::job::Kind;
+use crate::job::{Kind, State};
 use crate::time::{self, Millis};
 use crate::window::{Calendar, HORIZON_DAYS, Plan};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -182,6 +182,9 @@ fn expire(conn: &Connection, id: i64, reason: &str, now: Millis) -> Result<(), S
     )
     .and_then(|mut s| s.execute(params![id, reason, now]))
     .map_err(StoreError::sqlite("expiring a job"))?;
+    // Cancelling its followers needs no calendar: the cancelling half of
+    // [`super::chain::parent_ended`].
+    super::chain::cancel_descendants(conn, id, State::Expired, now)?;
     Ok(())
 }
 

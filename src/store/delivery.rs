@@ -191,6 +191,7 @@ pub fn claim(
         .partition(|job| job.expires_at.is_some_and(|at| at <= now));
     for job in &expired {
         expire.execute(params![job.id, now]).map_err(err())?;
+        super::chain::parent_ended(conn, calendar, job.id, State::Expired, now, now)?;
     }
     // The window is judged now, not when the due time was settled: the
     // job may have waited out a pause, or the calendar may have changed.
@@ -257,28 +258,36 @@ pub fn finish(conn: &Connection, calendar: &Calendar, f: &Finish) -> Result<(), 
     // A rejected key is not the job's fault: the attempt is given back.
     let give_back = f.decision == Decision::PauseForKey;
     let result = f.result.as_ref().map(|r| view::bounded_json(r.to_string()));
-    conn.prepare_cached(
-        "UPDATE jobs SET state = ?2, scheduled_at = coalesce(?3, scheduled_at),
+    let state = state_after(&f.decision);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, scheduled_at = coalesce(?3, scheduled_at),
                 attempts = attempts - ?4, last_error = coalesce(?5, last_error),
                 result = coalesce(?6, result), updated_at = ?7
          WHERE id = ?1 AND state = 'sending'",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            f.id,
-            state_after(&f.decision).as_str(),
-            retry_at,
-            i64::from(give_back),
-            reason,
-            result,
-            f.finished_at,
-        ])
-    })
-    .map_err(err())?;
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                f.id,
+                state.as_str(),
+                retry_at,
+                i64::from(give_back),
+                reason,
+                result,
+                f.finished_at,
+            ])
+        })
+        .map_err(err())?;
     // A job given back by a key pause is scheduled again too, and may
     // have come back after its window shut.
     if retry_at.is_some() || give_back {
         settle_row(conn, calendar, f.id, retry_at, f.finished_at)?;
+    }
+    // Its followers move on in this same transaction; a send's time is
+    // the end of the attempt that sent it.
+    if changed > 0 {
+        let at = f.finished_at;
+        super::chain::parent_ended(conn, calendar, f.id, state, at, at)?;
     }
     Ok(())
 }
@@ -376,6 +385,7 @@ pub fn recover(
             if to == State::Scheduled {
                 settle(conn, calendar, &job.timing(), now, Report::Each)?;
             }
+            super::chain::parent_ended(conn, calendar, job.id, to, now, now)?;
             recovered.push(Recovered {
                 id: job.id,
                 key: job.key,

@@ -88,6 +88,10 @@ fn quarantine_row(conn: &Connection, id: i64, reason: &str, now: Millis) -> rusq
     .and_then(|mut s| s.execute(params![id, last_error, now]))
     .and_then(|_| set_bad_times_to(conn, id, now))
     .and_then(|_| drop_unknown_counts(conn))?;
+    // Its followers are cancelled with it, as for any failed parent (the
+    // cancelling half of [`super::chain::parent_ended`]; it needs no
+    // calendar, which a quarantine does not have).
+    super::chain::cancel_waiting(conn, id, State::Failed, now)?;
     tracing::error!(
         job_id = id,
         reason,

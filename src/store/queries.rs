@@ -115,6 +115,11 @@ pub fn enqueue(
                     tag.execute(params![t, id])
                         .map_err(StoreError::sqlite("tagging a job"))?;
                 }
+                if let Some(after) = &job.after {
+                    let state = super::chain::attach(conn, calendar, id, after, now)?;
+                    out.push(follow_up_answer(conn, id, state)?);
+                    continue;
+                }
                 let timing = Timing {
                     id,
                     kind: job.kind,
@@ -182,6 +187,29 @@ pub fn enqueue(
     Ok(out)
 }
 
+/// The answer for follow-up `id`, just stored in `state`: its times as
+/// its parent's end set them (while `waiting`, the earliest it could be).
+fn follow_up_answer(conn: &Connection, id: i64, state: State) -> Result<Enqueued, StoreError> {
+    let (scheduled_at, due_at) = conn
+        .prepare_cached("SELECT scheduled_at, due_at FROM jobs WHERE id = ?1")
+        .and_then(|mut s| {
+            s.query_row([id], |r| {
+                Ok((
+                    view::time_text(r.get_ref(0)?).unwrap_or_default(),
+                    view::time_text(r.get_ref(1)?),
+                ))
+            })
+        })
+        .map_err(StoreError::sqlite("enqueueing a follow-up"))?;
+    Ok(Enqueued {
+        id,
+        state,
+        scheduled_at,
+        due_at: due_at.filter(|_| state == State::Scheduled),
+        duplicate: false,
+    })
+}
+
 /// Job `lookup` as a view. A row whose state is not a state is
 /// quarantined on the spot and shown as it then is.
 pub fn get(
@@ -212,6 +240,7 @@ pub fn get(
             let mut view = *view;
             show_rule(&mut view, calendar);
             view.history = view::history(conn, view.id)?;
+            view.children = view::children(conn, view.id)?;
             if view_bytes(&view) > super::listing::VIEWS_BUDGET {
                 omit_payload(&mut view);
             }
@@ -235,7 +264,11 @@ fn show_rule(view: &mut JobView, calendar: &Calendar) {
 
 /// The state of job `id`; a state that is not a state is quarantined on
 /// the spot, so the job is then `failed`.
-fn current_state(conn: &Connection, id: i64, now: Millis) -> Result<Option<State>, StoreError> {
+pub(super) fn current_state(
+    conn: &Connection,
+    id: i64,
+    now: Millis,
+) -> Result<Option<State>, StoreError> {
     let stored: Option<String> = conn
         .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
         .and_then(|mut s| {
@@ -285,21 +318,31 @@ fn change(
     }
 }
 
+/// Cancels job `id` and, in the same call, every waiting job that follows
+/// it, however deep; the job, and how many followers were cancelled.
 pub fn cancel(
     conn: &Connection,
     calendar: &Calendar,
     id: i64,
     now: Millis,
-) -> Result<Result<JobView, Refusal>, StoreError> {
-    change(
+) -> Result<Result<(JobView, u64), Refusal>, StoreError> {
+    let view = change(
         conn,
         calendar,
         id,
-        &[State::Scheduled, State::Held],
+        &[State::Scheduled, State::Held, State::Waiting],
         "UPDATE jobs SET state = 'cancelled', updated_at = ?2 WHERE id = ?1 AND ?3 IS NULL",
         now,
         None,
-    )
+    )?;
+    match view {
+        Ok(view) => {
+            let children =
+                super::chain::parent_ended(conn, calendar, id, State::Cancelled, now, now)?;
+            Ok(Ok((view, children)))
+        }
+        Err(refusal) => Ok(Err(refusal)),
+    }
 }
 
 /// Moves scheduled job `id` to `at`. Refused when `at`, or the opening of

@@ -115,6 +115,18 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tag, job_id)
     ) WITHOUT ROWID;
     "#,
+    // 7: follow-ups. `parent_id` is the job a follow-up waits for (kept
+    // once it is released, for its view); `after_delay_ms` and
+    // `after_ttl_ms` are its delay and ttl, counted from the parent's send,
+    // which is when its times become known. The index is partial, so jobs
+    // without a parent cost it nothing; it finds a parent's children when
+    // the parent ends, and for its view.
+    r#"
+    ALTER TABLE jobs ADD COLUMN parent_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN after_delay_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN after_ttl_ms INTEGER;
+    CREATE INDEX jobs_by_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

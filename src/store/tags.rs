@@ -4,9 +4,10 @@
 //! that tag, however large the queue.
 
 use super::StoreError;
+use super::chain;
 use super::deferral::{Report, settle};
 use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
-use crate::job::LATEST;
+use crate::job::{LATEST, State};
 use crate::time::{self, Millis};
 use crate::window::Calendar;
 use rusqlite::{Connection, params};
@@ -20,17 +21,28 @@ pub struct Moved {
     pub expired: u64,
 }
 
-/// Cancels every `scheduled` and `held` job with `tag`; how many.
-pub fn cancel(conn: &Connection, tag: &str, now: Millis) -> Result<u64, StoreError> {
-    let n = conn
+/// Cancels every `scheduled`, `held` and `waiting` job with `tag`, then
+/// the waiting followers of each (see [`super::chain`]); how many of each.
+pub fn cancel(
+    conn: &Connection,
+    calendar: &Calendar,
+    tag: &str,
+    now: Millis,
+) -> Result<(u64, u64), StoreError> {
+    let ids: Vec<i64> = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'cancelled', updated_at = ?2
              WHERE id IN (SELECT job_id FROM job_tags WHERE tag = ?1)
-               AND state IN ('scheduled', 'held')",
+               AND state IN ('scheduled', 'held', 'waiting')
+             RETURNING id",
         )
-        .and_then(|mut s| s.execute(params![tag, now]))
+        .and_then(|mut s| s.query_map(params![tag, now], |r| r.get(0))?.collect())
         .map_err(StoreError::sqlite("cancelling jobs by tag"))?;
-    Ok(n as u64)
+    let mut children = 0;
+    for id in &ids {
+        children += chain::parent_ended(conn, calendar, *id, State::Cancelled, now, now)?;
+    }
+    Ok((ids.len() as u64, children))
 }
 
 /// Moves every `scheduled` job with `tag` by `by_ms` (signed). A job moved
@@ -79,6 +91,7 @@ pub fn reschedule(
             )
             .and_then(|mut s| s.execute(params![job.id, reason, now]))
             .map_err(err())?;
+            chain::parent_ended(conn, calendar, job.id, State::Expired, now, now)?;
             moved.expired += 1;
             continue;
         }

@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 /// The columns [`read`] expects, in order.
 pub(super) const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, \
      attempts, created_at, updated_at, last_error, result, payload, expires_at, due_at, timezone, \
-     send_window, tags";
+     send_window, tags, parent_id";
 
 /// The most a text field of a view (or a stored error) takes, in bytes.
 pub const MAX_TEXT_BYTES: usize = 4 * 1024;
@@ -141,6 +141,9 @@ pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Read> {
         timezone: text(15)?,
         window: text(16)?,
         tags: tags(r.get_ref(17)?),
+        after: r.get_ref(18)?.as_i64().ok(),
+        // Filled in by [`children`] where a view is shown.
+        children: Vec::new(),
         state,
         attempts: r.get_ref(7)?.as_i64().unwrap_or(0),
         created_at: time_text(r.get_ref(8)?).unwrap_or_default(),
@@ -184,6 +187,22 @@ pub(super) fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, St
         .map_err(StoreError::sqlite("reading attempt history"))?;
     tries.reverse();
     Ok(tries)
+}
+
+/// The ids of the jobs that follow job `id`, at most
+/// [`crate::protocol::MAX_CHILDREN_SHOWN`], in the order enqueued.
+pub(super) fn children(conn: &Connection, id: i64) -> Result<Vec<i64>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id FROM jobs INDEXED BY jobs_by_parent WHERE parent_id = ?1 ORDER BY id LIMIT ?2",
+    )
+    .and_then(|mut s| {
+        s.query_map(
+            rusqlite::params![id, crate::protocol::MAX_CHILDREN_SHOWN as i64],
+            |r| r.get(0),
+        )?
+        .collect()
+    })
+    .map_err(StoreError::sqlite("reading a job's children"))
 }
 
 /// The length of `view` as JSON, counted without writing it out.

@@ -144,6 +144,7 @@ fn new_job(kind: Kind, zone: Option<&str>, window: Option<&str>, at: Millis) -> 
         timezone: zone.map(str::to_owned),
         window: window.map(str::to_owned),
         tags: Vec::new(),
+        after: None,
     }
 }
 

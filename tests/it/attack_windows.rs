@@ -575,7 +575,7 @@ async fn counts_stay_exact_when_a_new_job_is_expired_or_held_at_enqueue() {
     assert_eq!(
         stats["counts"],
         json!({"cancelled": 0, "expired": 1, "failed": 0, "held": 1, "scheduled": 0,
-               "sending": 0, "sent": 0, "skipped": 0}),
+               "sending": 0, "sent": 0, "skipped": 0, "waiting": 0}),
         "{stats}"
     );
 }

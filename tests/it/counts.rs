@@ -31,6 +31,8 @@ enum Op {
         expiring: bool,
     },
     Claim(u8),
+    /// A follow-up of the `n`th job (`waiting` until that one ends).
+    FollowUp(u8),
     /// Finishes the `which`th claimed job with one of every kind of outcome.
     Finish {
         which: u8,
@@ -54,6 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1..6u8, any::<bool>(), any::<bool>())
             .prop_map(|(n, repeat, expiring)| Op::Enqueue { n, repeat, expiring }),
         2 => (1..8u8).prop_map(Op::Claim),
+        2 => any::<u8>().prop_map(Op::FollowUp),
         3 => (any::<u8>(), 0..7u8).prop_map(|(which, outcome)| Op::Finish { which, outcome }),
         1 => any::<u8>().prop_map(Op::Cancel),
         1 => any::<u8>().prop_map(Op::Reschedule),
@@ -129,6 +132,24 @@ impl<'a> Run<'a> {
                     if !answer.duplicate {
                         self.ids.push(answer.id);
                     }
+                }
+            }
+            Op::FollowUp(index) => {
+                let Some(parent) = self.pick(index) else {
+                    return;
+                };
+                self.keys += 1;
+                let job = json!({
+                    "kind": "message", "channel": "sms", "key": format!("k{}", self.keys),
+                    "after": {"id": parent},
+                    "payload": {"message": "counted", "phone": "+15550100"}
+                });
+                let job = validate(&job, 0, &Default::default())
+                    .unwrap_or_else(|e| panic!("invalid test job: {e}"));
+                // A parent pruned meanwhile is refused, and nothing stored.
+                let answers = self.store().enqueue_checked(vec![job]).await;
+                if let Ok(answers) = answers.expect("enqueue") {
+                    self.ids.extend(answers.iter().map(|a| a.id));
                 }
             }
             Op::Claim(limit) => {
@@ -342,13 +363,15 @@ fn a_fixed_sequence_reaches_every_state_with_matching_counts() {
             repeat: false,
             expiring: false,
         },
-        // k6: due now but already past its expiry.
+        // k6 follows k2, so waits.
+        Op::FollowUp(1),
+        // k7: due now but already past its expiry.
         Op::Enqueue {
             n: 1,
             repeat: false,
             expiring: true,
         },
-        // k1, k3, k5 are sending; k6 is expired.
+        // k1, k3, k5 are sending; k7 is expired.
         Op::Claim(10),
         Op::Finish {
             which: 0,
@@ -373,7 +396,7 @@ fn a_fixed_sequence_reaches_every_state_with_matching_counts() {
             which: 0,
             outcome: 1,
         },
-        // k2, in 2099.
+        // k2, in 2099, and k6, which follows it.
         Op::Cancel(1),
         Op::Failing,
         // What is still sending is held.

@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod connections;
 mod counts;
+mod followups;
 mod gate;
 mod hand_edits;
 mod helpers;

@@ -130,7 +130,10 @@ async fn cancel_by_tag_cancels_scheduled_and_held_jobs_of_that_tag_only() {
     let answer = daemon
         .request(json!({"op": "cancel", "tag": "appointment:8812"}))
         .await;
-    assert_eq!(answer, json!({"ok": true, "cancelled": 2}));
+    assert_eq!(
+        answer,
+        json!({"ok": true, "cancelled": 2, "cancelled_children": 0})
+    );
     for id in &mine {
         assert_eq!(daemon.get(*id).await["state"], "cancelled");
     }
@@ -142,7 +145,10 @@ async fn cancel_by_tag_cancels_scheduled_and_held_jobs_of_that_tag_only() {
     let answer = daemon
         .request(json!({"op": "cancel", "tag": "nobody"}))
         .await;
-    assert_eq!(answer, json!({"ok": true, "cancelled": 0}));
+    assert_eq!(
+        answer,
+        json!({"ok": true, "cancelled": 0, "cancelled_children": 0})
+    );
     let answer = daemon
         .request(json!({"op": "cancel", "tag": "x", "id": other}))
         .await;
