@@ -6,6 +6,7 @@
 //! `ok:true`, 1 on `ok:false`, and 2 when the daemon could not be reached or
 //! the command line was wrong.
 
+mod schedule;
 pub(crate) mod show;
 
 use crate::client::Client;
@@ -129,6 +130,11 @@ pub enum Command {
     },
     /// One screen: dispatcher state, counts, the next due job, the last errors
     Status,
+    /// Recurring sends: put, get, list or delete a schedule
+    Schedule {
+        #[command(subcommand)]
+        action: schedule::Action,
+    },
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -161,6 +167,15 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Schedule { ref action } => {
+            match quiet_on_closed_pipe().and_then(|()| schedule::run(&cli, action)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::List { limit, .. } => {
             match quiet_on_closed_pipe().and_then(|()| list_command(&cli, limit)) {
                 Ok(code) => code,
@@ -406,6 +421,7 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
         | Command::Demo
         | Command::Bench(_)
         | Command::Status
+        | Command::Schedule { .. }
         | Command::Completions { .. } => {
             bail!("not a client command")
         }

@@ -34,6 +34,7 @@ mod listing;
 mod outage;
 mod quarantine;
 mod queries;
+mod schedules;
 mod schema;
 mod tags;
 #[cfg(test)]
@@ -45,6 +46,7 @@ mod window_tests;
 
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
+pub use schedules::Firing;
 pub use schema::SCHEMA_VERSION;
 pub use tags::Moved;
 
