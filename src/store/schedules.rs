@@ -253,3 +253,94 @@ impl Store {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Rules;
+    use crate::schedule::{Put, check, occurrence_job};
+    use crate::window::Calendar;
+    use serde_json::json;
+
+    const NOW: Millis = 1_764_583_200_000; // 2025-12-01T10:00:00Z
+
+    fn schedule() -> (Schedule, Millis) {
+        let put = Put {
+            name: "hourly".into(),
+            cron: "0 0 * * * *".into(),
+            timezone: None,
+            catch_up: None,
+            job: json!({"kind": "message", "channel": "sms",
+                        "payload": {"message": "hi", "phone": "+15550100"}}),
+        };
+        check(put, NOW, &Rules::default()).expect("a valid schedule")
+    }
+
+    fn firing(s: &Schedule, revision: i64, was: Millis) -> Firing {
+        let job = occurrence_job(s, was, NOW, &Rules::default()).expect("a valid job");
+        Firing {
+            name: s.name.clone(),
+            revision,
+            was: Some(was),
+            next_at: Some(was + 3_600_000),
+            jobs: vec![job],
+        }
+    }
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+
+    #[test]
+    fn a_firing_moves_next_at_and_creates_the_job_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = super::super::schema::open(&dir.path().join("q.db")).expect("open");
+        let (s, first) = schedule();
+        assert!(put(&conn, &s, first, NOW).expect("put"), "new");
+        let calendar = Calendar::none();
+        let done = fire(&conn, &calendar, &firing(&s, 1, first), NOW)
+            .expect("fire")
+            .expect("fired");
+        assert_eq!(done.len(), 1);
+        assert!(!done[0].duplicate);
+        assert_eq!(
+            count(&conn, "SELECT next_at FROM schedules"),
+            first + 3_600_000
+        );
+        // Planned again from the same stored state (a second daemon, or a
+        // plan read before the first firing committed): nothing is written.
+        assert!(
+            fire(&conn, &calendar, &firing(&s, 1, first), NOW)
+                .expect("fire")
+                .is_none()
+        );
+        // Even with next_at put back by hand, the key keeps it single.
+        conn.execute("UPDATE schedules SET next_at = ?1", [first])
+            .expect("edit");
+        let again = fire(&conn, &calendar, &firing(&s, 1, first), NOW)
+            .expect("fire")
+            .expect("fired");
+        assert!(again[0].duplicate);
+        assert_eq!(count(&conn, "SELECT count(*) FROM jobs"), 1);
+        assert_eq!(
+            count(
+                &conn,
+                "SELECT count(*) FROM job_tags WHERE tag = 'schedule:hourly'"
+            ),
+            1
+        );
+    }
+
+    #[test]
+    fn a_firing_planned_before_a_put_is_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = super::super::schema::open(&dir.path().join("q.db")).expect("open");
+        let (s, first) = schedule();
+        put(&conn, &s, first, NOW).expect("put");
+        assert!(!put(&conn, &s, first, NOW).expect("put"), "replaced");
+        let stale = fire(&conn, &Calendar::none(), &firing(&s, 1, first), NOW).expect("fire");
+        assert!(stale.is_none());
+        assert_eq!(count(&conn, "SELECT count(*) FROM jobs"), 0);
+        assert_eq!(count(&conn, "SELECT revision FROM schedules"), 2);
+    }
+}
