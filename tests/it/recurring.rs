@@ -202,6 +202,11 @@ async fn bad_schedules_are_refused_naming_the_field() {
             "invalid_job",
             "job.after",
         ),
+        (
+            with_job("expires_at", json!("2027-01-01T00:00:00Z")),
+            "invalid_job",
+            "job.expires_at",
+        ),
         (with_job("kind", json!("fax")), "invalid_job", "job.kind"),
         (
             with_job("window", json!("nope")),
