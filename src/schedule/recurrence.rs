@@ -74,6 +74,28 @@ impl Recurrence {
         (at > t && at <= LATEST).then_some(at)
     }
 
+    /// Up to `n` occurrences strictly before `t`, oldest first.
+    fn last_before(&self, t: Millis, n: usize) -> Vec<Millis> {
+        let mut out = Vec::with_capacity(n);
+        let mut before = t;
+        while out.len() < n {
+            let second = before.saturating_add(999).div_euclid(1000);
+            let Some(start) = DateTime::from_timestamp(second, 0) else {
+                break;
+            };
+            let start = start.with_timezone(&self.tz);
+            match self.cron.find_previous_occurrence(&start, false) {
+                Ok(prev) if prev.timestamp_millis() < before => {
+                    before = prev.timestamp_millis();
+                    out.push(before);
+                }
+                _ => break,
+            }
+        }
+        out.reverse();
+        out
+    }
+
     /// The zone's offset name at `at`, for logs.
     pub fn local(&self, at: Millis) -> String {
         match self.tz.timestamp_millis_opt(at).single() {
@@ -134,8 +156,10 @@ pub fn plan(recurrence: &Recurrence, next_at: Millis, now: Millis, catch_up: Cat
                 kept.push_back(o);
             }
             if missed >= MAX_COUNTED {
-                // Jump to the last stretch; what lies between was missed too.
+                // Jump to the last stretch; what lies between was missed
+                // too, and the ones to keep are the latest of it.
                 more = true;
+                kept = recurrence.last_before(missed_before, keep).into();
                 at = recurrence.next_after(missed_before.saturating_sub(1));
                 continue;
             }
@@ -241,6 +265,23 @@ mod tests {
         assert_eq!(all.create.len(), 6);
         assert_eq!(all.create[0], first);
         assert_eq!(all.skipped, 0);
+    }
+
+    #[test]
+    fn a_very_long_downtime_is_counted_up_to_a_bound_and_keeps_the_latest() {
+        let r = Recurrence::parse("* * * * * *", "UTC").expect("valid");
+        let first = t("2026-12-01T00:00:00Z");
+        let now = t("2026-12-03T00:00:00Z");
+        let p = plan(&r, first, now, CatchUp::Latest);
+        assert!(p.more);
+        assert!(p.missed >= MAX_COUNTED);
+        // The latest missed second, then the minute's worth still due.
+        assert_eq!(p.create[0], now - MISSED_AFTER_MS - 1_000);
+        assert_eq!(p.create.len(), 1 + 61);
+        assert_eq!(p.next_at, Some(now + 1_000));
+        let all = plan(&r, first, now, CatchUp::All);
+        assert_eq!(all.create[MAX_CATCH_UP - 1], now - MISSED_AFTER_MS - 1_000);
+        assert_eq!(all.create[0], now - MISSED_AFTER_MS - 100_000);
     }
 
     #[test]
