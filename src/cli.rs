@@ -6,6 +6,7 @@
 //! `ok:true`, 1 on `ok:false`, and 2 when the daemon could not be reached or
 //! the command line was wrong.
 
+mod schedule;
 pub(crate) mod show;
 
 use crate::client::Client;
@@ -130,6 +131,11 @@ pub enum Command {
     },
     /// One screen: dispatcher state, counts, the next due job, the last errors
     Status,
+    /// Recurring sends: put, get, list or delete a schedule
+    Schedule {
+        #[command(subcommand)]
+        action: schedule::Action,
+    },
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -162,6 +168,15 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Schedule { ref action } => {
+            match quiet_on_closed_pipe().and_then(|()| schedule::run(&cli, action)) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::List { limit, .. } => {
             match quiet_on_closed_pipe().and_then(|()| list_command(&cli, limit)) {
                 Ok(code) => code,
@@ -407,6 +422,7 @@ fn build_request(command: &Command) -> anyhow::Result<Value> {
         | Command::Demo
         | Command::Bench(_)
         | Command::Status
+        | Command::Schedule { .. }
         | Command::Completions { .. } => {
             bail!("not a client command")
         }

@@ -139,6 +139,7 @@ struct Tasks {
     serving: JoinHandle<()>,
     summarising: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
+    recurring: JoinHandle<()>,
 }
 
 impl Tasks {
@@ -153,6 +154,7 @@ impl Tasks {
         let (stop, stopped) = watch::channel(false);
         let connections = std::sync::Arc::new(server::ConnectionCounts::default());
         let dispatcher = Dispatcher::new(store.clone(), coax.clone(), dispatch.clone());
+        let schedules = Arc::new(tokio::sync::Notify::new());
         let service = Service {
             store: store.clone(),
             dispatch: dispatch.clone(),
@@ -162,7 +164,16 @@ impl Tasks {
                 calendar: store.calendar(),
             },
             retention: config.store.retention,
+            schedules: schedules.clone(),
         };
+        let recurring = crate::schedule::task::run(
+            store.clone(),
+            service.rules.clone(),
+            dispatch.clone(),
+            schedules,
+            config.dispatch.poll_interval,
+            stopped.clone(),
+        );
         let housekeeping = crate::housekeeping::run(
             store.clone(),
             config.store.prune_schedule.clone(),
@@ -185,6 +196,7 @@ impl Tasks {
         );
         Tasks {
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
+            recurring: tokio::spawn(recurring),
             serving: tokio::spawn(server::serve(
                 listener,
                 service,
@@ -218,6 +230,7 @@ impl Tasks {
         for (name, task) in [
             ("the summary", self.summarising),
             ("housekeeping", self.housekeeping),
+            ("recurring sends", self.recurring),
             ("the socket server", self.serving),
             ("the dispatcher", self.dispatching),
         ] {

@@ -8,7 +8,8 @@
 //! [`cli`] is both the daemon's entry point and a client of its socket.
 //!
 //! Around that core: [`daemon`] assembles the parts, [`reload`] applies a
-//! new config on SIGHUP, [`housekeeping`] prunes finished jobs, [`summary`]
+//! new config on SIGHUP, [`housekeeping`] prunes finished jobs,
+//! [`schedule`] turns recurring schedules into jobs, [`summary`]
 //! and [`logging`] make the logs the status page, and [`systemd`] speaks to
 //! the service manager; [`metrics`] serves Prometheus. [`simulate`] is a
 //! Coax stand-in that serves the
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+pub mod schedule;
 pub mod server;
 pub mod simulate;
 pub mod socket;

@@ -129,10 +129,12 @@ pub enum Request {
         older_than: Option<String>,
         dry_run: bool,
     },
+    /// `schedule_put`, `schedule_get`, `schedule_list`, `schedule_delete`.
+    Schedule(crate::schedule::wire::ScheduleOp),
 }
 
 /// Every op of the protocol, as requests name them.
-pub const OPS: [&str; 10] = [
+pub const OPS: [&str; 14] = [
     "enqueue",
     "get",
     "list",
@@ -143,6 +145,10 @@ pub const OPS: [&str; 10] = [
     "ping",
     "resume",
     "prune",
+    "schedule_put",
+    "schedule_get",
+    "schedule_list",
+    "schedule_delete",
 ];
 
 impl Request {
@@ -159,6 +165,7 @@ impl Request {
             Request::Ping => "ping",
             Request::Resume => "resume",
             Request::Prune { .. } => "prune",
+            Request::Schedule(op) => op.op(),
         }
     }
 }
@@ -451,6 +458,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
             older_than: args.optional_string("older_than")?,
             dry_run: args.flag("dry_run")?,
         },
+        op if crate::schedule::wire::OPS.contains(&op) => {
+            Request::Schedule(crate::schedule::wire::parse(op, &mut args.fields)?)
+        }
         _ => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownOp,

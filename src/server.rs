@@ -34,6 +34,8 @@ pub struct Service {
     pub rules: job::Rules,
     /// `store.retention`, what `prune` removes by default.
     pub retention: Duration,
+    /// Wakes the task that creates recurring sends after a schedule changes.
+    pub schedules: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn internal(e: &StoreError) -> ErrorBody {
@@ -248,6 +250,9 @@ impl Service {
                     "attempts": report.pruned.attempts,
                 })))
             }
+            Request::Schedule(op) => {
+                crate::schedule::answer::answer(&self.store, &self.rules, &self.schedules, op).await
+            }
             Request::Stats => {
                 let summary = self.store.stats().await.map_err(|e| internal(&e))?;
                 let stats = Stats {
@@ -259,10 +264,17 @@ impl Service {
                     next_due: summary.next_due.map(time::format),
                 };
                 let mode = self.dispatch.mode();
+                let (schedules, next_occurrence) = self
+                    .store
+                    .schedules_overview()
+                    .await
+                    .map_err(|e| internal(&e))?;
                 Ok(ok_line(json!({
                     "counts": stats.counts,
                     "next_due": stats.next_due,
                     "deferred": summary.deferred,
+                    "schedules": schedules,
+                    "next_occurrence": next_occurrence.map(time::format),
                     "dispatch": {"state": mode.name(), "until": mode.until().map(time::format)},
                 })))
             }

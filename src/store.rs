@@ -37,6 +37,7 @@ mod listing;
 mod outage;
 mod quarantine;
 mod queries;
+mod schedules;
 mod schema;
 mod tags;
 #[cfg(test)]
@@ -49,6 +50,7 @@ mod window_tests;
 pub use chain::UnknownParent;
 pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
+pub use schedules::Firing;
 pub use schema::SCHEMA_VERSION;
 pub use tags::Moved;
 

@@ -66,10 +66,11 @@ pub struct Line {
 
 async fn line(store: &Store, dispatch: &Handle) -> Option<Line> {
     let (summary, due, _) = store.overview(store.now()).await.ok()?;
+    let (schedules, next_occurrence) = store.schedules_overview().await.ok()?;
     let count = |s: State| summary.counts.get(&s).copied().unwrap_or(0);
     Some(Line {
         text: format!(
-            "{} scheduled ({} due, {} deferred), {} sending, {} sent, {} failed, {} held; dispatcher {}",
+            "{} scheduled ({} due, {} deferred), {} sending, {} sent, {} failed, {} held; {} schedules (next {}); dispatcher {}",
             count(State::Scheduled),
             due,
             summary.deferred,
@@ -77,6 +78,8 @@ async fn line(store: &Store, dispatch: &Handle) -> Option<Line> {
             count(State::Sent),
             count(State::Failed),
             count(State::Held),
+            schedules,
+            next_occurrence.map_or_else(|| "none".into(), time::format),
             dispatch.mode().name()
         ),
     })
@@ -88,6 +91,13 @@ async fn log(store: &Store, dispatch: &Handle, connections: &ConnectionCounts) {
         Ok(overview) => overview,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the queue for the summary");
+            return;
+        }
+    };
+    let (schedules, next_occurrence) = match store.schedules_overview().await {
+        Ok(overview) => overview,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the schedules for the summary");
             return;
         }
     };
@@ -114,6 +124,8 @@ async fn log(store: &Store, dispatch: &Handle, connections: &ConnectionCounts) {
         failed_in_interval = failed,
         connections = accepted,
         refused,
+        schedules,
+        next_occurrence = %next_occurrence.map(time::format).unwrap_or_default(),
         dispatch = mode.name(),
         until = %mode.until().map(time::format).unwrap_or_default(),
         "queue summary"

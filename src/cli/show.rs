@@ -67,6 +67,7 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         | Command::Demo
         | Command::Bench(_)
         | Command::Status
+        | Command::Schedule { .. }
         | Command::Completions { .. } => {}
     }
 }
@@ -112,7 +113,7 @@ pub fn error(answer: &Value) -> String {
 }
 
 /// A JSON value as a person reads it, safe to print on a terminal.
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::String(s) => printable(s),
         Value::Null => "-".into(),
@@ -160,7 +161,7 @@ pub fn printable(s: &str) -> String {
 }
 
 /// "2026-01-31 10:00:00 (in 4m)" in local time.
-fn when(v: &Value, now: Millis) -> String {
+pub(crate) fn when(v: &Value, now: Millis) -> String {
     let Some(ms) = v.as_str().and_then(|s| time::parse_rfc3339(s).ok()) else {
         return text(v);
     };
@@ -374,6 +375,16 @@ pub fn status(stats: &Value, next: &Value, failed: &Value, held: &Value, now: Mi
             text(&stats["deferred"])
         );
     }
+    match stats["schedules"].as_u64() {
+        Some(n) if n > 0 => match stats["next_occurrence"].as_str() {
+            Some(_) => println!(
+                "schedules   {n}, next occurrence {}",
+                when(&stats["next_occurrence"], now)
+            ),
+            None => println!("schedules   {n}, no occurrence left"),
+        },
+        _ => println!("schedules   none"),
+    }
     let mut recent: Vec<&Value> = failed["jobs"]
         .as_array()
         .into_iter()
@@ -407,7 +418,7 @@ pub fn status(stats: &Value, next: &Value, failed: &Value, held: &Value, now: Mi
     print_aligned(&lines, "  ");
 }
 
-fn print_aligned(lines: &[Vec<String>], indent: &str) {
+pub(crate) fn print_aligned(lines: &[Vec<String>], indent: &str) {
     let columns = lines.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

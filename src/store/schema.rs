@@ -127,6 +127,25 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN after_ttl_ms INTEGER;
     CREATE INDEX jobs_by_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
     "#,
+    // 8: recurring sends. One row per schedule; `next_at` is its next
+    // occurrence still to create, kept here so that a restart starts from
+    // the store, not from a timer. `revision` grows with every put, so an
+    // occurrence planned from an older put is not created. The task finds
+    // the earliest `next_at` through the index.
+    r#"
+    CREATE TABLE schedules (
+        name       TEXT PRIMARY KEY,
+        cron       TEXT NOT NULL,
+        timezone   TEXT NOT NULL,
+        catch_up   TEXT NOT NULL,
+        job        TEXT NOT NULL,
+        next_at    INTEGER,
+        revision   INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX schedules_by_next ON schedules (next_at) WHERE next_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -22,6 +22,7 @@ mod paging;
 mod prometheus;
 mod protocol;
 mod quarantine;
+mod recurring;
 mod refusal;
 mod regression;
 mod reliability;
