@@ -189,7 +189,7 @@ fn ask(client: &mut Client, request: Value) -> anyhow::Result<Value> {
     Ok(answer)
 }
 
-/// Polls until no job is scheduled or sending, or `deadline` passes;
+/// Polls until no job is scheduled, sending or waiting, or `deadline` passes;
 /// returns the ids still unsettled.
 fn wait_until_settled(
     client: &mut Client,
@@ -201,7 +201,10 @@ fn wait_until_settled(
         for &id in ids {
             let answer = ask(client, json!({"op": "get", "id": id}))?;
             let state = answer["job"]["state"].as_str().and_then(State::parse);
-            if matches!(state, Some(State::Scheduled | State::Sending) | None) {
+            if matches!(
+                state,
+                Some(State::Scheduled | State::Sending | State::Waiting) | None
+            ) {
                 pending.push(id);
             }
         }

@@ -102,6 +102,28 @@ pub fn jobs() -> Vec<Planned> {
             deferred: false,
         },
         Planned {
+            what: "a review request that follows the first message, 2 s after it is sent",
+            job: json!({
+                "key": "demo-follow-up", "kind": "review_request", "channel": "sms",
+                "after": {"key": "demo-now"}, "delay": "2s",
+                "payload": {"phone": "+15550100001", "name": "Ada"}
+            }),
+            state: State::Sent,
+            attempts: 1,
+            deferred: false,
+        },
+        Planned {
+            what: "a follow-up to the paused-campaign message, which goes only if that is sent",
+            job: json!({
+                "key": "demo-follow-up-skipped", "kind": "message", "channel": "sms",
+                "after": {"key": "demo-paused-campaign"},
+                "payload": {"message": "Did you see our sale?", "phone": "+15550100004"}
+            }),
+            state: State::Cancelled,
+            attempts: 0,
+            deferred: false,
+        },
+        Planned {
             what: "a reminder a day before an appointment, tagged with it",
             job: json!({
                 "key": "demo-reminder-day", "kind": "message", "channel": "sms", "delay": "1d",

@@ -342,7 +342,11 @@ async fn the_demo_runs_every_job_to_its_end() {
             .find(|r| r.key == key)
             .unwrap_or_else(|| panic!("no row for {key} in\n{stdout}"))
     };
-    assert_eq!(rows.len(), 9, "{stdout}");
+    assert_eq!(rows.len(), 11, "{stdout}");
+    // A follow-up chain: the review request went after the first message;
+    // the follow-up to the skipped message was cancelled with it.
+    assert_eq!(row("demo-follow-up").state, "sent");
+    assert_eq!(row("demo-follow-up-skipped").state, "cancelled");
     assert_eq!(row("demo-now").state, "sent");
     assert_eq!(row("demo-in-5s").state, "sent");
     assert_eq!(row("demo-paused-campaign").state, "skipped");
