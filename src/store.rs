@@ -235,6 +235,13 @@ impl Store {
                 "the count of jobs in a state disagreed with the jobs (was the database edited by hand?); corrected"
             );
         }
+        if let Some((kept, counted)) = deferral::recount(&conn)? {
+            tracing::warn!(
+                kept,
+                counted,
+                "the count of deferred jobs disagreed with the jobs (was the database edited by hand?); corrected"
+            );
+        }
         let (tx, rx) = mpsc::channel(group::MAX_GROUP * 4);
         std::thread::Builder::new()
             .name("store".into())

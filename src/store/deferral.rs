@@ -198,21 +198,49 @@ fn hold(conn: &Connection, id: i64, reason: &str, now: Millis) -> Result<(), Sto
     Ok(())
 }
 
-/// The most deferred jobs [`deferred`] counts, like the due count.
-pub const MAX_DEFERRED_COUNT: u64 = super::delivery::MAX_OVERDUE_COUNT;
-
 /// How many scheduled jobs wait for an opening (`due_at` later than
-/// `scheduled_at`), at most [`MAX_DEFERRED_COUNT`]: a walk of the
-/// `jobs_deferred` index, which holds only those jobs.
+/// `scheduled_at`): the count triggers keep in `meta` (schema version 9).
 pub(super) fn deferred(conn: &Connection) -> Result<u64, StoreError> {
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY jobs_deferred
-             WHERE state = 'scheduled' AND due_at > scheduled_at LIMIT ?1)",
+    let n: Option<i64> = conn
+        .prepare_cached("SELECT value FROM meta WHERE name = 'deferred'")
+        .and_then(|mut s| {
+            s.query_row([], |r| Ok(r.get_ref(0)?.as_i64().ok()))
+                .optional()
+        })
+        .map_err(StoreError::sqlite("reading the count of deferred jobs"))?
+        .flatten();
+    Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
+}
+
+/// Counts the deferred jobs (a walk of `jobs_deferred`) and, when the
+/// count kept in `meta` disagrees (a hand edit), puts it right. Runs at
+/// start-up; returns the count kept and the count found when they differed.
+pub(super) fn recount(conn: &Connection) -> Result<Option<(i64, i64)>, StoreError> {
+    let err = || StoreError::sqlite("counting deferred jobs");
+    let counted: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM jobs INDEXED BY jobs_deferred
+             WHERE state = 'scheduled' AND due_at > scheduled_at",
+            [],
+            |r| r.get(0),
         )
-        .and_then(|mut s| s.query_row([MAX_DEFERRED_COUNT as i64], |r| r.get(0)))
-        .map_err(StoreError::sqlite("counting deferred jobs"))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+        .map_err(err())?;
+    let kept: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'deferred'", [], |r| {
+            Ok(r.get_ref(0)?.as_i64().ok())
+        })
+        .optional()
+        .map_err(err())?
+        .flatten();
+    if kept == Some(counted) {
+        return Ok(None);
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (name, value) VALUES ('deferred', ?1)",
+        [counted],
+    )
+    .map_err(err())?;
+    Ok(Some((kept.unwrap_or(-1), counted)))
 }
 
 /// Settles up to `limit` scheduled jobs from `from` on under `calendar`

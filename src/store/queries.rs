@@ -45,8 +45,7 @@ pub enum Refusal {
 pub struct Summary {
     pub counts: BTreeMap<State, u64>,
     pub next_due: Option<Millis>,
-    /// Scheduled jobs waiting for their window to open, at most
-    /// [`deferral::MAX_DEFERRED_COUNT`].
+    /// Scheduled jobs waiting for their window to open.
     pub deferred: u64,
 }
 

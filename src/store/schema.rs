@@ -146,6 +146,29 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX schedules_by_next ON schedules (next_at) WHERE next_at IS NOT NULL;
     "#,
+    // 9: the number of deferred jobs (scheduled, `due_at` later than
+    // `scheduled_at`), kept in `meta` by triggers in the same transaction
+    // as each change, so `stats` and the summary read one row instead of
+    // counting `jobs_deferred` (6 ms at 100,000). A new job is never
+    // deferred when inserted (its due time is settled by an update), so no
+    // insert trigger is needed. Start-up checks it against the jobs.
+    r#"
+    INSERT OR REPLACE INTO meta (name, value)
+        SELECT 'deferred', count(*) FROM jobs WHERE state = 'scheduled' AND due_at > scheduled_at;
+    CREATE TRIGGER deferred_count_update AFTER UPDATE OF state, due_at, scheduled_at ON jobs
+    WHEN (OLD.state = 'scheduled' AND OLD.due_at > OLD.scheduled_at)
+         IS NOT (NEW.state = 'scheduled' AND NEW.due_at > NEW.scheduled_at)
+    BEGIN
+        UPDATE meta SET value = value +
+            CASE WHEN NEW.state = 'scheduled' AND NEW.due_at > NEW.scheduled_at THEN 1 ELSE -1 END
+        WHERE name = 'deferred';
+    END;
+    CREATE TRIGGER deferred_count_delete AFTER DELETE ON jobs
+    WHEN OLD.state = 'scheduled' AND OLD.due_at > OLD.scheduled_at
+    BEGIN
+        UPDATE meta SET value = value - 1 WHERE name = 'deferred';
+    END;
+    "#,
 ];
 
 /// The schema version this build writes.
