@@ -29,12 +29,14 @@ mod calendar;
 mod chain;
 #[cfg(test)]
 mod chain_tests;
+mod changes;
 mod deferral;
 mod delivery;
 mod group;
 mod identity;
 mod listing;
 mod outage;
+mod prune;
 mod quarantine;
 mod queries;
 mod schedules;

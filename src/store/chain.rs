@@ -103,7 +103,7 @@ pub(super) fn attach(
     )
     .and_then(|mut s| s.execute(params![id, parent, after.delay_ms, after.ttl_ms]))
     .map_err(err())?;
-    let ended = super::queries::current_state(conn, parent, now)?;
+    let ended = super::changes::current_state(conn, parent, now)?;
     if let Some(state) = ended {
         let at = match state {
             State::Sent => sent_at(conn, parent)?,
@@ -113,7 +113,7 @@ pub(super) fn attach(
         // this moves the new one alone.
         parent_ended(conn, calendar, parent, state, at, now)?;
     }
-    Ok(super::queries::current_state(conn, id, now)?.unwrap_or(State::Waiting))
+    Ok(super::changes::current_state(conn, id, now)?.unwrap_or(State::Waiting))
 }
 
 /// When job `id` was sent: the end of its `sent` attempt (its last update

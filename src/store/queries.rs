@@ -1,44 +1,27 @@
-//! The SQL behind the operations callers ask for: enqueue, look up, list,
-//! change, count and prune. Every function here runs on the store thread
-//! inside a savepoint that [`super::Store::call`] opened, except
-//! [`reconcile_counts`], which runs at start-up in its own transaction.
-//! Delivery's SQL is in [`super::delivery`].
+//! The SQL behind the operations callers ask for: enqueue, look up and
+//! count. Every function here runs on the store thread inside a savepoint
+//! that [`super::Store::call`] opened, except [`reconcile_counts`], which
+//! runs at start-up in its own transaction. Changes to one job are in
+//! [`super::changes`], pruning in [`super::prune`], delivery's SQL in
+//! [`super::delivery`].
 
 use super::StoreError;
 use super::deferral::{self, Report, Settled, Timing};
-use super::delivery::{self, next_due};
+use super::delivery::next_due;
 use super::quarantine;
 use super::view::{self, JOB_COLUMNS, Read};
 pub(super) use super::view::{omit_payload, view_bytes};
-use super::walk;
 use crate::job::{Kind, NewJob, State};
 use crate::protocol::{Enqueued, JobView};
 use crate::time::{self, Millis};
-use crate::window::{Calendar, Plan};
+use crate::window::Calendar;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use super::changes::{Refusal, cancel, requeue, reschedule};
+pub use super::prune::{Pruned, prune_step};
 pub use crate::protocol::Lookup;
-
-/// Why a change to a job was not made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    NotFound,
-    /// The job's state does not allow the change.
-    Conflict {
-        state: State,
-    },
-    /// The new time is at or after the job's expiry.
-    PastExpiry {
-        expires_at: Millis,
-    },
-    /// The job's window is shut from the new time until after its expiry.
-    ShutUntilExpiry {
-        opening: Millis,
-        expires_at: Millis,
-    },
-}
 
 /// Counts per state and the next due time, for `stats` and the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,164 +244,6 @@ fn show_rule(view: &mut JobView, calendar: &Calendar) {
     }
 }
 
-/// The state of job `id`; a state that is not a state is quarantined on
-/// the spot, so the job is then `failed`.
-pub(super) fn current_state(
-    conn: &Connection,
-    id: i64,
-    now: Millis,
-) -> Result<Option<State>, StoreError> {
-    let stored: Option<String> = conn
-        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([id], |r| {
-                Ok(view::raw_text(r.get_ref(0)?).unwrap_or_default())
-            })
-            .optional()
-        })
-        .map_err(StoreError::sqlite("reading a job"))?;
-    match stored {
-        None => Ok(None),
-        Some(text) => match State::parse(&text) {
-            Some(state) => Ok(Some(state)),
-            None => {
-                quarantine::bad_state(conn, id, &text, now)?;
-                Ok(Some(State::Failed))
-            }
-        },
-    }
-}
-
-/// Applies `sql` (which takes ?1 = id, ?2 = now, ?3 = extra) if the job is
-/// in one of `from`, settles its due time when the change leaves it
-/// `scheduled`, then returns the job as it now is.
-fn change(
-    conn: &Connection,
-    calendar: &Calendar,
-    id: i64,
-    from: &[State],
-    sql: &str,
-    now: Millis,
-    extra: Option<Millis>,
-) -> Result<Result<JobView, Refusal>, StoreError> {
-    let Some(state) = current_state(conn, id, now)? else {
-        return Ok(Err(Refusal::NotFound));
-    };
-    if !from.contains(&state) {
-        return Ok(Err(Refusal::Conflict { state }));
-    }
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.execute(params![id, now, extra]))
-        .map_err(StoreError::sqlite("changing a job"))?;
-    delivery::settle_row(conn, calendar, id, None, now)?;
-    match get(conn, calendar, &Lookup::Id(id), now)? {
-        Some(view) => Ok(Ok(view)),
-        None => Ok(Err(Refusal::NotFound)),
-    }
-}
-
-/// Cancels job `id` and, in the same call, every waiting job that follows
-/// it, however deep; the job, and how many followers were cancelled.
-pub fn cancel(
-    conn: &Connection,
-    calendar: &Calendar,
-    id: i64,
-    now: Millis,
-) -> Result<Result<(JobView, u64), Refusal>, StoreError> {
-    let view = change(
-        conn,
-        calendar,
-        id,
-        &[State::Scheduled, State::Held, State::Waiting],
-        "UPDATE jobs SET state = 'cancelled', updated_at = ?2 WHERE id = ?1 AND ?3 IS NULL",
-        now,
-        None,
-    )?;
-    match view {
-        Ok(view) => {
-            let children =
-                super::chain::parent_ended(conn, calendar, id, State::Cancelled, now, now)?;
-            Ok(Ok((view, children)))
-        }
-        Err(refusal) => Ok(Err(refusal)),
-    }
-}
-
-/// Moves scheduled job `id` to `at`. Refused when `at`, or the opening of
-/// the job's window after it, is at or after the job's expiry: the move
-/// would only expire it.
-pub fn reschedule(
-    conn: &Connection,
-    calendar: &Calendar,
-    id: i64,
-    at: Millis,
-    now: Millis,
-) -> Result<Result<JobView, Refusal>, StoreError> {
-    type Row = (
-        Option<Millis>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row: Option<Row> = conn
-        .prepare_cached("SELECT expires_at, kind, timezone, send_window FROM jobs WHERE id = ?1")
-        .and_then(|mut s| {
-            s.query_row([id], |r| {
-                let text = |i| -> rusqlite::Result<_> { Ok(view::raw_text(r.get_ref(i)?)) };
-                Ok((r.get_ref(0)?.as_i64().ok(), text(1)?, text(2)?, text(3)?))
-            })
-            .optional()
-        })
-        .map_err(StoreError::sqlite("reading a job"))?;
-    if let Some((Some(expiry), kind, zone, window)) = row {
-        if at >= expiry {
-            return Ok(Err(Refusal::PastExpiry { expires_at: expiry }));
-        }
-        let rule = kind
-            .as_deref()
-            .and_then(Kind::parse)
-            .and_then(|kind| calendar.rule(zone.as_deref(), window.as_deref(), kind).ok());
-        if let Some(rule) = rule
-            && let Plan::Deferred { opening, .. } = rule.plan(id, at, now)
-            && opening >= expiry
-        {
-            return Ok(Err(Refusal::ShutUntilExpiry {
-                opening,
-                expires_at: expiry,
-            }));
-        }
-    }
-    change(
-        conn,
-        calendar,
-        id,
-        &[State::Scheduled],
-        "UPDATE jobs SET scheduled_at = ?3, updated_at = ?2 WHERE id = ?1",
-        now,
-        Some(at),
-    )
-}
-
-/// Back to `scheduled`, due now (or at its window's next opening), with a
-/// fresh set of attempts; the history stays.
-pub fn requeue(
-    conn: &Connection,
-    calendar: &Calendar,
-    id: i64,
-    now: Millis,
-) -> Result<Result<JobView, Refusal>, StoreError> {
-    change(
-        conn,
-        calendar,
-        id,
-        &[State::Failed, State::Held],
-        "UPDATE jobs SET state = 'scheduled', scheduled_at = ?2, attempts = 0, updated_at = ?2
-         WHERE id = ?1 AND ?3 IS NULL",
-        now,
-        None,
-    )
-}
-
 /// Counts per state from `state_counts`, which every change keeps in step
 /// with `jobs`, and the next due time. A count kept for a state that is
 /// not a state (after a hand edit) is put right first: its jobs are
@@ -532,89 +357,4 @@ pub fn reconcile_counts(conn: &Connection, now: Millis) -> Result<Vec<Recount>, 
         }
         Ok(wrong)
     })
-}
-
-/// What a prune removed, or would remove.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub jobs: u64,
-    pub attempts: u64,
-}
-
-/// One step of a prune: what it removed, and where the next step starts
-/// (`None` once every finished state has been walked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PruneStep {
-    pub pruned: Pruned,
-    pub next: Option<walk::Cursor>,
-}
-
-/// The states a prune may delete, in the order it walks them.
-const FINISHED_STATES: [State; 5] = [
-    State::Sent,
-    State::Skipped,
-    State::Failed,
-    State::Expired,
-    State::Cancelled,
-];
-
-/// What a prune step reads of each job: its position, and whether it was
-/// last updated before ?5.
-pub(super) const PRUNE_COLUMNS: &str = "id, due_at, updated_at < ?5";
-
-/// Examines up to `limit` finished jobs from `from` on, through the
-/// `jobs_by_state_due` index, and deletes those last updated before
-/// `before`, with their attempts (or, on a dry run, only counts them). Each
-/// step costs at most `limit` index entries and row lookups however the
-/// queue is made up, and a whole prune reads each finished job once;
-/// scheduled jobs are never read.
-pub fn prune_step(
-    conn: &Connection,
-    before: Millis,
-    from: walk::Cursor,
-    limit: usize,
-    dry_run: bool,
-) -> Result<PruneStep, StoreError> {
-    let err = || StoreError::sqlite("pruning finished jobs");
-    let states = FINISHED_STATES.map(State::as_str);
-    let (examined, next) = walk::step(conn, &states, from, limit, PRUNE_COLUMNS, &[&before], |r| {
-        Ok((r.get(1)?, r.get::<_, bool>(2)?))
-    })
-    .map_err(err())?;
-    let old = examined.iter().filter(|seen| seen.row).map(|seen| seen.id);
-    let mut pruned = Pruned::default();
-    if dry_run {
-        let mut attempts = conn
-            .prepare_cached("SELECT count(*) FROM attempts WHERE job_id = ?1")
-            .map_err(err())?;
-        for id in old {
-            let n: i64 = attempts.query_row([id], |r| r.get(0)).map_err(err())?;
-            pruned.attempts += u64::try_from(n).unwrap_or(0);
-            pruned.jobs += 1;
-        }
-    } else {
-        let mut attempts = conn
-            .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")
-            .map_err(err())?;
-        let mut jobs = conn
-            .prepare_cached("DELETE FROM jobs WHERE id = ?1")
-            .map_err(err())?;
-        // By (tag, job_id), from the job's own list: one seek per tag. A
-        // list that is not JSON (a hand edit) leaves its rows, which point
-        // at no job and are passed over wherever they are met.
-        let mut tags = conn
-            .prepare_cached(
-                "DELETE FROM job_tags WHERE job_id = ?1 AND tag IN (
-                     SELECT value FROM json_each((
-                         SELECT CASE WHEN json_valid(tags) THEN tags ELSE '[]' END
-                         FROM jobs WHERE id = ?1)))",
-            )
-            .map_err(err())?;
-        for id in old {
-            tags.execute([id]).map_err(err())?;
-            pruned.attempts += attempts.execute([id]).map_err(err())? as u64;
-            pruned.jobs += jobs.execute([id]).map_err(err())? as u64;
-        }
-    }
-    Ok(PruneStep { pruned, next })
 }

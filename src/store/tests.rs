@@ -130,7 +130,7 @@ fn a_prune_step_seeks_in_the_state_index() {
     let [same_instant, later] = walk::SEEKS.map(|seek| {
         plan(&format!(
             "SELECT {} FROM jobs {seek}",
-            queries::PRUNE_COLUMNS
+            super::prune::PRUNE_COLUMNS
         ))
     });
     assert_eq!(
