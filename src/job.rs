@@ -403,6 +403,15 @@ fn validate_tags(value: Option<&Value>) -> Result<Vec<String>, JobError> {
         let Value::String(tag) = item else {
             return Err(JobError::new("tags", "must be an array of strings"));
         };
+        if tag.starts_with(RESERVED_PREFIX) {
+            return Err(JobError::new(
+                "tags",
+                format!(
+                    "{}: tags starting with {RESERVED_PREFIX:?} are kept for recurring sends",
+                    quoted(tag)
+                ),
+            ));
+        }
         if !is_tag(tag) {
             return Err(JobError::new(
                 "tags",
@@ -605,9 +614,18 @@ fn when(
     }
 }
 
+/// Keys and tags that start with this belong to recurring sends: an
+/// occurrence's key and its schedule's tag. A client's job may not use
+/// them, or it could take an occurrence's place.
+pub const RESERVED_PREFIX: &str = "schedule:";
+
 fn validate_key(value: Option<&Value>) -> Result<Option<String>, JobError> {
     match value {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.starts_with(RESERVED_PREFIX) => Err(JobError::new(
+            "key",
+            format!("keys starting with {RESERVED_PREFIX:?} are kept for recurring sends"),
+        )),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_KEY_LEN => Ok(Some(s.clone())),
         Some(Value::String(_)) => Err(JobError::new(
             "key",

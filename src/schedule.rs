@@ -248,24 +248,22 @@ pub fn occurrence_job(
 ) -> Result<NewJob, JobError> {
     let mut job = schedule.job.clone();
     job.insert("scheduled_at".into(), Value::String(time::format(at)));
-    job.insert(
-        "key".into(),
-        Value::String(occurrence_key(&schedule.name, at)),
-    );
-    let mut tags = match job.remove("tags") {
-        Some(Value::Array(tags)) => tags,
-        None | Some(Value::Null) => Vec::new(),
-        Some(other) => {
-            return Err(JobError {
-                field: "tags".into(),
-                message: format!("must be an array of strings, not {other}"),
-            });
-        }
-    };
-    tags.push(Value::String(tag(&schedule.name)));
-    job.insert("tags".into(), Value::Array(tags));
     if matches!(job.get("timezone"), None | Some(Value::Null)) {
         job.insert("timezone".into(), Value::String(schedule.timezone.clone()));
     }
-    job::validate(&Value::Object(job), now, rules)
+    let mut job = job::validate(&Value::Object(job), now, rules)?;
+    // The key and the tag are in the namespace a client's job may not use
+    // (see `job::RESERVED_PREFIX`), so they are set once it is checked.
+    if job.tags.len() >= job::MAX_TAGS {
+        return Err(JobError {
+            field: "tags".into(),
+            message: format!(
+                "at most {} tags: the schedule adds its own",
+                job::MAX_TAGS - 1
+            ),
+        });
+    }
+    job.key = Some(occurrence_key(&schedule.name, at));
+    job.tags.push(tag(&schedule.name));
+    Ok(job)
 }

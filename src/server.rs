@@ -177,7 +177,19 @@ impl Service {
                     .store
                     .reschedule_tag(tag.clone(), by_ms)
                     .await
-                    .map_err(|e| internal(&e))?;
+                    .map_err(|e| internal(&e))?
+                    .map_err(|id| {
+                        let mut e = ErrorBody::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "moving the jobs tagged {} by that much takes job {id} past \
+                                 9999-12-31; nothing was moved",
+                                protocol::quoted(&tag)
+                            ),
+                        );
+                        e.field = Some("by".into());
+                        e
+                    })?;
                 self.dispatch.wake();
                 tracing::info!(
                     tag,

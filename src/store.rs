@@ -453,7 +453,13 @@ impl Store {
     }
 
     /// Moves every scheduled job with `tag` by `by_ms`, in one transaction.
-    pub async fn reschedule_tag(&self, tag: String, by_ms: i64) -> Result<Moved, StoreError> {
+    /// The id of a job the move would take past 9999-12-31, if any, in
+    /// which case none was moved.
+    pub async fn reschedule_tag(
+        &self,
+        tag: String,
+        by_ms: i64,
+    ) -> Result<Result<Moved, i64>, StoreError> {
         let _timed = crate::metrics::store_call("reschedule");
         let (calendar, now) = (self.calendar.clone(), self.now());
         self.call(move |c| tags::reschedule(c, &calendar.get(), &tag, by_ms, now))

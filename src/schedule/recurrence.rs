@@ -35,6 +35,10 @@ pub struct Recurrence {
     tz: Tz,
 }
 
+/// The longest stretch of local time a DST change repeats, in minutes,
+/// with room to spare (the longest in the tz database is an hour).
+const FOLD_MINUTES: i64 = 120;
+
 impl Recurrence {
     /// Parses `cron` (six fields, seconds first) to be read in `zone`.
     pub fn parse(cron: &str, zone: &str) -> Result<Recurrence, RecurrenceError> {
@@ -67,11 +71,26 @@ impl Recurrence {
     /// none before [`LATEST`].
     pub fn next_after(&self, t: Millis) -> Option<Millis> {
         // Occurrences fall on whole seconds: the first after the second
-        // holding `t` is also the first after `t`.
-        let start = DateTime::from_timestamp(t.div_euclid(1000), 0)?.with_timezone(&self.tz);
-        let next = self.cron.find_next_occurrence(&start, false).ok()?;
-        let at = next.timestamp_millis();
-        (at > t && at <= LATEST).then_some(at)
+        // holding `t` is also the first after `t`. croner cannot search
+        // well from inside an hour a DST change repeats (the local time
+        // names two instants), so from there the search starts a minute
+        // later, and again, until it is out of the fold (two hours at
+        // most): an occurrence is not made twice for a wall time the clock
+        // shows twice, as with cron.
+        let second = t.div_euclid(1000);
+        for minute in 0..=FOLD_MINUTES {
+            let from = second.saturating_add(minute * 60);
+            let start = DateTime::from_timestamp(from, 0)?.with_timezone(&self.tz);
+            // From inside a fold croner may also answer the wall time's
+            // first instant, before `t`: that is searched past too.
+            if let Ok(next) = self.cron.find_next_occurrence(&start, false) {
+                let at = next.timestamp_millis();
+                if at > t {
+                    return (at <= LATEST).then_some(at);
+                }
+            }
+        }
+        None
     }
 
     /// Up to `n` occurrences strictly before `t`, oldest first.
@@ -88,6 +107,11 @@ impl Recurrence {
                 Ok(prev) if prev.timestamp_millis() < before => {
                     before = prev.timestamp_millis();
                     out.push(before);
+                }
+                // Inside a repeated hour (see `next_after`): go on from a
+                // minute earlier, while that stays within a fold's length.
+                Err(_) if (t - before) / 60_000 <= FOLD_MINUTES * (out.len() as i64 + 1) => {
+                    before = before.saturating_sub(60_000);
                 }
                 _ => break,
             }
@@ -227,6 +251,27 @@ mod tests {
             Recurrence::parse("0 0 9 * * MON", "Mars/Olympus"),
             Err(RecurrenceError::Zone(_))
         ));
+    }
+
+    /// Berlin's clocks go back at 03:00 CEST on 2026-10-25, so 02:00-03:00
+    /// local happens twice; 01:10Z is inside the second pass.
+    #[test]
+    fn next_after_from_inside_a_repeated_hour_finds_the_next_occurrence() {
+        let from = t("2026-10-25T01:10:00Z");
+        for (cron, expected) in [
+            ("0 0 9 * * MON", "2026-10-26T08:00:00Z"),
+            ("0 30 2 * * *", "2026-10-26T01:30:00Z"),
+            ("0 0 4 * * *", "2026-10-25T03:00:00Z"),
+        ] {
+            let r = Recurrence::parse(cron, "Europe/Berlin").expect("valid");
+            assert_eq!(r.next_after(from), Some(t(expected)), "{cron}");
+        }
+        let every_quarter = Recurrence::parse("0 */15 * * * *", "Europe/Berlin").expect("valid");
+        let next = every_quarter.next_after(from).expect("an occurrence");
+        assert!(next > from && next <= t("2026-10-25T02:15:00Z"), "{next}");
+        let before = every_quarter.last_before(t("2026-10-25T02:20:00Z"), 3);
+        assert_eq!(before.len(), 3, "{before:?}");
+        assert!(before.windows(2).all(|w| w[0] < w[1]), "{before:?}");
     }
 
     #[test]

@@ -560,7 +560,9 @@ fn a_parent_expired_by_its_window_or_by_a_move_cancels_its_follower() {
     let (p, c) = pair(&conn, &calendar, "by-window", parent.clone(), now);
     // To Tuesday 18:00: the window next opens Wednesday 09:00, after the
     // expiry, so settling expires it.
-    tags::reschedule(&conn, &calendar, "moved", 6 * 3_600_000, now).expect("move");
+    tags::reschedule(&conn, &calendar, "moved", 6 * 3_600_000, now)
+        .expect("move")
+        .expect("within the years a job may name");
     assert_eq!(state_and_error(&conn, p).0, "expired");
     let (state, why) = state_and_error(&conn, c);
     assert_eq!(state, "cancelled");
@@ -573,7 +575,9 @@ fn a_parent_expired_by_its_window_or_by_a_move_cancels_its_follower() {
                         "expires_at": "2026-12-01T21:00:00Z", "tags": ["moved-far"]});
     let (p, c) = pair(&conn, &calendar, "by-move", parent, now);
     // Moved past its expiry: expired by the move itself.
-    tags::reschedule(&conn, &calendar, "moved-far", 86_400_000, now).expect("move");
+    tags::reschedule(&conn, &calendar, "moved-far", 86_400_000, now)
+        .expect("move")
+        .expect("within the years a job may name");
     assert_eq!(state_and_error(&conn, p).0, "expired");
     assert_eq!(state_and_error(&conn, c).0, "cancelled");
 }

@@ -48,14 +48,16 @@ pub fn cancel(
 /// Moves every `scheduled` job with `tag` by `by_ms` (signed). A job moved
 /// into the past is due now; one moved to or past its expiry is expired.
 /// Each moved job's due time is settled against its window. A row that
-/// cannot be read is quarantined.
+/// cannot be read is quarantined. A move that would take a job past the
+/// last instant a job may name (9999-12-31) moves none: it is refused
+/// with the first such job's id.
 pub fn reschedule(
     conn: &Connection,
     calendar: &Calendar,
     tag: &str,
     by_ms: i64,
     now: Millis,
-) -> Result<Moved, StoreError> {
+) -> Result<Result<Moved, i64>, StoreError> {
     let err = || StoreError::sqlite("rescheduling jobs by tag");
     let rows = conn
         .prepare_cached(&format!(
@@ -67,6 +69,14 @@ pub fn reschedule(
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(err())?;
+    let past_latest = rows.iter().flatten().find(|job| {
+        job.scheduled_at
+            .checked_add(by_ms)
+            .is_none_or(|at| at > LATEST)
+    });
+    if let Some(job) = past_latest {
+        return Ok(Err(job.id));
+    }
     let mut moved = Moved::default();
     for row in rows {
         let mut job = match row {
@@ -76,10 +86,8 @@ pub fn reschedule(
                 continue;
             }
         };
-        let at = job
-            .scheduled_at
-            .saturating_add(by_ms)
-            .clamp(now, LATEST.max(now));
+        // Checked above: at most LATEST; into the past, due now.
+        let at = job.scheduled_at.saturating_add(by_ms).max(now);
         if let Some(expiry) = job.expires_at.filter(|e| at >= *e) {
             let reason = format!(
                 "expired: moved by tag to {}, at or after its expiry {}",
@@ -102,5 +110,5 @@ pub fn reschedule(
         settle(conn, calendar, &job.timing(), now, Report::Each)?;
         moved.rescheduled += 1;
     }
-    Ok(moved)
+    Ok(Ok(moved))
 }

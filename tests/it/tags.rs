@@ -252,3 +252,43 @@ async fn the_cli_lists_cancels_and_moves_by_tag() {
         .expect("CLI");
     assert!(cancelled.contains("cancelled 2 jobs"), "{cancelled}");
 }
+
+/// A client's job could take a recurring occurrence's place by using its
+/// key (the occurrence then exists already, so is never created), or join
+/// a schedule's tag: keys and tags starting with `schedule:` are refused.
+#[tokio::test]
+async fn keys_and_tags_in_the_schedule_namespace_are_refused() {
+    let (_coax, daemon) = daemon().await;
+    let mut keyed = job("1h", Value::Null);
+    keyed["key"] = json!("schedule:weekly:2026-12-07T22:00:00.000Z");
+    let answer = daemon.request(json!({"op": "enqueue", "job": keyed})).await;
+    assert_eq!(answer["error"]["code"], "invalid_job", "{answer}");
+    assert_eq!(answer["error"]["field"], "key", "{answer}");
+    let answer = daemon
+        .request(json!({"op": "enqueue", "job": job("1h", json!(["schedule:weekly"]))}))
+        .await;
+    assert_eq!(answer["error"]["code"], "invalid_job", "{answer}");
+    assert_eq!(answer["error"]["field"], "tags", "{answer}");
+    // Such a tag can still be listed and cancelled by: it is a schedule's.
+    let answer = daemon
+        .request(json!({"op": "list", "tag": "schedule:weekly"}))
+        .await;
+    assert_eq!(answer["ok"], true, "{answer}");
+}
+
+/// A move that would take a job past 9999-12-31, the last time a job may
+/// name, is refused and moves nothing (it used to park the job there).
+#[tokio::test]
+async fn reschedule_by_tag_past_the_year_9999_is_refused_and_moves_nothing() {
+    let (_coax, daemon) = daemon().await;
+    let ids = futures_ids(&daemon, 2, "far").await;
+    let before = daemon.get(ids[0]).await["scheduled_at"].clone();
+    for by in ["70000000h", "+8000y"] {
+        let answer = daemon
+            .request(json!({"op": "reschedule", "tag": "far", "by": by}))
+            .await;
+        assert_eq!(answer["error"]["code"], "bad_request", "{by}: {answer}");
+        assert_eq!(answer["error"]["field"], "by", "{answer}");
+    }
+    assert_eq!(daemon.get(ids[0]).await["scheduled_at"], before);
+}
