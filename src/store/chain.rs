@@ -18,22 +18,39 @@ use crate::time::Millis;
 use crate::window::Calendar;
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// A job of an enqueue whose `after` names no job.
+/// The most follow-ups one job may have. A parent's end moves all its
+/// waiting children in one transaction, so this bounds how long that store
+/// call holds the others (a thousand children take milliseconds).
+pub const MAX_CHILDREN: i64 = 1_000;
+
+/// A job of an enqueue whose `after` names no job, or a job that has
+/// [`MAX_CHILDREN`] follow-ups already.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownParent {
     /// Its place in the batch (0 for a single job).
     pub index: usize,
     pub parent: Lookup,
+    /// The parent exists but has as many follow-ups as it may.
+    pub full: bool,
 }
 
 impl std::fmt::Display for UnknownParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.parent {
-            Lookup::Id(id) => write!(f, "after: no job with id {id}"),
-            Lookup::Key(key) => write!(
+        let named = match &self.parent {
+            Lookup::Id(id) => format!("id {id}"),
+            Lookup::Key(key) => format!("key {}", crate::protocol::quoted(key)),
+        };
+        if self.full {
+            return write!(
                 f,
-                "after: no job with key {} (in a batch, only a job earlier in the batch can be named)",
-                crate::protocol::quoted(key)
+                "after: the job with {named} already has {MAX_CHILDREN} follow-ups, as many as a job may have"
+            );
+        }
+        match &self.parent {
+            Lookup::Id(_) => write!(f, "after: no job with {named}"),
+            Lookup::Key(_) => write!(
+                f,
+                "after: no job with {named} (in a batch, only a job earlier in the batch can be named)"
             ),
         }
     }
@@ -51,18 +68,36 @@ pub(super) fn unknown_parent(
             continue;
         };
         let earlier = |key: &str| jobs[..index].iter().any(|j| j.key.as_deref() == Some(key));
-        let known = match &after.parent {
-            Lookup::Key(key) if earlier(key) => true,
-            parent => find(conn, parent)?.is_some(),
+        let refused = |full| UnknownParent {
+            index,
+            parent: after.parent.clone(),
+            full,
         };
-        if !known {
-            return Ok(Some(UnknownParent {
-                index,
-                parent: after.parent.clone(),
-            }));
+        let stored = match &after.parent {
+            Lookup::Key(key) if earlier(key) => None,
+            parent => match find(conn, parent)? {
+                Some(id) => Some(id),
+                None => return Ok(Some(refused(false))),
+            },
+        };
+        // Stored children, and those earlier in this batch, that name the
+        // same parent the same way.
+        let siblings = jobs[..index]
+            .iter()
+            .filter(|j| j.after.as_ref().is_some_and(|a| a.parent == after.parent))
+            .count() as i64;
+        if siblings + stored.map_or(Ok(0), |id| children(conn, id))? >= MAX_CHILDREN {
+            return Ok(Some(refused(true)));
         }
     }
     Ok(None)
+}
+
+/// How many follow-ups job `id` has, waiting or not.
+fn children(conn: &Connection, id: i64) -> Result<i64, StoreError> {
+    conn.prepare_cached("SELECT count(*) FROM jobs WHERE parent_id = ?1")
+        .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+        .map_err(StoreError::sqlite("counting a parent's follow-ups"))
 }
 
 /// The id of the job `lookup` names.

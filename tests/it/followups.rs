@@ -545,3 +545,38 @@ async fn a_kill_9_while_parents_are_sent_leaves_every_follower_as_its_parent_imp
     );
     drop(daemon);
 }
+
+/// A parent's end moves all its waiting children in one transaction, so a
+/// job may have at most 1,000 follow-ups: with more, that one store call
+/// would hold every request and claim behind it for as long as it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_takes_at_most_a_thousand_follow_ups() {
+    let (_coax, daemon) = daemon().await;
+    let mut parent = job("busy-parent", "hello");
+    parent["delay"] = json!("1h");
+    daemon.enqueue(parent).await;
+    let children: Vec<Value> = (0..999)
+        .map(|i| follow(&format!("child-{i}"), json!({"key": "busy-parent"}), "1m"))
+        .collect();
+    batch(&daemon, children).await;
+    // The thousandth in a batch of two: the second is one too many, and
+    // the batch stores neither.
+    let answer = daemon
+        .request(json!({"op": "enqueue", "jobs": [
+            follow("child-999", json!({"key": "busy-parent"}), "1m"),
+            follow("child-1000", json!({"key": "busy-parent"}), "1m"),
+        ]}))
+        .await;
+    assert_eq!(answer["error"]["code"], "invalid_job", "{answer}");
+    assert_eq!(answer["error"]["field"], "after", "{answer}");
+    assert_eq!(answer["error"]["index"], 1, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("1000 follow-ups"), "{answer}");
+    let one = daemon
+        .request(json!({"op": "enqueue",
+                        "job": follow("child-999", json!({"key": "busy-parent"}), "1m")}))
+        .await;
+    assert_eq!(one["ok"], true, "{one}");
+    let stats = daemon.request(json!({"op": "stats"})).await;
+    assert_eq!(stats["counts"]["waiting"], 1_000, "{stats}");
+}
