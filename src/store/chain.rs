@@ -95,7 +95,7 @@ pub(super) fn unknown_parent(
 
 /// How many follow-ups job `id` has, waiting or not.
 fn children(conn: &Connection, id: i64) -> Result<i64, StoreError> {
-    conn.prepare_cached("SELECT count(*) FROM jobs WHERE parent_id = ?1")
+    conn.prepare_cached("SELECT count(*) FROM jobs INDEXED BY jobs_by_parent WHERE parent_id = ?1")
         .and_then(|mut s| s.query_row([id], |r| r.get(0)))
         .map_err(StoreError::sqlite("counting a parent's follow-ups"))
 }
@@ -211,7 +211,11 @@ pub(super) fn cancel_waiting(
     now: Millis,
 ) -> rusqlite::Result<u64> {
     let mut cancel = conn.prepare_cached(
-        "UPDATE jobs SET state = 'cancelled', last_error = ?2, updated_at = ?3
+        // By the parent's index: SQLite would otherwise take the state
+        // index for `state = 'waiting'` and read every waiting job at each
+        // level of a chain.
+        "UPDATE jobs INDEXED BY jobs_by_parent
+         SET state = 'cancelled', last_error = ?2, updated_at = ?3
          WHERE parent_id = ?1 AND state = 'waiting'
          RETURNING id",
     )?;
@@ -242,7 +246,7 @@ fn release(
     let err = || StoreError::sqlite("scheduling a job's follow-ups");
     let rows = conn
         .prepare_cached(&format!(
-            "SELECT {DUE_COLUMNS}, after_delay_ms, after_ttl_ms FROM jobs
+            "SELECT {DUE_COLUMNS}, after_delay_ms, after_ttl_ms FROM jobs INDEXED BY jobs_by_parent
              WHERE parent_id = ?1 AND state = 'waiting'"
         ))
         .and_then(|mut s| {

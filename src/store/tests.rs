@@ -377,3 +377,20 @@ fn tag_lookups_seek_the_tag_and_never_walk_the_queue() {
     );
     assert!(!plan.contains("SCAN"), "{plan}");
 }
+
+/// A parent's follow-ups are found through `jobs_by_parent`, never the
+/// state index: with `state = 'waiting'` SQLite chose the state index and
+/// read every waiting job at each level of a chain (minutes at 100,000).
+#[test]
+fn follow_ups_are_found_through_the_parent_index() {
+    let (_dir, conn) = queue();
+    for sql in [
+        "UPDATE jobs INDEXED BY jobs_by_parent
+         SET state = 'cancelled', last_error = ?2, updated_at = ?3
+         WHERE parent_id = ?1 AND state = 'waiting' RETURNING id",
+        "SELECT count(*) FROM jobs INDEXED BY jobs_by_parent WHERE parent_id = ?1 AND ?2 = ?3",
+    ] {
+        let plan = plan_of(&conn, sql, params![1, "x", 0]);
+        assert!(plan.contains("jobs_by_parent (parent_id=?)"), "{plan}");
+    }
+}
