@@ -32,10 +32,22 @@ pub async fn run(
     longest_sleep: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut last_now: Option<Millis> = None;
     loop {
         if *stop.borrow() {
             return;
         }
+        // A wall clock that went back (a forward step corrected, a VM
+        // restored) leaves next occurrences planned from the later time:
+        // each is brought back to the first after now. Occurrences made
+        // again are not made twice: their keys are taken.
+        let now = store.now();
+        if last_now.is_some_and(|last| now.saturating_add(STEP_BACK_MS) < last)
+            && let Err(e) = rewind(&store, now).await
+        {
+            tracing::warn!(error = %e, "cannot replan recurring sends after the clock went back");
+        }
+        last_now = Some(now);
         let wait = match pass(&store, &rules, &dispatch).await {
             Ok(next) => next.map_or(longest_sleep, |at| {
                 time::until(at, store.now()).min(longest_sleep)
@@ -51,6 +63,39 @@ pub async fn run(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// How far the wall clock must go back between two passes to be taken as
+/// a step back.
+const STEP_BACK_MS: Millis = 1_000;
+
+/// Brings each schedule's next occurrence back to the first after `now`,
+/// where it lies later (the clock went back).
+async fn rewind(store: &Store, now: Millis) -> Result<(), crate::store::StoreError> {
+    for stored in store.due_schedules(Millis::MAX).await? {
+        let Some(was) = stored.next_at else { continue };
+        let Ok(recurrence) = stored.schedule.recurrence() else {
+            continue;
+        };
+        let Some(next) = recurrence.next_after(now).filter(|next| *next < was) else {
+            continue;
+        };
+        tracing::warn!(
+            schedule = stored.schedule.name,
+            was = %time::format(was),
+            next_at = %time::format(next),
+            "the wall clock went back; the schedule's next occurrence is brought back with it"
+        );
+        let firing = Firing {
+            name: stored.schedule.name.clone(),
+            revision: stored.revision,
+            was: Some(was),
+            next_at: Some(next),
+            jobs: Vec::new(),
+        };
+        store.fire_schedule(firing).await?;
+    }
+    Ok(())
 }
 
 /// Creates the occurrences of every due schedule; the earliest next
