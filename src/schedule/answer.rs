@@ -4,7 +4,7 @@
 //! ```text
 //! schedule_put    → {"ok":true,"schedule":VIEW,"created":B}
 //! schedule_get    → {"ok":true,"schedule":VIEW}        (not_found when absent)
-//! schedule_list   → {"ok":true,"schedules":[VIEW,...]}
+//! schedule_list   → {"ok":true,"schedules":[VIEW,...],"next":NAME|null}
 //! schedule_delete → {"ok":true,"deleted":B}
 //! ```
 
@@ -16,6 +16,9 @@ use crate::store::{Store, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::Notify;
+
+/// The most schedules one `schedule_list` answer holds.
+const LIST_PAGE: usize = 100;
 
 fn internal(e: &StoreError) -> ErrorBody {
     tracing::debug!(error = %e, "request failed in the store");
@@ -96,10 +99,32 @@ pub async fn answer(
                 .ok_or_else(|| not_found(&name))?;
             Ok(ok_line(json!({"schedule": wire::view(&stored, &recent)})))
         }
-        ScheduleOp::List => {
-            let all = store.list_schedules().await.map_err(|e| internal(&e))?;
-            let views: Vec<_> = all.iter().map(|(s, r)| wire::view(s, r)).collect();
-            Ok(ok_line(json!({"schedules": views})))
+        ScheduleOp::List { after } => {
+            // A page: at most LIST_PAGE schedules, and no more than fit in
+            // one answer line (a template may be 64 KiB); `next` names the
+            // last one shown while more may follow.
+            let page = store
+                .list_schedules(after, LIST_PAGE)
+                .await
+                .map_err(|e| internal(&e))?;
+            let full = page.len() == LIST_PAGE;
+            let mut views = Vec::with_capacity(page.len());
+            let mut bytes = 0;
+            let mut last = None;
+            let mut cut = false;
+            for (stored, recent) in &page {
+                let view = wire::view(stored, recent);
+                let size = view.to_string().len() + 1;
+                if bytes + size > crate::protocol::MAX_ANSWER_BYTES - 1024 && !views.is_empty() {
+                    cut = true;
+                    break;
+                }
+                bytes += size;
+                last = Some(stored.schedule.name.clone());
+                views.push(view);
+            }
+            let next = if cut || full { last } else { None };
+            Ok(ok_line(json!({"schedules": views, "next": next})))
         }
         ScheduleOp::Delete { name } => {
             let deleted = store

@@ -25,7 +25,8 @@ pub const OPS: [&str; 4] = [
 pub enum ScheduleOp {
     Put(Put),
     Get { name: String },
-    List,
+    /// The schedules named after `after`, in name order (a page).
+    List { after: Option<String> },
     Delete { name: String },
 }
 
@@ -35,7 +36,7 @@ impl ScheduleOp {
         match self {
             ScheduleOp::Put(_) => "schedule_put",
             ScheduleOp::Get { .. } => "schedule_get",
-            ScheduleOp::List => "schedule_list",
+            ScheduleOp::List { .. } => "schedule_list",
             ScheduleOp::Delete { .. } => "schedule_delete",
         }
     }
@@ -107,7 +108,18 @@ pub fn parse(op: &str, fields: &mut Map<String, Value>) -> Result<ScheduleOp, Er
         "schedule_delete" => ScheduleOp::Delete {
             name: name(op, fields)?,
         },
-        _ => ScheduleOp::List,
+        _ => ScheduleOp::List {
+            after: match fields.remove("after") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(after)) => Some(after),
+                Some(_) => {
+                    return Err(bad(
+                        "after",
+                        "must be a string, the \"next\" of a schedule_list answer".into(),
+                    ));
+                }
+            },
+        },
     })
 }
 

@@ -188,10 +188,24 @@ impl Store {
     }
 
     /// Every schedule, by name, with its recent occurrences.
-    pub async fn list_schedules(&self) -> Result<Vec<(Stored, Vec<Occurrence>)>, StoreError> {
+    /// Up to `limit` schedules named after `after`, in name order, each
+    /// with its recent occurrences: one page of `schedule_list`.
+    pub async fn list_schedules(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(Stored, Vec<Occurrence>)>, StoreError> {
         let _timed = crate::metrics::store_call("schedule_list");
-        self.call(|c| {
-            select(c, "ORDER BY name", None)?
+        self.call(move |c| {
+            let sql = format!("SELECT {COLUMNS} FROM schedules WHERE name > ?1 ORDER BY name LIMIT ?2");
+            let rows = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_map(params![after.unwrap_or_default(), limit as i64], read)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(StoreError::sqlite("reading schedules"))?;
+            readable(rows)
                 .into_iter()
                 .map(|s| {
                     let recent = recent(c, &s.schedule.name)?;
