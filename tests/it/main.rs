@@ -4,6 +4,7 @@
 //! [`helpers`]: the daemon fixture (in-process or as a real process), the
 //! Coax stand-in, and wait-until helpers with timeouts.
 
+mod attack11;
 mod attack_windows;
 mod bench;
 mod chaos;
