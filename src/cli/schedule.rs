@@ -55,6 +55,9 @@ pub fn put_request(input: &str) -> anyhow::Result<Value> {
 pub fn run(cli: &Cli, action: &Action) -> anyhow::Result<ExitCode> {
     let request = request(action)?;
     let mut client = Client::connect(&socket_path(cli)?)?;
+    if matches!(action, Action::List) {
+        return list(cli, &mut client);
+    }
     let (line, answer) = client.request(&request)?;
     let ok = answer.get("ok").and_then(Value::as_bool) == Some(true);
     if cli.json {
@@ -69,6 +72,40 @@ pub fn run(cli: &Cli, action: &Action) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `schedule list`: every page of `schedule_list`, following `next`; with
+/// `--json` each page's answer line as it comes.
+fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<ExitCode> {
+    let mut schedules = Vec::new();
+    let mut after = Value::Null;
+    loop {
+        let (line, answer) = client.request(&json!({"op": "schedule_list", "after": after}))?;
+        if answer.get("ok").and_then(Value::as_bool) != Some(true) {
+            if cli.json {
+                println!("{line}");
+            } else {
+                eprintln!("{}", super::show::error(&answer));
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+        if cli.json {
+            println!("{line}");
+        }
+        schedules.extend(answer["schedules"].as_array().cloned().unwrap_or_default());
+        after = answer["next"].clone();
+        if after.is_null() {
+            break;
+        }
+    }
+    if !cli.json {
+        show(
+            &Action::List,
+            &json!({"ok": true, "schedules": schedules}),
+            time::now(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn show(action: &Action, answer: &Value, now: Millis) {

@@ -24,10 +24,16 @@ pub const OPS: [&str; 4] = [
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScheduleOp {
     Put(Put),
-    Get { name: String },
+    Get {
+        name: String,
+    },
     /// The schedules named after `after`, in name order (a page).
-    List { after: Option<String> },
-    Delete { name: String },
+    List {
+        after: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 impl ScheduleOp {

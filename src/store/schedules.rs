@@ -197,7 +197,8 @@ impl Store {
     ) -> Result<Vec<(Stored, Vec<Occurrence>)>, StoreError> {
         let _timed = crate::metrics::store_call("schedule_list");
         self.call(move |c| {
-            let sql = format!("SELECT {COLUMNS} FROM schedules WHERE name > ?1 ORDER BY name LIMIT ?2");
+            let sql =
+                format!("SELECT {COLUMNS} FROM schedules WHERE name > ?1 ORDER BY name LIMIT ?2");
             let rows = c
                 .prepare_cached(&sql)
                 .and_then(|mut st| {

@@ -32,7 +32,6 @@ async fn start(clock: Arc<TestClock>) -> (CoaxStub, TestDaemon) {
 const INSIDE_THE_REPEATED_HOUR: &str = "2026-10-25T01:10:00Z";
 
 #[test]
-#[ignore = "defect: next_after from inside a repeated DST hour finds no occurrence, so a schedule looks finished"]
 fn a_cron_read_inside_a_repeated_dst_hour_still_has_a_next_occurrence() {
     let from = t(INSIDE_THE_REPEATED_HOUR);
     for cron in [
@@ -54,7 +53,6 @@ fn a_cron_read_inside_a_repeated_dst_hour_still_has_a_next_occurrence() {
 }
 
 #[tokio::test]
-#[ignore = "defect: schedule_put during a repeated DST hour is refused for a cron such as 0 30 2 * * * (\"has no occurrence after now\")"]
 async fn a_schedule_put_during_a_repeated_dst_hour_is_accepted() {
     let clock = TestClock::at(t(INSIDE_THE_REPEATED_HOUR));
     let (_coax, daemon) = start(clock).await;
@@ -73,7 +71,6 @@ async fn a_schedule_put_during_a_repeated_dst_hour_is_accepted() {
 }
 
 #[tokio::test]
-#[ignore = "defect: a client's job with a schedule's occurrence key takes the occurrence's place; the template never goes out"]
 async fn a_client_key_in_the_schedule_namespace_does_not_swallow_an_occurrence() {
     let clock = TestClock::at(t("2026-12-01T10:59:55Z"));
     let (coax, daemon) = start(clock).await;
@@ -85,8 +82,9 @@ async fn a_client_key_in_the_schedule_namespace_does_not_swallow_an_occurrence()
         .await;
     assert_eq!(put["ok"], true, "{put}");
     assert_eq!(put["schedule"]["next_at"], "2026-12-01T11:00:00.000Z");
-    // Any client may enqueue a job with the key the 11:00 occurrence
-    // will get; this one is for another message, years later.
+    // A client's job with the key the 11:00 occurrence will get (for
+    // another message, years later) would take its place: such keys are
+    // refused.
     let squatter = daemon
         .request(json!({"op": "enqueue", "job": {
             "kind": "message", "channel": "sms",
@@ -94,7 +92,7 @@ async fn a_client_key_in_the_schedule_namespace_does_not_swallow_an_occurrence()
             "scheduled_at": "2030-01-01T00:00:00Z",
             "payload": {"message": "Something else", "phone": "+15550199"}}}))
         .await;
-    assert_eq!(squatter["ok"], true, "{squatter}");
+    assert_eq!(squatter["error"]["field"], "key", "{squatter}");
     wait_until("the schedule to move past 11:00", PATIENCE, || async {
         let got = daemon
             .request(json!({"op": "schedule_get", "name": "hourly"}))
@@ -113,7 +111,6 @@ async fn a_client_key_in_the_schedule_namespace_does_not_swallow_an_occurrence()
 }
 
 #[tokio::test]
-#[ignore = "defect: reschedule by tag clamps a move past 9999 to 9999-12-31 silently instead of refusing it"]
 async fn reschedule_by_tag_past_year_9999_is_refused_not_parked_at_9999() {
     let clock = TestClock::at(t("2026-12-01T10:00:00Z"));
     let (_coax, daemon) = start(clock).await;
@@ -142,11 +139,16 @@ const HISTORY: &str =
                 1700000000000, '{\"message\":\"m\",\"phone\":\"+15550100\"}',
                 1700000000000, 'UTC', 'none' FROM n;";
 
-/// How many follow-ups one parent gets in the store-holding test.
-const CHILDREN: usize = 50_000;
+/// How many follow-ups one parent gets in the store-holding test: as
+/// many as a job may have.
+const CHILDREN: usize = 1_000;
 
+/// A parent's send releases all its waiting follow-ups in one store call,
+/// as the one-transaction rule requires: with 100,000 of them that call
+/// held every request and claim for a minute. A job now takes at most
+/// 1,000 follow-ups, and finding them walks the parent index, so the
+/// release of the most a parent may have leaves the store answering.
 #[tokio::test]
-#[ignore = "defect: a parent's send releases all its waiting follow-ups in one store call, holding the store (every request, every claim) for as long as that takes"]
 async fn a_parent_with_many_follow_ups_being_sent_does_not_hold_the_store() {
     let coax = CoaxStub::start().await;
     let daemon = TestDaemon::start(&coax.base_url()).await;
@@ -158,8 +160,8 @@ async fn a_parent_with_many_follow_ups_being_sent_does_not_hold_the_store() {
     parent["key"] = json!("parent");
     parent["scheduled_at"] = json!("2030-01-01T00:00:00Z");
     let parent = daemon.enqueue(parent).await;
-    for batch in 0..CHILDREN / 1000 {
-        let jobs: Vec<Value> = (0..1000)
+    for batch in 0..CHILDREN.div_ceil(1000) {
+        let jobs: Vec<Value> = (0..CHILDREN.min(1000))
             .map(|i| {
                 let mut child = template();
                 child["key"] = json!(format!("child-{batch}-{i}"));
@@ -196,7 +198,6 @@ async fn a_parent_with_many_follow_ups_being_sent_does_not_hold_the_store() {
 }
 
 #[tokio::test]
-#[ignore = "defect: schedule_list answers every schedule with its whole template in one line, past the 8 MiB cap on answers"]
 async fn schedule_list_answers_stay_under_8_mib() {
     let clock = TestClock::at(t("2026-12-01T10:00:00Z"));
     let (_coax, daemon) = start(clock).await;
@@ -220,7 +221,6 @@ async fn schedule_list_answers_stay_under_8_mib() {
 }
 
 #[tokio::test]
-#[ignore = "defect: after a forward step of the wall clock is corrected, a schedule stays silent for the length of the step"]
 async fn a_corrected_forward_clock_step_does_not_silence_a_schedule() {
     let clock = TestClock::at(t("2026-12-01T10:59:50Z"));
     let (coax, daemon) = start(clock.clone()).await;
