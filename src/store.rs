@@ -188,8 +188,8 @@ const PRUNE_STEP: usize = 1_000;
 /// How many jobs one call of a list reads at most.
 const LIST_STEP: usize = 200;
 
-/// How many jobs one call of the unreadable-row sweep checks at most.
-const SWEEP_STEP: usize = 1_000;
+/// How many ids one call of the unreadable-row sweep spans at most.
+const SWEEP_SPAN: i64 = 2_000;
 
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
@@ -546,20 +546,20 @@ impl Store {
     }
 
     /// Checks every scheduled and held job's row, in steps of
-    /// [`SWEEP_STEP`] jobs, and quarantines those that cannot be read; the
+    /// [`SWEEP_SPAN`] ids, and quarantines those that cannot be read; the
     /// claim checks due rows too, but a bad row not yet due would otherwise
     /// wait unnoticed. Stops early when `stop` turns true. Returns how many
     /// it quarantined.
     pub async fn sweep_unreadable(&self, stop: tokio::sync::watch::Receiver<bool>) -> u64 {
         let mut total = 0;
-        let mut from = Some(walk::Cursor::START);
-        while let Some(cursor) = from {
+        let mut from = Some(0);
+        while let Some(after) = from {
             if *stop.borrow() {
                 break;
             }
             let now = self.now();
             let step = self
-                .call(move |c| quarantine::sweep_step(c, cursor, SWEEP_STEP, now))
+                .call(move |c| quarantine::sweep_step(c, after, SWEEP_SPAN, now))
                 .await;
             match step {
                 Ok((quarantined, next)) => {

@@ -29,7 +29,7 @@ use crate::time::Millis;
 mod rule;
 mod spec;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use rule::HORIZON_DAYS;
 pub use spec::RawWindow;

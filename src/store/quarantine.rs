@@ -14,7 +14,6 @@
 use super::StoreError;
 use super::delivery::ClaimedJob;
 use super::view;
-use super::walk;
 use crate::job::{Kind, State, is_channel, is_enquiry_id};
 use crate::time::Millis;
 use rusqlite::types::ValueRef;
@@ -224,28 +223,45 @@ pub(super) fn unknown_states(conn: &Connection, now: Millis) -> rusqlite::Result
 /// `sending` are put back in one of these by recovery before the sweep.)
 const SWEPT: [&str; 2] = ["scheduled", "held"];
 
-/// Checks up to `limit` jobs from `from` on and quarantines those that
-/// cannot be read; returns how many it quarantined and where to go on
-/// (`None` when every state has been walked).
+/// Checks the scheduled and held jobs whose ids are in `(after, after +
+/// span]` and quarantines those that cannot be read; returns how many it
+/// quarantined and where to go on (`None` once past the highest id). It
+/// walks the table in id order, which reads its pages in sequence however
+/// the jobs' due times are spread, and each step reads at most `span`
+/// rows.
 pub(super) fn sweep_step(
     conn: &Connection,
-    from: walk::Cursor,
-    limit: usize,
+    after: i64,
+    span: i64,
     now: Millis,
-) -> Result<(u64, Option<walk::Cursor>), StoreError> {
-    let (seen, next) = walk::step(conn, &SWEPT, from, limit, DUE_COLUMNS, &[], |r| {
-        let at = r.get_ref(11)?.as_i64().unwrap_or(Millis::MAX);
-        Ok((at, read_due(r)?.err().map(|(_, why)| why)))
-    })
-    .map_err(StoreError::sqlite("checking jobs for unreadable rows"))?;
+) -> Result<(u64, Option<i64>), StoreError> {
+    let err = || StoreError::sqlite("checking jobs for unreadable rows");
+    let until = after.saturating_add(span);
+    let rows = conn
+        .prepare_cached(&format!(
+            // NOT INDEXED: a range of the table itself, never a walk of
+            // the state index (which SQLite would pick for `state IN`).
+            "SELECT {DUE_COLUMNS} FROM jobs NOT INDEXED
+             WHERE id > ?1 AND id <= ?2 AND state IN ('{}', '{}') ORDER BY id",
+            SWEPT[0], SWEPT[1]
+        ))
+        .and_then(|mut s| {
+            s.query_map(params![after, until], read_due)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(err())?;
     let mut quarantined = 0;
-    for seen in &seen {
-        if let Some(reason) = &seen.row {
-            quarantine(conn, seen.id, reason, now)?;
+    for row in rows {
+        if let Err((id, reason)) = row {
+            quarantine(conn, id, &reason, now)?;
             quarantined += 1;
         }
     }
-    Ok((quarantined, next))
+    let more: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id > ?1)")
+        .and_then(|mut s| s.query_row([until], |r| r.get(0)))
+        .map_err(err())?;
+    Ok((quarantined, more.then_some(until)))
 }
 
 fn text(v: ValueRef<'_>, column: &str) -> Result<String, String> {

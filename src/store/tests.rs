@@ -394,3 +394,21 @@ fn follow_ups_are_found_through_the_parent_index() {
         assert!(plan.contains("jobs_by_parent (parent_id=?)"), "{plan}");
     }
 }
+
+/// The start-up sweep reads a range of the table by id: with `state IN`
+/// SQLite took the state index and read every scheduled job at each step.
+#[test]
+fn the_sweep_reads_a_range_of_ids_not_the_state_index() {
+    let (_dir, conn) = queue();
+    let plan = plan_of(
+        &conn,
+        &format!(
+            "SELECT {} FROM jobs NOT INDEXED
+             WHERE id > ?1 AND id <= ?2 AND state IN ('scheduled', 'held') ORDER BY id",
+            super::quarantine::DUE_COLUMNS
+        ),
+        params![0, 2_000],
+    );
+    assert!(plan.contains("rowid>? AND rowid<?"), "{plan}");
+    assert!(!plan.contains("jobs_by_state"), "{plan}");
+}

@@ -334,7 +334,7 @@ fn plan_is_never_when_the_remaining_days_are_all_holidays() {
 }
 
 mod config;
-mod props;
+pub(crate) mod props;
 
 /// Figures for the report, not a check: run with
 /// `cargo test --release --lib window_cost -- --ignored --nocapture`.

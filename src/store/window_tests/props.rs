@@ -94,29 +94,12 @@ impl CalendarSpec {
     }
 }
 
-fn clock(minute: Millis) -> String {
-    format!("{:02}:{:02}", minute / 60, minute % 60)
-}
-
-/// Up to three ranges on a grid of `step` minutes; "24:00" may end one.
-fn day_on(step: Millis) -> impl Strategy<Value = String> {
-    prop::collection::btree_set(0..=1440 / step, 0..=6).prop_map(move |points| {
-        let points: Vec<Millis> = points.into_iter().map(|p| p * step).collect();
-        let ranges: Vec<String> = points
-            .chunks_exact(2)
-            .map(|pair| format!("{}-{}", clock(pair[0]), clock(pair[1])))
-            .collect();
-        if ranges.is_empty() {
-            "closed".to_owned()
-        } else {
-            ranges.join(", ")
-        }
-    })
-}
-
 fn window_spec() -> impl Strategy<Value = WindowSpec> {
     (
-        prop::collection::vec(prop_oneof![day_on(30), day_on(60)], 7),
+        prop::collection::vec(prop_oneof![
+            crate::window::tests::props::day_on(30),
+            crate::window::tests::props::day_on(60)
+        ], 7),
         prop::collection::vec(-2i64..40, 0..4),
         prop::option::of(1u32..=3600),
     )

@@ -21,8 +21,10 @@ fn clock(minute: u16) -> String {
 }
 
 /// A day: up to three ranges from sorted, distinct boundaries on a grid of
-/// `step` minutes (a coarse grid often puts a boundary on a DST change).
-fn day_on(step: u16) -> impl Strategy<Value = String> {
+/// `step` minutes (a coarse grid often puts a boundary on a DST change);
+/// "24:00" may end one. The store's property test builds windows with it
+/// too.
+pub(crate) fn day_on(step: u16) -> impl Strategy<Value = String> {
     prop::collection::btree_set(0..=DAY_MINUTES / step, 0..=6).prop_map(move |points| {
         let points: Vec<u16> = points.into_iter().map(|p| p * step).collect();
         let ranges: Vec<String> = points
