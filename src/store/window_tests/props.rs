@@ -96,10 +96,13 @@ impl CalendarSpec {
 
 fn window_spec() -> impl Strategy<Value = WindowSpec> {
     (
-        prop::collection::vec(prop_oneof![
-            crate::window::tests::props::day_on(30),
-            crate::window::tests::props::day_on(60)
-        ], 7),
+        prop::collection::vec(
+            prop_oneof![
+                crate::window::tests::props::day_on(30),
+                crate::window::tests::props::day_on(60)
+            ],
+            7,
+        ),
         prop::collection::vec(-2i64..40, 0..4),
         prop::option::of(1u32..=3600),
     )
