@@ -176,7 +176,14 @@ fn set_due(conn: &Connection, id: i64, due_at: Millis) -> Result<(), StoreError>
     Ok(())
 }
 
-fn expire(conn: &Connection, id: i64, reason: &str, now: Millis) -> Result<(), StoreError> {
+/// Moves job `id` to `expired` with `reason`, and cancels its waiting
+/// followers with it: every path that expires a job comes here.
+pub(super) fn expire(
+    conn: &Connection,
+    id: i64,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE jobs SET state = 'expired', last_error = ?2, updated_at = ?3 WHERE id = ?1",
     )

@@ -179,19 +179,11 @@ pub fn claim(
              RETURNING seq",
         )
         .map_err(err())?;
-    let mut expire = conn
-        .prepare_cached(
-            "UPDATE jobs SET state = 'expired', updated_at = ?2,
-                    last_error = 'expired before it could be sent'
-             WHERE id = ?1",
-        )
-        .map_err(err())?;
     let (expired, jobs): (Vec<ClaimedJob>, Vec<ClaimedJob>) = rows
         .into_iter()
         .partition(|job| job.expires_at.is_some_and(|at| at <= now));
     for job in &expired {
-        expire.execute(params![job.id, now]).map_err(err())?;
-        super::chain::parent_ended(conn, calendar, job.id, State::Expired, now, now)?;
+        super::deferral::expire(conn, job.id, "expired before it could be sent", now)?;
     }
     // The window is judged now, not when the due time was settled: the
     // job may have waited out a pause, or the calendar may have changed.

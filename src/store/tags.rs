@@ -5,7 +5,7 @@
 
 use super::StoreError;
 use super::chain;
-use super::deferral::{Report, settle};
+use super::deferral::{self, Report, settle};
 use super::quarantine::{DUE_COLUMNS, quarantine, read_due};
 use crate::job::{LATEST, State};
 use crate::time::{self, Millis};
@@ -94,12 +94,7 @@ pub fn reschedule(
                 time::format(at),
                 time::format(expiry)
             );
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'expired', last_error = ?2, updated_at = ?3 WHERE id = ?1",
-            )
-            .and_then(|mut s| s.execute(params![job.id, reason, now]))
-            .map_err(err())?;
-            chain::parent_ended(conn, calendar, job.id, State::Expired, now, now)?;
+            deferral::expire(conn, job.id, &reason, now)?;
             moved.expired += 1;
             continue;
         }
