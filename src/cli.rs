@@ -233,15 +233,24 @@ fn check_config(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let fds = crate::daemon::fds::ensure(&config)
         .with_context(|| format!("{}: the config does not fit this process", path.display()))?;
+    let store = match &config.store.postgres {
+        Some(pg) => pg.describe(),
+        None => config.store.path.display().to_string(),
+    };
     println!(
         "{}: OK (coax {}, store {}, socket {}, {} of {} file descriptors)",
         path.display(),
         config.coax.base_url,
-        config.store.path.display(),
+        store,
         config.socket.path.display(),
         fds.needed,
         fds.limit
     );
+    if config.store.postgres.is_some() {
+        println!(
+            r#"note: the daemon cannot run on PostgreSQL yet; `run` refuses this config. Only `export` and `import` can use it. To run the daemon, set backend = "sqlite" and store.path"#
+        );
+    }
     Ok(())
 }
 

@@ -84,6 +84,15 @@ pub enum ConfigError {
     /// The API key file or systemd credential exists but could not be read.
     #[error("cannot read API key file {}: {cause}", path.display())]
     ApiKeyRead { path: PathBuf, cause: io::Error },
+
+    /// The database password is empty or stored unsafely, or written inside
+    /// `store.url`. The message never contains the password itself.
+    #[error("{0}")]
+    DbPassword(String),
+
+    /// The database password file or systemd credential could not be read.
+    #[error("cannot read database password file {}: {cause}", path.display())]
+    DbPasswordRead { path: PathBuf, cause: io::Error },
 }
 
 fn read_hint(err: &io::Error) -> String {
@@ -190,8 +199,10 @@ impl Default for Routes {
 /// `[store]`: the queue database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Absolute path of the SQLite file.
+    /// Absolute path of the SQLite file; empty with `backend = "postgres"`.
     pub path: PathBuf,
+    /// `backend = "postgres"`: the database and how to reach it.
+    pub postgres: Option<PostgresConfig>,
     /// When finished jobs are pruned: cron with seconds, local time.
     pub prune_schedule: String,
     /// Finished jobs older than this are pruned.
@@ -441,11 +452,13 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 mod key;
 mod node;
+mod postgres;
 mod raw;
 #[cfg(test)]
 mod tests;
 
 use key::*;
 pub use node::{NodeConfig, host_name};
-use node::{RawBackend, RawNode, check_backend, node_config};
+use node::{RawBackend, RawNode, node_config};
+pub use postgres::{DB_PASSWORD_CREDENTIAL, DB_PASSWORD_ENV, DbPassword, PostgresConfig, TlsMode};
 use raw::*;

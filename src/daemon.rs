@@ -34,6 +34,9 @@ impl Daemon {
     /// Opens the store: takes its lock, migrates it, and puts jobs that a
     /// crash left in `sending` back in line.
     pub fn open(config: Config) -> Result<Daemon, store::StoreError> {
+        if config.store.postgres.is_some() {
+            return Err(store::StoreError::PostgresDaemon);
+        }
         let (store, opened) = Store::open(&store::Options {
             path: config.store.path.clone(),
             on_ambiguous: config.dispatch.on_ambiguous,

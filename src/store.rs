@@ -36,6 +36,7 @@ mod group;
 mod identity;
 mod listing;
 mod outage;
+pub mod postgres;
 mod prune;
 mod quarantine;
 mod queries;
@@ -99,6 +100,18 @@ pub enum StoreError {
         during: &'static str,
         detail: String,
     },
+    /// PostgreSQL refused or failed a call (see [`postgres`]); the detail
+    /// never holds the password.
+    #[error("PostgreSQL failure while {during}: {detail}")]
+    Postgres {
+        during: &'static str,
+        detail: String,
+    },
+    /// `backend = "postgres"` given to the daemon, which runs on SQLite only.
+    #[error(
+        r#"store.backend is "postgres", but the daemon cannot run on PostgreSQL yet: only `export` and `import` can use it. To run the daemon, set backend = "sqlite" and store.path"#
+    )]
+    PostgresDaemon,
     #[error("the store has shut down")]
     Closed,
 }

@@ -1,10 +1,8 @@
-//! `[node]`, and the `[store]` keys that choose where the queue lives.
+//! `[node]`, and `store.backend`, which chooses where the queue lives (its
+//! keys are checked in `super::postgres`).
 //!
 //! A node is one daemon. Its name is written on every attempt it makes and
 //! shown in `stats`, so that an operator can tell which daemon did what.
-//! Only the SQLite store is built today: `store.backend = "postgres"` and
-//! the keys that belong to it are refused here, naming what to do instead,
-//! rather than read and ignored.
 
 use super::*;
 
@@ -31,31 +29,6 @@ pub(super) enum RawBackend {
     #[default]
     Sqlite,
     Postgres,
-}
-
-/// Refuses a store this build cannot open; `Err` holds the key and why.
-/// `postgres_keys` names each of the PostgreSQL store's keys under
-/// `[store]` and whether it was given.
-pub(super) fn check_backend(
-    backend: RawBackend,
-    postgres_keys: [(&str, bool); 4],
-) -> Result<(), (String, String)> {
-    let first_given = postgres_keys
-        .into_iter()
-        .find_map(|(key, given)| given.then_some(key));
-    match (backend, first_given) {
-        (RawBackend::Postgres, _) => Err((
-            "store.backend".to_owned(),
-            r#"is "postgres", but this build keeps its queue in SQLite only; set backend = "sqlite" (the default) and store.path"#
-                .to_owned(),
-        )),
-        (RawBackend::Sqlite, Some(key)) => Err((
-            format!("store.{key}"),
-            r#"belongs to backend = "postgres", which this build does not have; remove it"#
-                .to_owned(),
-        )),
-        (RawBackend::Sqlite, None) => Ok(()),
-    }
 }
 
 /// `node.name` as written, or the host name.

@@ -86,7 +86,7 @@ pub(super) struct RawStore {
     #[serde(deserialize_with = "de_duration")]
     retention: Duration,
     backend: RawBackend,
-    // The PostgreSQL store's keys, read only to be refused by name.
+    // The PostgreSQL store's keys, checked in `super::postgres`.
     url: Option<toml::Value>,
     password_file: Option<toml::Value>,
     lease: Option<toml::Value>,
@@ -391,17 +391,22 @@ impl RawConfig {
         };
 
         // store
-        check_backend(
+        let postgres = postgres::check_store(
             self.store.backend,
-            [
-                ("url", self.store.url.is_some()),
-                ("password_file", self.store.password_file.is_some()),
-                ("lease", self.store.lease.is_some()),
-                ("pool_size", self.store.pool_size.is_some()),
-            ],
+            postgres::RawPostgresKeys {
+                url: self.store.url,
+                password_file: self.store.password_file,
+                lease: self.store.lease,
+                pool_size: self.store.pool_size,
+            },
+            self.store.path.is_some(),
+            &dir,
         )
         .map_err(|(k, m)| invalid(&k, m))?;
-        let store_path = resolve("store.path", self.store.path)?;
+        let store_path = match postgres {
+            Some(_) => PathBuf::new(),
+            None => resolve("store.path", self.store.path)?,
+        };
         check_cron(&self.store.prune_schedule).map_err(|m| invalid("store.prune_schedule", m))?;
         let retention = positive("store.retention", self.store.retention)?;
 
@@ -534,6 +539,7 @@ impl RawConfig {
         // The key is loaded last so that a broken config file is reported
         // before anything is read from the credentials.
         let api_key = load_api_key(api_key_file.as_deref(), env)?;
+        let postgres = postgres.map(|p| p.finish(env)).transpose()?;
 
         Ok(Config {
             coax: CoaxConfig {
@@ -544,6 +550,7 @@ impl RawConfig {
             },
             store: StoreConfig {
                 path: store_path,
+                postgres,
                 prune_schedule: self.store.prune_schedule,
                 retention,
             },

@@ -1026,31 +1026,3 @@ fn node_names_are_checked_like_host_names() {
     assert!(node::check_node_name(&"a".repeat(64)).is_ok());
     assert!(node::check_node_name("a/b").is_err());
 }
-
-#[test]
-fn the_postgres_backend_is_refused_with_what_to_do() {
-    let (key, message) = invalid_key(parse(&MINIMAL.replace(
-        "[store]\n",
-        "[store]\nbackend = \"postgres\"\nurl = \"postgres://coax@db/coax\"\nlease = \"30s\"\n",
-    )));
-    assert_eq!(key, "store.backend");
-    assert!(message.contains("SQLite only"), "{message}");
-    assert!(message.contains("backend = \"sqlite\""), "{message}");
-
-    let sqlite = parse(&MINIMAL.replace("[store]\n", "[store]\nbackend = \"sqlite\"\n")).unwrap();
-    assert_eq!(sqlite, parse(MINIMAL).unwrap());
-
-    for key in ["url", "password_file", "lease", "pool_size"] {
-        let text = MINIMAL.replace("[store]\n", &format!("[store]\n{key} = \"x\"\n"));
-        let (named, message) = invalid_key(parse(&text));
-        assert_eq!(named, format!("store.{key}"));
-        assert!(message.contains("postgres"), "{message}");
-    }
-    let text = err_text(parse(
-        &MINIMAL.replace("[store]\n", "[store]\nbackend = \"mysql\"\n"),
-    ));
-    assert!(
-        text.contains("sqlite") && text.contains("postgres"),
-        "{text}"
-    );
-}

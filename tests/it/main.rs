@@ -21,6 +21,7 @@ mod nodes;
 mod outage;
 mod outcomes;
 mod paging;
+mod postgres;
 mod prometheus;
 mod protocol;
 mod quarantine;

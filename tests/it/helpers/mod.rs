@@ -4,6 +4,7 @@
 
 pub mod coax;
 pub mod daemon;
+pub mod postgres;
 
 use std::future::Future;
 use std::time::Duration;

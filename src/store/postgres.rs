@@ -1,0 +1,179 @@
+//! The PostgreSQL store's foundation: connecting ([`connect`], with TLS in
+//! [`tls`]), the schema and its migrations ([`schema`]), and turning the
+//! client library's errors into [`StoreError`]s an operator can act on.
+//!
+//! The daemon does not run on PostgreSQL yet; `export` and `import` use
+//! this module. What the multi-node store will stand on is already in the
+//! schema (version 1), beside SQLite's tables and columns:
+//! - `jobs.node` and `jobs.lease_until`: the node that claimed a `sending`
+//!   job and until when (milliseconds since the epoch) the claim holds
+//!   without a renewal; `jobs_by_lease` finds the expired claims of dead
+//!   nodes. The claim itself goes by `jobs_by_state_due (state, due_at, id)`
+//!   with `FOR UPDATE SKIP LOCKED`.
+//! - `nodes (name, started_at, last_heartbeat, in_flight)`: one row per
+//!   live daemon, for `stats` and for telling a dead node from a slow one.
+//! - `pauses (kind, until_at, reason, node)`: a 429 (`kind = 'rate_limit'`)
+//!   or auth pause that every node honours.
+//! - `job_tags_by_job`: PostgreSQL checks the foreign key of `job_tags` on
+//!   every delete of a job, which without it would scan the tags.
+//!
+//! SQLite's per-state counts (`state_counts`) and its deferred count in
+//! `meta` are not mirrored: counter rows that every claim updates would
+//! serialise the nodes' transactions on one row. `meta` keeps the other
+//! integers (the calendar's fingerprint).
+//!
+//! Advisory lock keys start with "Coax" in ASCII (`0x436f6178_xxxxxxxx`):
+//! `..._00000001` while migrating (see [`schema::MIGRATION_LOCK`]).
+//!
+//! The password is handed to the client library and nowhere else: no error
+//! or log line here formats the config, only [`PostgresConfig::describe`].
+
+pub mod schema;
+mod tls;
+
+use super::StoreError;
+use crate::config::PostgresConfig;
+pub use schema::{SCHEMA_VERSION, migrate};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// Opens one connection, with the password and TLS that the config says,
+/// and drives it on a task of the current runtime.
+pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
+    let mut pg = config.connect.clone();
+    if let Some(password) = &config.password {
+        pg.password(password.expose());
+    }
+    let target = config.describe();
+    let failed = |e: tokio_postgres::Error| {
+        let mut error = pg_error("connecting")(e);
+        if let StoreError::Postgres { detail, .. } | StoreError::Unavailable { detail, .. } =
+            &mut error
+        {
+            *detail = format!("{target}: {detail}");
+        }
+        error
+    };
+    let client = match tls::connector(config.tls, config.root_cert.as_deref())? {
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+            tokio::spawn(drive(connection, target.clone()));
+            client
+        }
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await.map_err(failed)?;
+            tokio::spawn(drive(connection, target.clone()));
+            client
+        }
+    };
+    Ok(client)
+}
+
+/// Runs a connection until it ends; a broken one is logged once here and
+/// each call on its client fails with [`StoreError::Unavailable`].
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>, target: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(e) = connection.await {
+        tracing::warn!(database = %target, "connection to PostgreSQL ended: {}", describe(&e));
+    }
+}
+
+/// Maps a client error to a [`StoreError`]: [`StoreError::Unavailable`]
+/// when the server or the connection failed (so that callers treat it as
+/// an outage), [`StoreError::Postgres`] otherwise.
+pub fn pg_error(during: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        let detail = describe(&e);
+        if is_outage(&e) {
+            StoreError::Unavailable { during, detail }
+        } else {
+            StoreError::Postgres { during, detail }
+        }
+    }
+}
+
+/// Whether the server or the way to it failed, rather than this statement.
+fn is_outage(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let class = &code.code()[..2];
+            // 08: connection exception; 53: insufficient resources;
+            // 57P0x: the server shutting down, crashed or starting.
+            class == "08"
+                || class == "53"
+                || [
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                ]
+                .contains(code)
+        }
+        // No SQLSTATE: the server did not answer. The library tells its
+        // kinds apart only in words; these are the network's failures
+        // (refused, reset, timed out), not a TLS or authentication refusal.
+        None => matches!(
+            e.to_string().as_str(),
+            "error connecting to server"
+                | "error communicating with the server"
+                | "timeout waiting for server"
+        ),
+    }
+}
+
+/// The server's words, with a hint for the failures an operator meets
+/// first. The password is never part of these: the server does not repeat
+/// it, and the client library does not print it.
+fn describe(e: &tokio_postgres::Error) -> String {
+    let hint = match e.code() {
+        Some(c) if *c == SqlState::INVALID_PASSWORD => Some(
+            "the password was refused: check COAX_SCHEDULER_DB_PASSWORD, the systemd \
+             credential coax-db-password or store.password_file, and the user in store.url",
+        ),
+        Some(c) if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => Some(
+            "the server refused this user, host or TLS setting (pg_hba.conf), or a password \
+             is needed and none was given",
+        ),
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            Some("create the database first, or fix its name in store.url")
+        }
+        Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+            Some("grant the user in store.url the rights it needs on the queue's tables")
+        }
+        _ => None,
+    };
+    let mut text = match e.as_db_error() {
+        Some(db) => {
+            let mut t = format!("{}: {}", db.severity(), db.message());
+            if let Some(detail) = db.detail() {
+                t.push_str(&format!(" ({detail})"));
+            }
+            t
+        }
+        None => {
+            // The library's own text names what failed ("error connecting
+            // to server", "error performing TLS handshake"); its source says
+            // why.
+            let mut t = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !t.contains(&cause_text) {
+                    t.push_str(&format!(": {cause_text}"));
+                }
+                source = cause.source();
+            }
+            t
+        }
+    };
+    if let Some(hint) = hint {
+        text.push_str("; ");
+        text.push_str(hint);
+    }
+    text
+}
