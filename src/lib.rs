@@ -45,4 +45,5 @@ pub mod store;
 pub mod summary;
 pub mod systemd;
 pub mod time;
+pub mod transfer;
 pub mod window;
