@@ -248,6 +248,7 @@ fn check_header(line: u64, text: &str) -> Result<(), TransferError> {
 }
 
 /// One line of the stream after the header.
+#[derive(Debug)]
 enum Record {
     Job(Box<Job>),
     Schedule(Box<Schedule>),
@@ -282,3 +283,6 @@ fn parse(line: u64, text: &str) -> Result<Record, TransferError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -112,6 +112,10 @@ impl Snapshot {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(open_err)?;
+        if version == 0 {
+            // An empty file, or SQLite with nothing of ours in it yet.
+            return Err(TransferError::Missing(path.to_owned()));
+        }
         if version != SCHEMA_VERSION {
             return Err(TransferError::Schema {
                 path: path.to_owned(),
@@ -132,29 +136,24 @@ impl Snapshot {
         &self,
         mut each: impl FnMut(Job) -> Result<(), TransferError>,
     ) -> Result<u64, TransferError> {
-        let err = StoreError::sqlite("reading the jobs to export");
+        let err = || StoreError::sqlite("reading the jobs to export");
         let mut jobs = self
             .conn
             .prepare(&format!(
                 "SELECT id, {}, tags FROM jobs ORDER BY id",
                 Job::COLUMNS.join(", ")
             ))
-            .map_err(err)?;
+            .map_err(err())?;
         let mut history = self
             .conn
             .prepare(&format!(
                 "SELECT {} FROM attempts WHERE job_id = ?1 ORDER BY seq",
                 Attempt::COLUMNS.join(", ")
             ))
-            .map_err(StoreError::sqlite("reading the jobs to export"))?;
-        let mut rows = jobs
-            .query([])
-            .map_err(StoreError::sqlite("reading the jobs to export"))?;
+            .map_err(err())?;
+        let mut rows = jobs.query([]).map_err(err())?;
         let mut count = 0;
-        while let Some(r) = rows
-            .next()
-            .map_err(StoreError::sqlite("reading the jobs to export"))?
-        {
+        while let Some(r) = rows.next().map_err(err())? {
             let mut read = |r: &Row<'_>| -> rusqlite::Result<Job> {
                 let id: i64 = r.get(0)?;
                 let columns = cells(r, 1)?;
@@ -164,7 +163,7 @@ impl Snapshot {
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(Job::from_cells(id, columns, tags, tags_stored, history))
             };
-            let job = read(r).map_err(StoreError::sqlite("reading the jobs to export"))?;
+            let job = read(r).map_err(err())?;
             each(job)?;
             count += 1;
         }

@@ -4,7 +4,7 @@
 //! Each record names its fields for what they are, not by the table that
 //! holds them today, so that another store can read and write the same
 //! stream. Every field that is a column is a [`Cell`], carried as stored.
-//! [`columns!`] declares a record once: the struct, and the list of the
+//! `columns!` declares a record once: the struct, and the list of the
 //! columns its fields come from, in field order, which the store reads and
 //! writes by. A new column is one more line there (with
 //! `#[serde(default)]`, so that older streams still read).
