@@ -267,23 +267,7 @@ impl Importer {
             ))
             .and_then(|mut s| s.execute(params_from_iter(values)));
         if let Err(e) = inserted {
-            return Err(self.refused(line, e, || {
-                let taken = |sql: &str, v: &dyn ToSql| -> rusqlite::Result<bool> {
-                    self.conn.query_row(sql, [v], |r| r.get(0))
-                };
-                Ok(
-                    if taken("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)", &job.id)? {
-                        format!("job id {} appears twice in the stream", job.id)
-                    } else if taken(
-                        "SELECT EXISTS (SELECT 1 FROM jobs WHERE key = ?1)",
-                        &job.key,
-                    )? {
-                        format!("key {} appears twice in the stream", shown(&job.key))
-                    } else {
-                        String::new()
-                    },
-                )
-            }));
+            return Err(self.refused(line, e, || self.duplicate_job(job)));
         }
         for attempt in &job.history {
             let mut values: Vec<&dyn ToSql> = vec![&job.id];
@@ -313,6 +297,25 @@ impl Importer {
         }
         self.jobs += 1;
         Ok(())
+    }
+
+    /// What `job` repeats of a job already inserted: its id or its key.
+    fn duplicate_job(&self, job: &Job) -> rusqlite::Result<String> {
+        let taken = |sql: &str, value: &dyn ToSql| -> rusqlite::Result<bool> {
+            self.conn.query_row(sql, [value], |r| r.get(0))
+        };
+        Ok(
+            if taken("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)", &job.id)? {
+                format!("job id {} appears twice in the stream", job.id)
+            } else if taken(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE key = ?1)",
+                &job.key,
+            )? {
+                format!("key {} appears twice in the stream", shown(&job.key))
+            } else {
+                String::new()
+            },
+        )
     }
 
     /// Inserts `schedule`; `line` names it in errors.

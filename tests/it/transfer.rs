@@ -1,10 +1,12 @@
 //! Moving a queue with `export` and `import`, as an operator runs them:
 //! the real binary against a store a daemon made. A queue with a job in
 //! every state comes back identical through export, import and export
-//! again, and the imported daemon shows the same jobs; an export taken
-//! while a daemon enqueues is one consistent snapshot (see [`live`]); and
-//! import refuses what it must, leaving the store without a row of the
-//! stream (see [`refusals`]).
+//! again, and the imported daemon shows the same jobs and goes on above
+//! their ids; an export taken while a daemon enqueues is one consistent
+//! snapshot ([`live`]); import refuses what it must, leaving the store
+//! without a row of the stream ([`refusals`]); and the importing daemon
+//! settles due times under its own windows ([`settling`]) and recovers a
+//! job exported while sending as after a crash ([`recovery`]).
 
 use crate::helpers::coax::{CoaxStub, Reply};
 use crate::helpers::daemon::{TEST_KEY, TestClock, TestDaemon, binary, config_text};
@@ -16,6 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod live;
+mod recovery;
 mod refusals;
 mod settling;
 

@@ -148,3 +148,39 @@ async fn import_refuses_a_store_with_jobs_and_one_a_daemon_has_open() {
     let stats = daemon.request(json!({"op": "stats"})).await;
     assert_eq!(stats["ok"], true, "{stats}");
 }
+
+#[tokio::test]
+async fn import_and_export_refuse_a_file_that_is_not_a_queue_and_leave_it_alone() {
+    let (text, config) = small_export().await;
+    let into = target(&config);
+    let db = into.path().join("queue.db");
+    std::fs::write(&db, "not a database\n").expect("write a foreign file");
+    for (command, stdin) in [("import", text.as_str()), ("export", "")] {
+        let run = run(command, into.path(), stdin).await;
+        assert!(!run.ok, "{command} of a foreign file succeeded");
+        assert!(
+            run.stderr
+                .contains("is not a coax-scheduler queue database"),
+            "{command}: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        std::fs::read(&db).expect("read it back"),
+        b"not a database\n"
+    );
+    assert!(
+        !into.path().join("queue.db.lock").exists(),
+        "a lock file was left"
+    );
+
+    // A store that is not there is no queue to export, and is not created.
+    let empty = target(&config);
+    let run = run("export", empty.path(), "").await;
+    assert!(
+        run.stderr.contains("there is no queue database"),
+        "{}",
+        run.stderr
+    );
+    assert!(!empty.path().join("queue.db").exists());
+}
