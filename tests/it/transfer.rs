@@ -70,6 +70,24 @@ async fn export(dir: &Path) -> String {
     run.stdout
 }
 
+/// Waits until the daemon that ran in `dir` has let go of its store (its
+/// store thread closes the database, and the lock, just after it stops).
+async fn released(dir: &Path) {
+    let lock = dir.join("queue.db.lock");
+    crate::helpers::wait_until(
+        "the stopped daemon to let go of its store",
+        PATIENCE,
+        || {
+            let lock = lock.clone();
+            async move {
+                let file = std::fs::File::open(&lock).ok()?;
+                file.try_lock().ok()
+            }
+        },
+    )
+    .await;
+}
+
 /// An empty dir with the test config (as [`TestDaemon`] writes it) for a
 /// store to import into.
 fn target(config: &str) -> tempfile::TempDir {
@@ -211,6 +229,7 @@ async fn a_queue_in_every_state_round_trips_through_export_and_import() {
     // route), quarantined and kept as they are; a tag list not as enqueue
     // writes it.
     let dir = source.stop().await;
+    released(dir.path()).await;
     let db = dir.path().join("queue.db");
     edit_db(
         &db,

@@ -3,7 +3,7 @@
 //! recovery treats it as after a crash: sent again, its interrupted try
 //! marked ambiguous.
 
-use super::{export, run, sms, target};
+use super::{export, released, run, sms, target};
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{TestDaemon, config_text};
 use crate::helpers::{PATIENCE, edit_db};
@@ -19,6 +19,7 @@ async fn a_job_exported_while_sending_is_recovered_as_a_possible_duplicate() {
         .enqueue(sms("in-flight", json!({"delay": "1h"})))
         .await;
     let dir = source.stop().await;
+    released(dir.path()).await;
     // As a claim leaves it: `sending`, one try counted, its attempt open.
     let now = time::now();
     edit_db(
@@ -29,8 +30,12 @@ async fn a_job_exported_while_sending_is_recovered_as_a_possible_duplicate() {
              INSERT INTO attempts (job_id, seq, started_at) VALUES ({id}, 1, {now});"
         ),
     );
+    let db = dir.path().join("queue.db");
+    let before = std::fs::read(&db).expect("read the database");
     let stream = export(dir.path()).await;
     assert!(stream.contains(r#""state":"sending""#), "{stream}");
+    // Export wrote nothing to the database.
+    assert!(std::fs::read(&db).expect("read it again") == before);
 
     let into = target(&config);
     let imported = run("import", into.path(), &stream).await;

@@ -2,7 +2,7 @@
 //! the importing daemon settles them anew under its own, even when its
 //! store had already been settled under them while it was empty.
 
-use super::{export, run};
+use super::{export, released, run};
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{TestClock, TestDaemon, config_text};
 use crate::helpers::{PATIENCE, wait_until};
@@ -47,6 +47,7 @@ async fn an_import_into_a_used_store_settles_due_times_under_its_own_windows() {
     })
     .await;
     let dir = target.stop().await;
+    released(dir.path()).await;
     let imported = run("import", dir.path(), &stream).await;
     assert!(imported.ok, "{}", imported.stderr);
 
