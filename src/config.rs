@@ -145,6 +145,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub node: NodeConfig,
     /// `dispatch.default_timezone`, `dispatch.default_window` and the
     /// `[windows.*]` tables; shared so a reload can hand it on cheaply.
     pub calendar: Arc<Calendar>,
@@ -439,9 +440,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 mod key;
+mod node;
 mod raw;
 #[cfg(test)]
 mod tests;
 
 use key::*;
+pub use node::{NodeConfig, host_name};
+use node::{RawBackend, RawNode, check_backend, node_config};
 use raw::*;

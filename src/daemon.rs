@@ -39,6 +39,7 @@ impl Daemon {
             on_ambiguous: config.dispatch.on_ambiguous,
             max_attempts: config.retry.max_attempts,
             calendar: config.calendar.clone(),
+            node: config.node.name.clone(),
         })?;
         Ok(Daemon {
             config,
@@ -250,6 +251,7 @@ fn announce(config: &Config, summary: &store::Summary, recovered: usize) {
         .unwrap_or(0);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
+        node = %config.node.name,
         socket = %config.socket.path.display(),
         database = %config.store.path.display(),
         coax = %config.coax.base_url,

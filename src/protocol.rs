@@ -339,6 +339,10 @@ pub struct AttemptView {
     /// The request may have reached Coax without its answer being recorded.
     pub ambiguous: bool,
     pub latency_ms: Option<u64>,
+    /// The `node.name` of the daemon that made it; `null` for attempts
+    /// made before schema version 10 recorded it.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// The answer to `stats`.

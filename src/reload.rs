@@ -184,6 +184,7 @@ impl Live {
             ),
             (new.log.format != old.log.format, "log.format"),
             (new.metrics != old.metrics, "[metrics]"),
+            (new.node != old.node, "node.name"),
             (
                 new.dispatch.default_ttl != old.dispatch.default_ttl,
                 "dispatch.default_ttl",

@@ -285,6 +285,11 @@ impl Service {
                     "counts": stats.counts,
                     "next_due": stats.next_due,
                     "deferred": summary.deferred,
+                    "nodes": summary.nodes.iter().map(|n| json!({
+                        "name": n.name,
+                        "last_heartbeat": time::format(n.last_heartbeat),
+                        "in_flight": n.in_flight,
+                    })).collect::<Vec<_>>(),
                     "schedules": schedules,
                     "next_occurrence": next_occurrence.map(time::format),
                     "dispatch": {"state": mode.name(), "until": mode.until().map(time::format)},

@@ -52,7 +52,7 @@ mod window_tests;
 
 pub use chain::UnknownParent;
 pub use delivery::{Claimed, ClaimedJob, Finish};
-pub use queries::{Lookup, Pruned, Recount, Refusal, Summary};
+pub use queries::{Lookup, NodeStatus, Pruned, Recount, Refusal, Summary};
 pub use schedules::Firing;
 pub use schema::SCHEMA_VERSION;
 pub use tags::Moved;
@@ -201,6 +201,8 @@ pub struct Store {
     calendar: calendar::CalendarCell,
     /// Where calls read the wall clock: the system's, or a test's.
     clock: Arc<dyn Clock>,
+    /// `node.name`: written on each attempt this daemon makes.
+    node: Arc<str>,
 }
 
 /// Settings for opening the store.
@@ -212,6 +214,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// The send windows: a recovered job waits for its window.
     pub calendar: Arc<Calendar>,
+    /// `node.name`, the daemon that opens the store.
+    pub node: String,
 }
 
 impl Store {
@@ -259,6 +263,7 @@ impl Store {
                 outage: std::sync::Arc::new(outage::Outage::new(options.path.clone())),
                 calendar: calendar::CalendarCell::new(options.calendar.clone()),
                 clock: Arc::new(SystemClock::new()),
+                node: Arc::from(options.node.as_str()),
             },
             Opened {
                 recovered,
@@ -479,15 +484,15 @@ impl Store {
 
     pub async fn stats(&self) -> Result<Summary, StoreError> {
         let _timed = crate::metrics::store_call("stats");
-        let now = self.now();
-        self.call(move |c| queries::summary(c, now)).await
+        let (now, node) = (self.now(), self.node.clone());
+        self.call(move |c| queries::summary(c, &node, now)).await
     }
 
     /// Moves up to `limit` jobs due at `now` to `sending`, opening an attempt for each.
     pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
         let _timed = crate::metrics::store_call("claim");
-        let calendar = self.calendar.clone();
-        self.call(move |c| delivery::claim(c, &calendar.get(), now, limit))
+        let (calendar, node) = (self.calendar.clone(), self.node.clone());
+        self.call(move |c| delivery::claim(c, &calendar.get(), &node, now, limit))
             .await
     }
 
@@ -506,8 +511,9 @@ impl Store {
         now: Millis,
     ) -> Result<(Summary, u64, Option<Millis>), StoreError> {
         let _timed = crate::metrics::store_call("overview");
+        let node = self.node.clone();
         self.call(move |c| {
-            let summary = queries::summary(c, now)?;
+            let summary = queries::summary(c, &node, now)?;
             let (due, oldest) = delivery::overdue(c, now)?;
             Ok((summary, due, oldest))
         })

@@ -150,6 +150,7 @@ async fn fill(db: &Path, jobs: usize) -> anyhow::Result<Duration> {
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 5,
         calendar: std::sync::Arc::new(fixture::windows_calendar()?),
+        node: "bench".to_owned(),
     })
     .context("cannot open the queue to fill it")?;
     let base = time::add(time::now(), Duration::from_secs(86_400));

@@ -270,6 +270,7 @@ fn job(j: &Value, now: Millis) {
         "STARTED".into(),
         "STATUS".into(),
         "MS".into(),
+        "NODE".into(),
         "DECISION".into(),
         "ERROR".into(),
     ]];
@@ -283,6 +284,7 @@ fn job(j: &Value, now: Millis) {
             when(&a["started_at"], now),
             text(&a["status"]),
             text(&a["latency_ms"]),
+            text(&a["node"]),
             decision,
             text(&a["error"]),
         ]);
@@ -330,6 +332,14 @@ fn stats(answer: &Value, now: Millis) {
     }
     println!("next due   {}", when(&answer["next_due"], now));
     println!("deferred   {}", text(&answer["deferred"]));
+    for node in answer["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "node       {} (heartbeat {}, {} in flight)",
+            text(&node["name"]),
+            when(&node["last_heartbeat"], now),
+            text(&node["in_flight"])
+        );
+    }
     let d = &answer["dispatch"];
     if d["until"].is_null() {
         println!("dispatch   {}", text(&d["state"]));
@@ -352,6 +362,13 @@ pub fn status(stats: &Value, next: &Value, failed: &Value, held: &Value, now: Mi
             when(&d["until"], now)
         ),
         None => println!("dispatcher  {}", text(&d["state"])),
+    }
+    for node in stats["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "node        {} ({} in flight)",
+            text(&node["name"]),
+            text(&node["in_flight"])
+        );
     }
     if let Some(counts) = stats["counts"].as_object() {
         let line: Vec<String> = counts

@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    node: RawNode,
+    #[serde(default)]
     windows: std::collections::BTreeMap<String, crate::window::RawWindow>,
 }
 
@@ -83,11 +85,22 @@ pub(super) struct RawStore {
     prune_schedule: String,
     #[serde(deserialize_with = "de_duration")]
     retention: Duration,
+    backend: RawBackend,
+    // The PostgreSQL store's keys, read only to be refused by name.
+    url: Option<toml::Value>,
+    password_file: Option<toml::Value>,
+    lease: Option<toml::Value>,
+    pool_size: Option<toml::Value>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
+            backend: RawBackend::Sqlite,
+            url: None,
+            password_file: None,
+            lease: None,
+            pool_size: None,
             path: None,
             // Seconds first: once a day at 03:17 local time.
             prune_schedule: "0 17 3 * * *".to_owned(),
@@ -378,6 +391,16 @@ impl RawConfig {
         };
 
         // store
+        check_backend(
+            self.store.backend,
+            [
+                ("url", self.store.url.is_some()),
+                ("password_file", self.store.password_file.is_some()),
+                ("lease", self.store.lease.is_some()),
+                ("pool_size", self.store.pool_size.is_some()),
+            ],
+        )
+        .map_err(|(k, m)| invalid(&k, m))?;
         let store_path = resolve("store.path", self.store.path)?;
         check_cron(&self.store.prune_schedule).map_err(|m| invalid("store.prune_schedule", m))?;
         let retention = positive("store.retention", self.store.retention)?;
@@ -498,6 +521,8 @@ impl RawConfig {
         // log
         check_log_level(&self.log.level).map_err(|m| invalid("log.level", m))?;
 
+        let node = node_config(self.node).map_err(|m| invalid("node.name", m))?;
+
         // metrics
         let metrics_listen = match self.metrics.listen {
             None => None,
@@ -566,6 +591,7 @@ impl RawConfig {
             metrics: MetricsConfig {
                 listen: metrics_listen,
             },
+            node,
             calendar: Arc::new(calendar),
             source,
         })

@@ -990,3 +990,67 @@ fn window_keys_are_read_and_refusals_name_the_key() {
         "{text}"
     );
 }
+
+#[test]
+fn node_name_defaults_to_the_host_name() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.node.name, host_name().unwrap());
+    let c = parse_extra("[node]\nname = \"web-1\"").unwrap();
+    assert_eq!(c.node.name, "web-1");
+}
+
+#[test]
+fn bad_node_names_are_refused_naming_the_key() {
+    for (name, why) in [
+        ("", "must not be empty"),
+        ("web 1", "not ' '"),
+        ("web\u{1b}[31m", "not '\\u{1b}'"),
+        ("n\u{e9}", "not '\u{e9}'"),
+    ] {
+        let quoted = toml::Value::String(name.to_owned());
+        let (key, message) = invalid_key(parse_extra(&format!("[node]\nname = {quoted}")));
+        assert_eq!(key, "node.name", "{name:?}");
+        assert!(message.contains(why), "{name:?}: {message}");
+    }
+    let long = "a".repeat(65);
+    let (key, message) = invalid_key(parse_extra(&format!("[node]\nname = {long:?}")));
+    assert_eq!(key, "node.name");
+    assert!(message.contains("65 bytes"), "{message}");
+    let text = err_text(parse_extra("[node]\nport = 1"));
+    assert!(text.contains("port"), "{text}");
+}
+
+#[test]
+fn node_names_are_checked_like_host_names() {
+    assert_eq!(node::check_node_name("db-2.internal_x"), Ok(()));
+    assert!(node::check_node_name(&"a".repeat(64)).is_ok());
+    assert!(node::check_node_name("a/b").is_err());
+}
+
+#[test]
+fn the_postgres_backend_is_refused_with_what_to_do() {
+    let (key, message) = invalid_key(parse(&MINIMAL.replace(
+        "[store]\n",
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://coax@db/coax\"\nlease = \"30s\"\n",
+    )));
+    assert_eq!(key, "store.backend");
+    assert!(message.contains("SQLite only"), "{message}");
+    assert!(message.contains("backend = \"sqlite\""), "{message}");
+
+    let sqlite = parse(&MINIMAL.replace("[store]\n", "[store]\nbackend = \"sqlite\"\n")).unwrap();
+    assert_eq!(sqlite, parse(MINIMAL).unwrap());
+
+    for key in ["url", "password_file", "lease", "pool_size"] {
+        let text = MINIMAL.replace("[store]\n", &format!("[store]\n{key} = \"x\"\n"));
+        let (named, message) = invalid_key(parse(&text));
+        assert_eq!(named, format!("store.{key}"));
+        assert!(message.contains("postgres"), "{message}");
+    }
+    let text = err_text(parse(
+        &MINIMAL.replace("[store]\n", "[store]\nbackend = \"mysql\"\n"),
+    ));
+    assert!(
+        text.contains("sqlite") && text.contains("postgres"),
+        "{text}"
+    );
+}

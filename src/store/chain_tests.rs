@@ -242,8 +242,8 @@ impl Run {
     }
 
     fn claim(&mut self) -> Result<(), TestCaseError> {
-        let claimed =
-            delivery::claim(&self.conn, &Calendar::none(), self.now, 100).map_err(failed)?;
+        let claimed = delivery::claim(&self.conn, &Calendar::none(), "test", self.now, 100)
+            .map_err(failed)?;
         for job in &claimed.jobs {
             prop_assert_eq!(self.model[&job.id], State::Scheduled, "claimed {}", job.id);
             self.model.insert(job.id, State::Sending);
@@ -426,7 +426,7 @@ impl Run {
             .prepare("SELECT state, count(*) FROM jobs GROUP BY state")
             .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let summary = queries::summary(&self.conn, self.now).map_err(failed)?;
+        let summary = queries::summary(&self.conn, "test", self.now).map_err(failed)?;
         for state in State::ALL {
             let kept = summary.counts.get(&state).copied().unwrap_or(0);
             let real = counted.get(state.as_str()).copied().unwrap_or(0);
@@ -588,7 +588,7 @@ fn a_quarantined_parent_cancels_its_follower() {
     let (p, c) = pair(&conn, &Calendar::none(), "bad", json!({}), START);
     conn.execute("UPDATE jobs SET payload = 'not json' WHERE id = ?1", [p])
         .expect("a hand edit");
-    let claimed = delivery::claim(&conn, &Calendar::none(), START, 10).expect("claim");
+    let claimed = delivery::claim(&conn, &Calendar::none(), "test", START, 10).expect("claim");
     assert!(claimed.jobs.is_empty(), "{claimed:?}");
     assert_eq!(state_and_error(&conn, p).0, "failed");
     let (state, why) = state_and_error(&conn, c);

@@ -139,6 +139,7 @@ pub fn next_due(conn: &Connection) -> Result<Option<Millis>, StoreError> {
 pub fn claim(
     conn: &Connection,
     calendar: &Calendar,
+    node: &str,
     now: Millis,
     limit: usize,
 ) -> Result<Claimed, StoreError> {
@@ -174,8 +175,8 @@ pub fn claim(
         .map_err(err())?;
     let mut open = conn
         .prepare_cached(
-            "INSERT INTO attempts (job_id, seq, started_at)
-             VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM attempts WHERE job_id = ?1), ?2)
+            "INSERT INTO attempts (job_id, seq, started_at, node)
+             VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM attempts WHERE job_id = ?1), ?2, ?3)
              RETURNING seq",
         )
         .map_err(err())?;
@@ -204,7 +205,7 @@ pub fn claim(
     for job in &mut jobs {
         mark.execute(params![job.id, now]).map_err(err())?;
         job.seq = open
-            .query_row(params![job.id, now], |r| r.get(0))
+            .query_row(params![job.id, now, node], |r| r.get(0))
             .map_err(err())?;
     }
     Ok(Claimed {

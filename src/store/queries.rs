@@ -30,6 +30,20 @@ pub struct Summary {
     pub next_due: Option<Millis>,
     /// Scheduled jobs waiting for their window to open.
     pub deferred: u64,
+    /// The daemons working this queue. A SQLite queue has one, the daemon
+    /// asking, which holds its lock.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One daemon working the queue, as `stats` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Its `node.name`.
+    pub name: String,
+    /// When it was last known to be alive.
+    pub last_heartbeat: Millis,
+    /// Its jobs in `sending`, each a request that may be in flight.
+    pub in_flight: u64,
 }
 
 /// Stores new jobs, each `scheduled` with its `due_at` settled against its
@@ -248,7 +262,10 @@ fn show_rule(view: &mut JobView, calendar: &Calendar) {
 /// with `jobs`, and the next due time. A count kept for a state that is
 /// not a state (after a hand edit) is put right first: its jobs are
 /// quarantined and the count dropped (see [`quarantine::unknown_counts`]).
-pub fn summary(conn: &Connection, now: Millis) -> Result<Summary, StoreError> {
+///
+/// `node` is the daemon asking: it holds the queue's lock, so it is the
+/// one node, alive now, and every job in `sending` is its own.
+pub fn summary(conn: &Connection, node: &str, now: Millis) -> Result<Summary, StoreError> {
     quarantine::unknown_counts(conn, now)?;
     let mut counts: BTreeMap<State, u64> = State::ALL.iter().map(|s| (*s, 0)).collect();
     let mut stmt = conn
@@ -282,10 +299,16 @@ pub fn summary(conn: &Connection, now: Millis) -> Result<Summary, StoreError> {
         counts.insert(state, n);
     }
     drop(stmt);
+    let nodes = vec![NodeStatus {
+        name: node.to_owned(),
+        last_heartbeat: now,
+        in_flight: counts.get(&State::Sending).copied().unwrap_or(0),
+    }];
     Ok(Summary {
         counts,
         next_due: next_due(conn)?,
         deferred: deferral::deferred(conn)?,
+        nodes,
     })
 }
 

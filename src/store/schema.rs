@@ -169,6 +169,11 @@ const MIGRATIONS: &[&str] = &[
         UPDATE meta SET value = value - 1 WHERE name = 'deferred';
     END;
     "#,
+    // 10: the node (`node.name`) that made each attempt. Attempts made
+    // before it are left without one: which daemon made them is not known.
+    r#"
+    ALTER TABLE attempts ADD COLUMN node TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -275,7 +275,7 @@ fn coax_words_of_any_size_are_stored_bounded() {
     jobs(&conn, "big", 1, "scheduled", 0);
     conn.execute("UPDATE jobs SET scheduled_at = 0, due_at = 0", [])
         .expect("due now");
-    let claimed = delivery::claim(&conn, &Calendar::none(), 1, 1).expect("claim");
+    let claimed = delivery::claim(&conn, &Calendar::none(), "test", 1, 1).expect("claim");
     let job = &claimed.jobs[0];
     let mib = 1024 * 1024;
     delivery::finish(

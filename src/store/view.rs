@@ -161,7 +161,7 @@ pub(super) fn read(r: &Row<'_>) -> rusqlite::Result<Read> {
 pub(super) fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, StoreError> {
     let mut tries = conn
         .prepare_cached(
-            "SELECT seq, started_at, finished_at, status, error, decision, ambiguous, latency_ms
+            "SELECT seq, started_at, finished_at, status, error, decision, ambiguous, latency_ms, node
              FROM attempts WHERE job_id = ?1 ORDER BY seq DESC LIMIT ?2",
         )
         .and_then(|mut s| {
@@ -180,6 +180,7 @@ pub(super) fn history(conn: &Connection, id: i64) -> Result<Vec<AttemptView>, St
                     decision: text(5)?,
                     ambiguous: number(6)?.is_some_and(|n| n != 0),
                     latency_ms: number(7)?.and_then(|ms| u64::try_from(ms).ok()),
+                    node: text(8)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()

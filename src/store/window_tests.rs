@@ -259,7 +259,7 @@ fn a_claim_defers_a_due_job_whose_window_is_shut_and_leaves_attempts_alone() {
     assert_eq!(rows(&conn)[&id].due_at, now);
 
     let calendar = business();
-    let claimed = delivery::claim(&conn, &calendar, now + MINUTE, 10).expect("claim");
+    let claimed = delivery::claim(&conn, &calendar, "test", now + MINUTE, 10).expect("claim");
     assert!(claimed.jobs.is_empty() && claimed.expired.is_empty());
     assert_eq!(claimed.next_due, Some(monday_9));
     let row = &rows(&conn)[&id];
@@ -270,9 +270,9 @@ fn a_claim_defers_a_due_job_whose_window_is_shut_and_leaves_attempts_alone() {
     assert_eq!(attempts_of(&conn), 0, "a deferral opens no attempt");
     assert_eq!(deferral::deferred(&conn).expect("deferred"), 1);
 
-    let early = delivery::claim(&conn, &calendar, monday_9 - 1, 10).expect("claim");
+    let early = delivery::claim(&conn, &calendar, "test", monday_9 - 1, 10).expect("claim");
     assert!(early.jobs.is_empty());
-    let claimed = delivery::claim(&conn, &calendar, monday_9, 10).expect("claim");
+    let claimed = delivery::claim(&conn, &calendar, "test", monday_9, 10).expect("claim");
     assert_eq!(claimed.jobs.len(), 1);
     assert_eq!((claimed.jobs[0].attempt, claimed.jobs[0].seq), (1, 1));
 }
@@ -286,7 +286,7 @@ fn a_retry_that_lands_after_closing_is_deferred_without_an_extra_attempt() {
     let tuesday_9 = utc("2026-11-30T22:00:00Z");
     let job = new_job(Kind::Message, None, Some("business"), now);
     let id = queries::enqueue(&conn, &calendar, &[job], now).expect("enqueue")[0].id;
-    let claimed = delivery::claim(&conn, &calendar, now, 10).expect("claim");
+    let claimed = delivery::claim(&conn, &calendar, "test", now, 10).expect("claim");
     let job = &claimed.jobs[0];
     let retry = Decision::Retry {
         at: now + 20 * MINUTE,
@@ -297,7 +297,7 @@ fn a_retry_that_lands_after_closing_is_deferred_without_an_extra_attempt() {
     let row = &rows(&conn)[&id];
     assert_eq!(row.scheduled_at, now + 20 * MINUTE);
     assert_eq!((row.due_at, row.attempts), (tuesday_9, 1));
-    let claimed = delivery::claim(&conn, &calendar, tuesday_9, 10).expect("claim");
+    let claimed = delivery::claim(&conn, &calendar, "test", tuesday_9, 10).expect("claim");
     assert_eq!((claimed.jobs[0].attempt, claimed.jobs[0].seq), (2, 2));
 }
 
@@ -313,7 +313,7 @@ fn a_job_given_back_by_a_key_pause_after_closing_is_deferred_at_once() {
     let tuesday_9 = utc("2026-11-30T22:00:00Z");
     let job = new_job(Kind::Message, None, Some("business"), now);
     let id = queries::enqueue(&conn, &calendar, &[job], now).expect("enqueue")[0].id;
-    let claimed = delivery::claim(&conn, &calendar, now, 10).expect("claim");
+    let claimed = delivery::claim(&conn, &calendar, "test", now, 10).expect("claim");
     let paused = ended(id, claimed.jobs[0].seq, now + MINUTE, Decision::PauseForKey);
     delivery::finish(&conn, &calendar, &paused).expect("finish");
     let row = &rows(&conn)[&id];

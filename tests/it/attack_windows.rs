@@ -61,6 +61,7 @@ fn open_store(dir: &Path, calendar: &Arc<Calendar>, clock: &Arc<FixedClock>) -> 
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 5,
         calendar: calendar.clone(),
+        node: "test".to_owned(),
     })
     .expect("the store opens");
     store.with_clock(clock.clone())

@@ -640,7 +640,7 @@ async fn get_shows_the_state_and_the_attempt_history() {
         .position(|l| l.trim_end() == "history")
         .unwrap_or_else(|| panic!("no history section:\n{}", run.stdout));
     let header = lines.get(history + 1).expect("history header");
-    for column in ["#", "STARTED", "STATUS", "DECISION"] {
+    for column in ["#", "STARTED", "STATUS", "NODE", "DECISION"] {
         assert!(header.contains(column), "history header {header:?}");
     }
     let attempt = lines.get(history + 2).expect("one attempt row");
@@ -648,6 +648,8 @@ async fn get_shows_the_state_and_the_attempt_history() {
     assert_eq!(cells.first(), Some(&"1"), "attempt row {attempt:?}");
     assert!(cells.contains(&"200"), "no HTTP status in {attempt:?}");
     assert!(cells.contains(&"sent"), "no decision in {attempt:?}");
+    let host = coax_scheduler::config::host_name().expect("host name");
+    assert!(cells.contains(&host.as_str()), "no node in {attempt:?}");
     daemon.stop().await;
 }
 
@@ -1374,6 +1376,11 @@ async fn status_shows_the_dispatcher_counts_next_job_and_last_errors() {
     );
     assert!(out.contains(&format!("next due    job {next} ")), "{out}");
     assert!(out.contains("number is blocked"), "{out}");
+    let host = coax_scheduler::config::host_name().expect("host name");
+    assert!(
+        out.contains(&format!("node        {host} (0 in flight)")),
+        "{out}"
+    );
     assert!(out.lines().count() <= 24, "fits one screen: {out}");
     daemon.stop().await;
 }

@@ -271,6 +271,7 @@ async fn open_when_free(db: &Path, hold: bool) -> (Store, Opened) {
         },
         max_attempts: 5,
         calendar: std::sync::Arc::new(coax_scheduler::window::Calendar::none()),
+        node: "test".to_owned(),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

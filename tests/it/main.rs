@@ -17,6 +17,7 @@ mod hand_edits;
 mod helpers;
 mod lifecycle;
 mod metrics;
+mod nodes;
 mod outage;
 mod outcomes;
 mod paging;

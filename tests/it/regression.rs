@@ -178,6 +178,7 @@ async fn an_embedded_daemon_that_stopped_lets_go_of_its_queue() {
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 3,
         calendar: std::sync::Arc::new(coax_scheduler::window::Calendar::none()),
+        node: "test".to_owned(),
     };
     let opened = crate::helpers::wait_until(
         "the stopped daemon's store to let go of its lock",

@@ -591,6 +591,7 @@ fn open_store(db: &Path) -> Store {
         on_ambiguous: OnAmbiguous::Retry,
         max_attempts: 5,
         calendar: std::sync::Arc::new(coax_scheduler::window::Calendar::none()),
+        node: "test".to_owned(),
     })
     .expect("the store opens");
     assert!(opened.recovered.is_empty());

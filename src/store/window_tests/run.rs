@@ -156,7 +156,8 @@ impl Run {
             .collect();
         due.sort_by_key(|r| (r.due_at, r.id));
         due.truncate(limit);
-        let claimed = delivery::claim(&self.conn, &self.calendar, now, limit).map_err(failed)?;
+        let claimed =
+            delivery::claim(&self.conn, &self.calendar, "test", now, limit).map_err(failed)?;
         let after = rows(&self.conn);
         for job in &claimed.jobs {
             let rule = self

@@ -1,0 +1,111 @@
+//! `[node]`, and the `[store]` keys that choose where the queue lives.
+//!
+//! A node is one daemon. Its name is written on every attempt it makes and
+//! shown in `stats`, so that an operator can tell which daemon did what.
+//! Only the SQLite store is built today: `store.backend = "postgres"` and
+//! the keys that belong to it are refused here, naming what to do instead,
+//! rather than read and ignored.
+
+use super::*;
+
+/// The longest node name: a host name's label limit, with room to spare.
+const MAX_NODE_NAME_BYTES: usize = 64;
+
+/// `[node]`: this daemon, as logs, `stats` and history name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `node.name`, by default the host name.
+    pub name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawNode {
+    name: Option<String>,
+}
+
+/// `store.backend`.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawBackend {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// Refuses a store this build cannot open; `Err` holds the key and why.
+/// `postgres_keys` names each of the PostgreSQL store's keys under
+/// `[store]` and whether it was given.
+pub(super) fn check_backend(
+    backend: RawBackend,
+    postgres_keys: [(&str, bool); 4],
+) -> Result<(), (String, String)> {
+    let first_given = postgres_keys
+        .into_iter()
+        .find_map(|(key, given)| given.then_some(key));
+    match (backend, first_given) {
+        (RawBackend::Postgres, _) => Err((
+            "store.backend".to_owned(),
+            r#"is "postgres", but this build keeps its queue in SQLite only; set backend = "sqlite" (the default) and store.path"#
+                .to_owned(),
+        )),
+        (RawBackend::Sqlite, Some(key)) => Err((
+            format!("store.{key}"),
+            r#"belongs to backend = "postgres", which this build does not have; remove it"#
+                .to_owned(),
+        )),
+        (RawBackend::Sqlite, None) => Ok(()),
+    }
+}
+
+/// `node.name` as written, or the host name.
+pub(super) fn node_config(raw: RawNode) -> Result<NodeConfig, String> {
+    match raw.name {
+        Some(name) => check_node_name(&name).map(|()| NodeConfig { name }),
+        None => {
+            let host = host_name().map_err(|e| {
+                format!("is not set, and the host name cannot be read ({e}); set name under [node]")
+            })?;
+            check_node_name(&host).map_err(|why| {
+                format!("is not set, and the host name {host:?} will not do ({why}); set name under [node]")
+            })?;
+            Ok(NodeConfig { name: host })
+        }
+    }
+}
+
+/// A node name is 1 to 64 letters, digits, `.`, `-` and `_`, as host names
+/// are: it goes into log lines and JSON, and must read the same in both.
+pub(super) fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if name.len() > MAX_NODE_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes long; the limit is {MAX_NODE_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        Some(c) => Err(format!(
+            "may hold only letters, digits, '.', '-' and '_', not {c:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The kernel's host name (`uname -n`).
+pub fn host_name() -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..end].to_vec())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the host name is not UTF-8"))
+}
