@@ -112,6 +112,9 @@ columns! {
             decision <- "decision",
             ambiguous <- "ambiguous",
             latency_ms <- "latency_ms",
+            /// The node that made it; none before schema version 10.
+            #[serde(default)]
+            node <- "node",
         }
         tail {}
     }
