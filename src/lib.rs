@@ -11,7 +11,8 @@
 //! new config on SIGHUP, [`housekeeping`] prunes finished jobs,
 //! [`schedule`] turns recurring schedules into jobs, [`summary`]
 //! and [`logging`] make the logs the status page, and [`systemd`] speaks to
-//! the service manager; [`metrics`] serves Prometheus. [`simulate`] is a
+//! the service manager; [`metrics`] serves Prometheus; [`transfer`] moves a
+//! queue between stores (`export`, `import`). [`simulate`] is a
 //! Coax stand-in that serves the
 //! [`demo`] and the [`bench`](mod@bench)mark.
 //!
@@ -45,4 +46,5 @@ pub mod store;
 pub mod summary;
 pub mod systemd;
 pub mod time;
+pub mod transfer;
 pub mod window;

@@ -45,6 +45,7 @@ mod schema;
 mod tags;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 mod view;
 mod walk;
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub fn answer(command: &Command, answer: &Value, now: Millis) {
         | Command::Demo
         | Command::Bench(_)
         | Command::Status
+        | Command::Export
+        | Command::Import
         | Command::Schedule { .. }
         | Command::Completions { .. } => {}
     }

@@ -37,4 +37,5 @@ mod startup;
 mod storage;
 mod systemd;
 mod tags;
+mod transfer;
 mod windows;

@@ -1,0 +1,288 @@
+//! Moving a queue: `export` writes every job (with its history, key, tags
+//! and state) and every recurring schedule as NDJSON, and `import` reads
+//! that stream into an empty store, keeping ids.
+//!
+//! The stream, one JSON object per line:
+//!
+//! ```text
+//! {"format":"coax-scheduler-export","version":1,"schema":9,"exported_at":"…"}
+//! {"type":"job","id":1,"key":…,"state":"sent",…,"tags":[…],"history":[{…},…]}
+//! …                                         one line per job, in id order
+//! {"type":"schedule","name":"…","cron":"…",…}
+//! …                                         one line per schedule
+//! {"type":"end","jobs":N,"schedules":M}
+//! ```
+//!
+//! The records ([`Job`], [`Attempt`], [`Schedule`]) name what they carry,
+//! not where a store keeps it, so another store can read the same stream;
+//! each column travels as stored (see [`Cell`]), so a row the daemon found
+//! unreadable comes across unchanged too. This module owns the format and
+//! its checks: the header, one record per line, and the end line, without
+//! which (or with other counts) nothing is imported, since a pipe that broke
+//! must not import half a queue. Reading and writing the store is
+//! [`crate::store::transfer`]'s.
+
+mod cell;
+mod record;
+
+pub use cell::Cell;
+pub use record::{Attempt, End, Job, Schedule};
+
+use crate::store::StoreError;
+pub use crate::store::transfer::Imported;
+use crate::store::transfer::{Importer, Snapshot};
+use crate::time::{self, Millis};
+use serde::Serialize;
+use serde_json::Value;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// What the header's `format` says.
+pub const FORMAT: &str = "coax-scheduler-export";
+/// The version of the stream this build writes and reads.
+pub const VERSION: u64 = 1;
+
+/// What went wrong moving a queue, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("there is no queue database at {0}; check store.path")]
+    Missing(PathBuf),
+    #[error(
+        "the queue database {path} has schema version {found}, and this build exports version {supported}; export with the coax-scheduler that last ran on it (or start this one on it once, which migrates it)"
+    )]
+    Schema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "the queue database {path} is not empty ({jobs} jobs, {schedules} schedules); import needs an empty store: point store.path at a new file"
+    )]
+    NotEmpty {
+        path: PathBuf,
+        jobs: i64,
+        schedules: i64,
+    },
+    #[error("the stream is empty: expected an export, starting with its header line")]
+    Empty,
+    #[error("line {line}: {detail}")]
+    Line { line: u64, detail: String },
+    #[error(
+        "line {line}: export format version {found}; this build reads version {VERSION}: import with a newer coax-scheduler"
+    )]
+    Version { line: u64, found: String },
+    #[error(
+        "the stream ends after line {lines} without its end line: it was cut short (a broken pipe or a partial file)"
+    )]
+    Truncated { lines: u64 },
+    #[error(
+        "line {line}: the end line counts {} jobs and {} schedules, but the stream holds {} and {}: lines are missing", .end.jobs, .end.schedules, .seen.jobs, .seen.schedules
+    )]
+    Counts { line: u64, end: End, seen: End },
+    #[error("cannot read the stream: {0}")]
+    Read(std::io::Error),
+    #[error("cannot write the export: {0}")]
+    Write(std::io::Error),
+}
+
+/// The first line of a stream.
+#[derive(Debug, Serialize)]
+struct Header<'a> {
+    format: &'a str,
+    version: u64,
+    /// The store's schema version at the source, for a person reading it.
+    schema: i64,
+    exported_at: String,
+}
+
+/// A record with its `type` in front.
+#[derive(Serialize)]
+struct Tagged<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    record: &'a T,
+}
+
+/// Writes the store at `db` to `out` as one snapshot, taken at `now`;
+/// returns the counts of its end line.
+pub fn export(db: &Path, out: &mut dyn Write, now: Millis) -> Result<End, TransferError> {
+    let snapshot = Snapshot::open(db)?;
+    let header = Header {
+        format: FORMAT,
+        version: VERSION,
+        schema: snapshot.schema(),
+        exported_at: time::format(now),
+    };
+    write_line(out, &header)?;
+    let jobs = snapshot.jobs(|job| {
+        write_line(
+            out,
+            &Tagged {
+                kind: "job",
+                record: &job,
+            },
+        )
+    })?;
+    let schedules = snapshot.schedules(|schedule| {
+        write_line(
+            out,
+            &Tagged {
+                kind: "schedule",
+                record: &schedule,
+            },
+        )
+    })?;
+    let end = End { jobs, schedules };
+    write_line(
+        out,
+        &Tagged {
+            kind: "end",
+            record: &end,
+        },
+    )?;
+    out.flush().map_err(TransferError::Write)?;
+    Ok(end)
+}
+
+fn write_line(out: &mut dyn Write, record: &impl Serialize) -> Result<(), TransferError> {
+    let mut line =
+        serde_json::to_vec(record).map_err(|e| TransferError::Write(std::io::Error::other(e)))?;
+    line.push(b'\n');
+    out.write_all(&line).map_err(TransferError::Write)
+}
+
+/// Reads an export from `input` into the empty store at `db`, in one
+/// transaction, line by line: it commits only once the end line has come
+/// and its counts agree; on any error nothing is imported.
+pub fn import(db: &Path, input: impl BufRead) -> Result<Imported, TransferError> {
+    let mut importer = Importer::begin(db)?;
+    let mut lines = Lines {
+        input,
+        line: 0,
+        text: String::new(),
+    };
+    let (line, first) = lines.next()?.ok_or(TransferError::Empty)?;
+    check_header(line, first)?;
+    let mut seen = End::default();
+    loop {
+        let Some((line, text)) = lines.next()? else {
+            return Err(TransferError::Truncated { lines: lines.line });
+        };
+        match parse(line, text)? {
+            Record::Job(job) => {
+                importer.job(line, &job)?;
+                seen.jobs += 1;
+            }
+            Record::Schedule(schedule) => {
+                importer.schedule(line, &schedule)?;
+                seen.schedules += 1;
+            }
+            Record::End(end) if end != seen => {
+                return Err(TransferError::Counts { line, end, seen });
+            }
+            Record::End(_) => break,
+        }
+    }
+    if let Some((line, _)) = lines.next()? {
+        return Err(TransferError::Line {
+            line,
+            detail: "a line after the end line".into(),
+        });
+    }
+    importer.finish()
+}
+
+/// The lines of the stream, numbered from 1, blank ones skipped; one line
+/// in memory at a time.
+struct Lines<R> {
+    input: R,
+    line: u64,
+    text: String,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn next(&mut self) -> Result<Option<(u64, &str)>, TransferError> {
+        loop {
+            self.text.clear();
+            self.line += 1;
+            match self.input.read_line(&mut self.text) {
+                Ok(0) => {
+                    self.line -= 1;
+                    return Ok(None);
+                }
+                Ok(_) if self.text.trim().is_empty() => continue,
+                Ok(_) => return Ok(Some((self.line, self.text.trim_end_matches(['\n', '\r'])))),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(TransferError::Line {
+                        line: self.line,
+                        detail: "it is not UTF-8 text".into(),
+                    });
+                }
+                Err(e) => return Err(TransferError::Read(e)),
+            }
+        }
+    }
+}
+
+fn check_header(line: u64, text: &str) -> Result<(), TransferError> {
+    let not_header = || TransferError::Line {
+        line,
+        detail: format!(
+            "not the header of a coax-scheduler export (it starts {{\"format\":\"{FORMAT}\",…}})"
+        ),
+    };
+    let header: Value = serde_json::from_str(text).map_err(|_| not_header())?;
+    if header.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(not_header());
+    }
+    match header.get("version") {
+        Some(v) if v.as_u64() == Some(VERSION) => Ok(()),
+        other => Err(TransferError::Version {
+            line,
+            found: other.map_or_else(|| "(none)".to_owned(), Value::to_string),
+        }),
+    }
+}
+
+/// One line of the stream after the header.
+#[derive(Debug)]
+enum Record {
+    Job(Box<Job>),
+    Schedule(Box<Schedule>),
+    End(End),
+}
+
+fn parse(line: u64, text: &str) -> Result<Record, TransferError> {
+    let bad = |detail: String| TransferError::Line { line, detail };
+    let mut value: Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not JSON ({e})")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(bad("not a JSON object".into()));
+    };
+    let kind = match object.shift_remove("type") {
+        Some(Value::String(kind)) => kind,
+        Some(other) => return Err(bad(format!("\"type\" is {other}, not a record type"))),
+        None => return Err(bad("it has no \"type\"".into())),
+    };
+    let invalid = |e: serde_json::Error| bad(format!("not a valid {kind} record ({e})"));
+    match kind.as_str() {
+        "job" => serde_json::from_value(value)
+            .map(|job| Record::Job(Box::new(job)))
+            .map_err(invalid),
+        "schedule" => serde_json::from_value(value)
+            .map(|schedule| Record::Schedule(Box::new(schedule)))
+            .map_err(invalid),
+        "end" => serde_json::from_value(value)
+            .map(Record::End)
+            .map_err(invalid),
+        _ => Err(bad(format!(
+            "unknown record type {kind:?} (expected job, schedule or end)"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;
