@@ -328,34 +328,44 @@ fn signals() -> anyhow::Result<(
     Ok((stop, reloads))
 }
 
-/// The store's path from the config: `export` and `import` read the
-/// database itself, and need no API key.
-fn store_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+/// The store from the config: `export` and `import` read the database
+/// itself, and need no API key. The database password, for PostgreSQL,
+/// comes from the environment, a credential or its file as for the daemon.
+fn store_config(cli: &Cli) -> anyhow::Result<config::StoreConfig> {
     let path = config_path(cli);
     let config = Config::load_with_env(&path, &|name| match name {
         "COAX_API_KEY" => Some("unused-by-export-and-import".to_owned()),
-        _ => None,
+        other => std::env::var(other).ok(),
     })?;
-    Ok(config.store.path)
+    Ok(config.store)
+}
+
+/// The store, for a message: the SQLite file, or the database (never the
+/// password).
+fn store_name(store: &config::StoreConfig) -> String {
+    match &store.postgres {
+        Some(pg) => pg.describe(),
+        None => store.path.display().to_string(),
+    }
 }
 
 fn export(cli: &Cli) -> anyhow::Result<()> {
-    let db = store_path(cli)?;
+    let store = store_config(cli)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let end = crate::transfer::export(&db, &mut out, time::now())?;
+    let end = crate::transfer::export_store(&store, &mut out, time::now())?;
     eprintln!(
         "exported {} jobs and {} schedules from {}",
         end.jobs,
         end.schedules,
-        db.display()
+        store_name(&store)
     );
     Ok(())
 }
 
 fn import(cli: &Cli) -> anyhow::Result<()> {
-    let db = store_path(cli)?;
-    let imported = crate::transfer::import(&db, std::io::stdin().lock())
-        .with_context(|| format!("nothing was imported into {}", db.display()))?;
+    let store = store_config(cli)?;
+    let imported = crate::transfer::import_store(&store, std::io::stdin().lock())
+        .with_context(|| format!("nothing was imported into {}", store_name(&store)))?;
     let highest = imported
         .highest_id
         .map_or_else(|| "none".to_owned(), |id| id.to_string());
@@ -363,7 +373,7 @@ fn import(cli: &Cli) -> anyhow::Result<()> {
         "imported {} jobs and {} schedules into {}; highest job id {highest}",
         imported.jobs,
         imported.schedules,
-        db.display()
+        store_name(&store)
     );
     Ok(())
 }

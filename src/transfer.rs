@@ -20,7 +20,9 @@
 //! its checks: the header, one record per line, and the end line, without
 //! which (or with other counts) nothing is imported, since a pipe that broke
 //! must not import half a queue. Reading and writing the store is
-//! [`crate::store::transfer`]'s.
+//! [`crate::store::transfer`]'s for SQLite and
+//! [`crate::store::postgres::transfer`]'s for PostgreSQL, behind [`Source`]
+//! and [`Sink`].
 
 mod cell;
 mod record;
@@ -28,7 +30,9 @@ mod record;
 pub use cell::Cell;
 pub use record::{Attempt, End, Job, Schedule};
 
+use crate::config::StoreConfig;
 use crate::store::StoreError;
+use crate::store::postgres::transfer::{PgImporter, PgSnapshot};
 pub use crate::store::transfer::Imported;
 use crate::store::transfer::{Importer, Snapshot};
 use crate::time::{self, Millis};
@@ -65,6 +69,22 @@ pub enum TransferError {
         jobs: i64,
         schedules: i64,
     },
+    #[error(
+        "there is no queue in the PostgreSQL database {0}: it has no coax_schema table; check store.url"
+    )]
+    NoQueue(String),
+    #[error(
+        "the PostgreSQL database {database} is not empty ({jobs} jobs, {schedules} schedules); import needs an empty store: point store.url at a new database"
+    )]
+    PostgresNotEmpty {
+        database: String,
+        jobs: i64,
+        schedules: i64,
+    },
+    #[error(
+        "the PostgreSQL database {database} is in use by {detail}; stop every coax-scheduler daemon on it, then import again"
+    )]
+    PostgresInUse { database: String, detail: String },
     #[error("the stream is empty: expected an export, starting with its header line")]
     Empty,
     #[error("line {line}: {detail}")]
@@ -109,15 +129,103 @@ struct Tagged<'a, T> {
 /// Writes the store at `db` to `out` as one snapshot, taken at `now`;
 /// returns the counts of its end line.
 pub fn export(db: &Path, out: &mut dyn Write, now: Millis) -> Result<End, TransferError> {
-    let snapshot = Snapshot::open(db)?;
+    export_from(&mut Snapshot::open(db)?, out, now)
+}
+
+/// Writes the store that `store` configures (SQLite or PostgreSQL) to
+/// `out`, as [`export`] does.
+pub fn export_store(
+    store: &StoreConfig,
+    out: &mut dyn Write,
+    now: Millis,
+) -> Result<End, TransferError> {
+    match &store.postgres {
+        Some(pg) => export_from(&mut PgSnapshot::open(pg)?, out, now),
+        None => export(&store.path, out, now),
+    }
+}
+
+/// Reads an export into the store that `store` configures, as [`import`]
+/// does.
+pub fn import_store(store: &StoreConfig, input: impl BufRead) -> Result<Imported, TransferError> {
+    match &store.postgres {
+        Some(pg) => import_into(Box::new(PgImporter::begin(pg)?), input),
+        None => import(&store.path, input),
+    }
+}
+
+/// Where an export reads from: one consistent snapshot of a store.
+pub trait Source {
+    /// The schema version the header names (see [`Header`]).
+    fn schema(&self) -> i64;
+    /// Hands every job, with its history, to `each`, in id order; how many.
+    fn jobs(
+        &mut self,
+        each: &mut dyn FnMut(Job) -> Result<(), TransferError>,
+    ) -> Result<u64, TransferError>;
+    /// Hands every recurring schedule to `each`, by name; how many.
+    fn schedules(
+        &mut self,
+        each: &mut dyn FnMut(Schedule) -> Result<(), TransferError>,
+    ) -> Result<u64, TransferError>;
+}
+
+/// Where an import writes to: one transaction on an empty store, which
+/// [`Sink::finish`] commits and dropping the sink rolls back.
+pub trait Sink {
+    /// Stores `job`, its history and its tags; `line` names it in errors.
+    fn job(&mut self, line: u64, job: &Job) -> Result<(), TransferError>;
+    /// Stores `schedule`; `line` names it in errors.
+    fn schedule(&mut self, line: u64, schedule: &Schedule) -> Result<(), TransferError>;
+    /// Fills the derived tables and commits.
+    fn finish(self: Box<Self>) -> Result<Imported, TransferError>;
+}
+
+impl Source for Snapshot {
+    fn schema(&self) -> i64 {
+        Snapshot::schema(self)
+    }
+    fn jobs(
+        &mut self,
+        each: &mut dyn FnMut(Job) -> Result<(), TransferError>,
+    ) -> Result<u64, TransferError> {
+        Snapshot::jobs(self, each)
+    }
+    fn schedules(
+        &mut self,
+        each: &mut dyn FnMut(Schedule) -> Result<(), TransferError>,
+    ) -> Result<u64, TransferError> {
+        Snapshot::schedules(self, each)
+    }
+}
+
+impl Sink for Importer {
+    fn job(&mut self, line: u64, job: &Job) -> Result<(), TransferError> {
+        Importer::job(self, line, job)
+    }
+    fn schedule(&mut self, line: u64, schedule: &Schedule) -> Result<(), TransferError> {
+        Importer::schedule(self, line, schedule)
+    }
+    fn finish(self: Box<Self>) -> Result<Imported, TransferError> {
+        Importer::finish(*self)
+    }
+}
+
+/// Writes `source` to `out`, taken at `now`; returns the counts of its end
+/// line.
+pub fn export_from(
+    source: &mut dyn Source,
+    out: &mut dyn Write,
+    now: Millis,
+) -> Result<End, TransferError> {
     let header = Header {
         format: FORMAT,
         version: VERSION,
-        schema: snapshot.schema(),
+        schema: source.schema(),
         exported_at: time::format(now),
     };
     write_line(out, &header)?;
-    let jobs = snapshot.jobs(|job| {
+    let jobs = source.jobs(&mut |job| {
         write_line(
             out,
             &Tagged {
@@ -126,7 +234,7 @@ pub fn export(db: &Path, out: &mut dyn Write, now: Millis) -> Result<End, Transf
             },
         )
     })?;
-    let schedules = snapshot.schedules(|schedule| {
+    let schedules = source.schedules(&mut |schedule| {
         write_line(
             out,
             &Tagged {
@@ -158,7 +266,14 @@ fn write_line(out: &mut dyn Write, record: &impl Serialize) -> Result<(), Transf
 /// transaction, line by line: it commits only once the end line has come
 /// and its counts agree; on any error nothing is imported.
 pub fn import(db: &Path, input: impl BufRead) -> Result<Imported, TransferError> {
-    let mut importer = Importer::begin(db)?;
+    import_into(Box::new(Importer::begin(db)?), input)
+}
+
+/// Reads an export from `input` into `sink`, as [`import`] does.
+pub fn import_into(
+    mut importer: Box<dyn Sink>,
+    input: impl BufRead,
+) -> Result<Imported, TransferError> {
     let mut lines = Lines {
         input,
         line: 0,

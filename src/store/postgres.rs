@@ -30,6 +30,7 @@
 
 pub mod schema;
 mod tls;
+pub mod transfer;
 
 use super::StoreError;
 use crate::config::PostgresConfig;

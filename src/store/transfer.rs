@@ -58,7 +58,7 @@ fn cells<const N: usize>(r: &Row<'_>, from: usize) -> rusqlite::Result<[Cell; N]
 }
 
 /// The stored form of a tag list, as enqueue writes it: none for no tags.
-fn stored_tags(tags: &[String]) -> Cell {
+pub(crate) fn stored_tags(tags: &[String]) -> Cell {
     if tags.is_empty() {
         return Cell::Null;
     }
@@ -69,7 +69,7 @@ fn stored_tags(tags: &[String]) -> Cell {
 /// A job's tags from its stored list, and the list itself when it is not
 /// what [`stored_tags`] would write for them (a hand edit), so that it
 /// comes back as it was.
-fn tags_of(stored: Cell) -> (Vec<String>, Option<Cell>) {
+pub(crate) fn tags_of(stored: Cell) -> (Vec<String>, Option<Cell>) {
     let tags: Vec<String> = stored
         .as_str()
         .and_then(|t| serde_json::from_str(t).ok())
@@ -408,7 +408,7 @@ fn placeholders(n: usize) -> String {
 }
 
 /// A cell for an error message, short.
-fn shown(c: &Cell) -> String {
+pub(crate) fn shown(c: &Cell) -> String {
     let text = serde_json::to_string(c).unwrap_or_default();
     super::view::bounded(text, 200)
 }

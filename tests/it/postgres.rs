@@ -11,6 +11,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+mod transfer;
+
 /// Loads `cluster`'s config with `extra` under `[store]` and `env`.
 fn load(
     cluster: &PgCluster,

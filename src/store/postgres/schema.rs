@@ -112,6 +112,12 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
+/// The SQLite schema version whose tables and columns this schema mirrors.
+/// An export from PostgreSQL names it in its header, so that the same
+/// queue makes the same stream from either store; a unit test keeps it
+/// equal to SQLite's, so that a new SQLite migration gets its mirror here.
+pub const SQLITE_EQUIVALENT: i64 = 10;
+
 /// The tables of [`MIGRATIONS`]: a database holding any of them without
 /// `coax_schema` belongs to someone else.
 const OUR_TABLES: &[&str] = &[
@@ -203,4 +209,17 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
         );
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_schema_mirrors_the_current_sqlite_schema() {
+        assert_eq!(
+            super::SQLITE_EQUIVALENT,
+            crate::store::SCHEMA_VERSION,
+            "SQLite's schema has moved on: mirror its new migration in PostgreSQL's \
+             (a new entry of MIGRATIONS) and raise SQLITE_EQUIVALENT"
+        );
+    }
 }

@@ -1,0 +1,409 @@
+//! Moving a queue from SQLite to PostgreSQL with the real binary: export
+//! from SQLite, import into PostgreSQL, export again, and the two streams
+//! agree; and what import into PostgreSQL refuses, leaving nothing behind.
+
+use crate::helpers::coax::{CoaxStub, Reply};
+use crate::helpers::daemon::{TestClock, TestDaemon, binary, config_text};
+use crate::helpers::edit_db;
+use crate::helpers::postgres::{self, PgCluster};
+use coax_scheduler::store::postgres::transfer::DAEMON_LOCK;
+use coax_scheduler::time;
+use serde_json::{Value, json};
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// What one run of the binary produced.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `coax-scheduler <command> --config dir/config.toml` with `stdin`
+/// and the test role's database password in the environment.
+async fn run(command: &str, dir: &Path, stdin: &str) -> Run {
+    let (command, config, stdin) = (
+        command.to_owned(),
+        dir.join("config.toml"),
+        stdin.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(binary())
+            .arg(&command)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("COAX_API_KEY")
+            .env_remove("RUST_LOG")
+            .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the coax-scheduler binary");
+        let mut input = child.stdin.take().expect("piped stdin");
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        let output = child.wait_with_output().expect("wait for the binary");
+        Run {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("binary thread")
+}
+
+/// The lines of an export, without the header's export time.
+fn comparable(export: &str) -> Vec<String> {
+    let mut lines: Vec<String> = export.lines().map(str::to_owned).collect();
+    let mut header: Value = serde_json::from_str(&lines[0]).expect("header is JSON");
+    assert!(header["exported_at"].is_string(), "{header}");
+    header["exported_at"] = Value::Null;
+    lines[0] = header.to_string();
+    lines
+}
+
+fn sms(key: &str, extra: Value) -> Value {
+    let mut job = json!({"kind": "message", "channel": "sms", "key": key,
+                         "payload": {"phone": "+15550100", "message": format!("hello {key}")}});
+    if let (Some(fields), Value::Object(extra)) = (job.as_object_mut(), extra) {
+        fields.extend(extra);
+    }
+    job
+}
+
+/// A SQLite queue with jobs in many states, tags (one list hand-edited),
+/// histories, a follow-up, a deferred job and a schedule; its export,
+/// taken while its daemon runs.
+async fn sqlite_export() -> String {
+    let coax = CoaxStub::start().await;
+    let days: String = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .map(|d| format!("{d} = \"02:00-03:00\"\n"))
+        .collect();
+    let config = format!(
+        "{}\n[windows.night]\n{days}",
+        config_text(&coax.base_url(), "", "")
+    );
+    let clock = TestClock::at(time::parse_rfc3339("2026-03-02T12:00:00Z").expect("time"));
+    let source = TestDaemon::start_with_clock(&config, clock.clone()).await;
+    coax.push(Reply::status(500));
+    let sent = source
+        .enqueue(sms("sent", json!({"tags": ["vip", "march"]})))
+        .await;
+    source.wait_for_state(sent, "sent").await;
+    coax.push(Reply::refused("The customer has opted out of SMS"));
+    let failed = source.enqueue(sms("failed", json!({}))).await;
+    source.wait_for_state(failed, "failed").await;
+    let scheduled = source
+        .enqueue(sms("scheduled", json!({"delay": "1h", "tags": ["march"]})))
+        .await;
+    source
+        .enqueue(sms("deferred", json!({"window": "night"})))
+        .await;
+    source
+        .enqueue(sms(
+            "waiting",
+            json!({"after": {"key": "scheduled"}, "delay": "10m"}),
+        ))
+        .await;
+    let cancelled = source
+        .enqueue(sms("cancelled", json!({"delay": "1h"})))
+        .await;
+    let answer = source
+        .request(json!({"op": "cancel", "id": cancelled}))
+        .await;
+    assert_eq!(answer["job"]["state"], "cancelled", "{answer}");
+    let held = source.enqueue(sms("held", json!({"delay": "1h"}))).await;
+    let answer = source
+        .request(
+            json!({"op": "schedule_put", "name": "weekly", "cron": "0 0 9 * * MON",
+                        "timezone": "UTC", "catch_up": "skip",
+                        "job": {"kind": "message", "channel": "sms",
+                                "payload": {"message": "weekly", "phone": "+15550100"}}}),
+        )
+        .await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    let dir = source.stop().await;
+    edit_db(
+        &dir.path().join("queue.db"),
+        &format!(
+            "UPDATE jobs SET state = 'held', last_error = 'held: by hand' WHERE id = {held};
+             UPDATE jobs SET tags = '[ \"march\" ]' WHERE id = {scheduled};"
+        ),
+    );
+    let source = TestDaemon::start_in_with_clock(dir, &config, clock).await;
+    let exported = run("export", source.dir.path(), "").await;
+    assert!(exported.ok, "export failed: {}", exported.stderr);
+    exported.stdout
+}
+
+/// A dir whose config.toml points at `database` in `cluster`.
+fn pg_target(cluster: &PgCluster, database: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = cluster.config_text("http://127.0.0.1:9", "").replace(
+        &format!("/{}\"", postgres::DATABASE),
+        &format!("/{database}\""),
+    );
+    std::fs::write(dir.path().join("config.toml"), config).expect("write config");
+    dir
+}
+
+async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+#[tokio::test]
+async fn postgres_sqlite_export_imports_into_postgres_and_exports_the_same() {
+    let first = sqlite_export().await;
+    let cluster = PgCluster::start().await;
+    let into = pg_target(&cluster, postgres::DATABASE);
+
+    let imported = run("import", into.path(), &first).await;
+    assert!(imported.ok, "import failed: {}", imported.stderr);
+    let retried = first
+        .lines()
+        .find(|l| l.contains(r#""key":"sent""#))
+        .expect("the sent job");
+    let retried: Value = serde_json::from_str(retried).expect("JSON");
+    assert_eq!(
+        retried["history"].as_array().map(Vec::len),
+        Some(2),
+        "{retried}"
+    );
+    assert!(
+        first.contains(r#""tags_stored":"[ \"march\" ]""#),
+        "{first}"
+    );
+    assert!(first.contains(r#""type":"schedule""#), "{first}");
+    assert!(
+        imported.stderr.contains("imported 7 jobs and 1 schedules"),
+        "{}",
+        imported.stderr
+    );
+    assert!(
+        !imported.stderr.contains(postgres::PASSWORD),
+        "{}",
+        imported.stderr
+    );
+
+    let second = run("export", into.path(), "").await;
+    assert!(second.ok, "export failed: {}", second.stderr);
+    assert_eq!(comparable(&second.stdout), comparable(&first));
+
+    // The derived tags, and new ids above the imported ones.
+    let client = cluster.superuser(postgres::DATABASE).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM job_tags").await, 3);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM job_tags WHERE tag = 'march'").await,
+        2
+    );
+    let highest = count(&client, "SELECT max(id) FROM jobs").await;
+    let new: i64 = client
+        .query_one(
+            "INSERT INTO jobs (kind, channel, scheduled_at, state, created_at, updated_at, payload)
+             VALUES ('message', 'sms', 1, 'scheduled', 1, 1, '{}') RETURNING id",
+            &[],
+        )
+        .await
+        .expect("a new job")
+        .get(0);
+    assert!(new > highest, "new id {new} not above {highest}");
+
+    // A store that holds jobs is refused, and left as it was.
+    let again = run("import", into.path(), &first).await;
+    assert!(!again.ok);
+    assert!(
+        again.stderr.contains("not empty (8 jobs, 1 schedules)"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 8);
+}
+
+#[tokio::test]
+async fn postgres_import_of_a_bad_stream_writes_nothing() {
+    let cluster = PgCluster::start().await;
+    let into = pg_target(&cluster, postgres::DATABASE);
+    let header = r#"{"format":"coax-scheduler-export","version":1,"schema":10,"exported_at":"2026-03-02T12:00:00.000Z"}"#;
+    let job = |id: i64, payload: &str| {
+        format!(
+            r#"{{"type":"job","id":{id},"key":null,"kind":"message","channel":"sms","enquiry_id":null,"state":"scheduled","scheduled_at":1,"due_at":1,"expires_at":null,"timezone":null,"window":null,"after":null,"after_delay_ms":null,"after_ttl_ms":null,"attempts":0,"created_at":1,"updated_at":1,"last_error":null,"result":null,"payload":{payload},"tags":["t"],"history":[]}}"#
+        )
+    };
+    let good = job(5, r#""{\"a\":1}""#);
+    let end = r#"{"type":"end","jobs":2,"schedules":0}"#;
+    let client = cluster.superuser(postgres::DATABASE).await;
+
+    // Cut short: no end line.
+    let truncated = format!("{header}\n{good}\n{}\n", job(6, r#""{}""#));
+    let run1 = run("import", into.path(), &truncated).await;
+    assert!(!run1.ok);
+    assert!(run1.stderr.contains("cut short"), "{}", run1.stderr);
+    assert!(
+        run1.stderr.contains("nothing was imported"),
+        "{}",
+        run1.stderr
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM job_tags").await, 0);
+
+    // A payload that is not UTF-8 text: PostgreSQL cannot keep it.
+    let raw = format!(
+        "{header}\n{good}\n{}\n{end}\n",
+        job(6, r#"{"text_hex":"ff7b22"}"#)
+    );
+    let run2 = run("import", into.path(), &raw).await;
+    assert!(!run2.ok);
+    assert!(run2.stderr.contains("line 3"), "{}", run2.stderr);
+    assert!(
+        run2.stderr.contains("payload holds text that is not UTF-8"),
+        "{}",
+        run2.stderr
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
+
+    // A time as text, as a hand edit may leave it in SQLite.
+    let text_time = format!(
+        "{header}\n{good}\n{}\n{end}\n",
+        job(6, r#""{}""#).replace(r#""scheduled_at":1"#, r#""scheduled_at":"soon""#)
+    );
+    let run3 = run("import", into.path(), &text_time).await;
+    assert!(!run3.ok);
+    assert!(
+        run3.stderr
+            .contains("scheduled_at holds \"soon\", not an integer"),
+        "{}",
+        run3.stderr
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
+
+    // The same id twice.
+    let twice = format!("{header}\n{good}\n{good}\n{end}\n");
+    let run4 = run("import", into.path(), &twice).await;
+    assert!(!run4.ok);
+    assert!(run4.stderr.contains("job id 5"), "{}", run4.stderr);
+    assert!(run4.stderr.contains("appears twice"), "{}", run4.stderr);
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
+
+    // And the whole stream goes in.
+    let whole = format!("{header}\n{good}\n{}\n{end}\n", job(9, r#""{}""#));
+    let run5 = run("import", into.path(), &whole).await;
+    assert!(run5.ok, "{}", run5.stderr);
+    assert!(run5.stderr.contains("highest job id 9"), "{}", run5.stderr);
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 2);
+}
+
+#[tokio::test]
+async fn postgres_import_refuses_a_store_a_daemon_has_open() {
+    let cluster = PgCluster::start().await;
+    let into = pg_target(&cluster, postgres::DATABASE);
+    let stream = concat!(
+        r#"{"format":"coax-scheduler-export","version":1,"schema":10,"exported_at":"2026-03-02T12:00:00.000Z"}"#,
+        "\n",
+        r#"{"type":"end","jobs":0,"schedules":0}"#,
+        "\n"
+    );
+    // An empty import creates the schema.
+    let first = run("import", into.path(), stream).await;
+    assert!(first.ok, "{}", first.stderr);
+
+    // A daemon holds the lock, shared, while it runs.
+    let daemon = cluster.superuser(postgres::DATABASE).await;
+    daemon
+        .execute("SELECT pg_advisory_lock_shared($1)", &[&DAEMON_LOCK])
+        .await
+        .expect("lock");
+    let refused = run("import", into.path(), stream).await;
+    assert!(!refused.ok);
+    assert!(
+        refused.stderr.contains("is in use by a daemon"),
+        "{}",
+        refused.stderr
+    );
+    daemon
+        .execute("SELECT pg_advisory_unlock_shared($1)", &[&DAEMON_LOCK])
+        .await
+        .expect("unlock");
+
+    // A node whose heartbeat is younger than the lease.
+    daemon
+        .batch_execute(
+            "INSERT INTO nodes (name, started_at, last_heartbeat, in_flight)
+             VALUES ('web-1', 0, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, 0)",
+        )
+        .await
+        .expect("a node");
+    let refused = run("import", into.path(), stream).await;
+    assert!(!refused.ok);
+    assert!(refused.stderr.contains("node web-1"), "{}", refused.stderr);
+    // One long gone does not count.
+    daemon
+        .batch_execute("UPDATE nodes SET last_heartbeat = 0")
+        .await
+        .expect("an old heartbeat");
+    let again = run("import", into.path(), stream).await;
+    assert!(again.ok, "{}", again.stderr);
+
+    // Export from a database without a queue says so.
+    cluster.sql("CREATE DATABASE empty OWNER coax").await;
+    let empty = pg_target(&cluster, "empty");
+    let export = run("export", empty.path(), "").await;
+    assert!(!export.ok);
+    assert!(export.stderr.contains("no queue"), "{}", export.stderr);
+}
+
+#[tokio::test]
+async fn postgres_export_is_one_snapshot_while_others_write() {
+    use coax_scheduler::store::postgres::transfer::PgSnapshot;
+    let cluster = PgCluster::start().await;
+    let into = pg_target(&cluster, postgres::DATABASE);
+    let header = r#"{"format":"coax-scheduler-export","version":1,"schema":10,"exported_at":"2026-03-02T12:00:00.000Z"}"#;
+    let imported = run(
+        "import",
+        into.path(),
+        &format!("{header}\n{{\"type\":\"end\",\"jobs\":0,\"schedules\":0}}\n"),
+    )
+    .await;
+    assert!(imported.ok, "{}", imported.stderr);
+    let client = cluster.superuser(postgres::DATABASE).await;
+    let insert =
+        "INSERT INTO jobs (kind, channel, scheduled_at, state, created_at, updated_at, payload)
+                  VALUES ('message', 'sms', 1, 'scheduled', 1, 1, '{}')";
+    client.batch_execute(insert).await.expect("a job");
+
+    // The snapshot is taken when the export opens; a job written after
+    // that, before a line is written, is not in it.
+    let config = cluster.load("");
+    let (opened, written) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let (opened_tx, opened_rx) = opened;
+    let (written_tx, written_rx) = written;
+    let export = std::thread::spawn(move || {
+        let mut snapshot = PgSnapshot::open(&config).expect("a snapshot");
+        opened_tx.send(()).expect("opened");
+        written_rx.recv().expect("written");
+        let mut out = Vec::new();
+        let end =
+            coax_scheduler::transfer::export_from(&mut snapshot, &mut out, 0).expect("export");
+        (end, String::from_utf8(out).expect("UTF-8"))
+    });
+    tokio::task::spawn_blocking(move || opened_rx.recv())
+        .await
+        .expect("thread")
+        .expect("opened");
+    client.batch_execute(insert).await.expect("a second job");
+    written_tx.send(()).expect("go on");
+    let (end, text) = tokio::task::spawn_blocking(move || export.join())
+        .await
+        .expect("thread")
+        .expect("export thread");
+    assert_eq!(end.jobs, 1, "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 2);
+}
