@@ -14,6 +14,9 @@
 //! transaction, refuses a store in use or not empty, inserts every row as
 //! the stream carries it, moves the id sequence above the highest id, and
 //! commits only once the whole stream has been read and found complete.
+//! Rows go to the server 256 jobs at a time, pipelined, in one round trip
+//! (20,000 jobs with a try and two tags each: 20 s one row at a time, 5 s
+//! so, in a debug build on loopback).
 //! "In use" is decided two ways: the advisory lock [`DAEMON_LOCK`], which a
 //! daemon on PostgreSQL will hold (shared) for as long as it runs and
 //! which import takes exclusively, so neither can start while the other

@@ -292,11 +292,30 @@ async fn postgres_import_of_a_bad_stream_writes_nothing() {
     assert!(run4.stderr.contains("appears twice"), "{}", run4.stderr);
     assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
 
+    // Past the rows sent to the server together: a fault on the last of
+    // 600 jobs is named by its line, and the 599 before it are not kept.
+    let many: Vec<String> = (1..=600).map(|id| job(id, r#""{}""#)).collect();
+    let mut last = many.clone();
+    last[599] = job(1, r#""{}""#);
+    let long = format!(
+        "{header}\n{}\n{{\"type\":\"end\",\"jobs\":600,\"schedules\":0}}\n",
+        last.join("\n")
+    );
+    let run5 = run("import", into.path(), &long).await;
+    assert!(!run5.ok);
+    assert!(
+        run5.stderr.contains("line 601: job id 1"),
+        "{}",
+        run5.stderr
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM job_tags").await, 0);
+
     // And the whole stream goes in.
     let whole = format!("{header}\n{good}\n{}\n{end}\n", job(9, r#""{}""#));
-    let run5 = run("import", into.path(), &whole).await;
-    assert!(run5.ok, "{}", run5.stderr);
-    assert!(run5.stderr.contains("highest job id 9"), "{}", run5.stderr);
+    let run6 = run("import", into.path(), &whole).await;
+    assert!(run6.ok, "{}", run6.stderr);
+    assert!(run6.stderr.contains("highest job id 9"), "{}", run6.stderr);
     assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 2);
 }
 

@@ -20,6 +20,8 @@ pub struct PgImporter {
     attempt: Statement,
     tag: Statement,
     schedule: Statement,
+    /// Jobs read but not yet sent (see [`PgImporter::flush`]).
+    pending: Vec<(u64, Job)>,
     jobs: u64,
     schedules: u64,
 }
@@ -112,27 +114,30 @@ impl PgImporter {
             attempt,
             tag,
             schedule,
+            pending: Vec::new(),
             jobs: 0,
             schedules: 0,
         })
     }
 
-    /// Runs `statement` with the job id `lead` (if any) and then `values`
-    /// (the cells of `columns`), for the row on `line`; `what` names the
-    /// row, `duplicate` says what a unique violation means.
+    /// The row for `statement`: the job id `lead` (if any), then `values`
+    /// (the cells of `columns`), each as the column's type takes it.
     #[allow(clippy::too_many_arguments)]
-    fn insert(
+    fn row<'a>(
         &self,
-        statement: &Statement,
+        statement: &'a Statement,
         line: u64,
         what: &str,
-        lead: Option<&i64>,
-        values: &[&Cell],
+        lead: Option<&'a i64>,
+        values: &[&'a Cell],
         columns: &[&str],
-        duplicate: impl FnOnce() -> String,
-    ) -> Result<(), TransferError> {
+        duplicate: Duplicate<'a>,
+    ) -> Result<Insert<'a>, TransferError> {
         let types = &statement.params()[usize::from(lead.is_some())..];
-        let mut boxed = Vec::with_capacity(values.len());
+        let mut params: Vec<Box<dyn ToSql + Sync + 'a>> = Vec::with_capacity(values.len() + 1);
+        if let Some(id) = lead {
+            params.push(Box::new(*id));
+        }
         for (i, value) in values.iter().enumerate() {
             let param = param(value, &types[i]).map_err(|why| TransferError::Line {
                 line,
@@ -142,104 +147,197 @@ impl PgImporter {
                     columns[i]
                 ),
             })?;
-            boxed.push(param);
+            params.push(param);
         }
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(values.len() + 1);
-        if let Some(id) = lead {
-            params.push(id);
+        Ok(Insert {
+            statement,
+            params,
+            line,
+            duplicate,
+        })
+    }
+
+    /// Sends `rows` to the server together, in order, and waits for all
+    /// of them: one round trip for the lot instead of one per row. Once a
+    /// row fails, PostgreSQL refuses the rest of the transaction, so the
+    /// first failure in order is the one reported.
+    fn send(&self, rows: &[Insert<'_>]) -> Result<(), TransferError> {
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = rows
+            .iter()
+            .map(|r| {
+                r.params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect()
+            })
+            .collect();
+        let results = self.rt.block_on(futures_util::future::join_all(
+            rows.iter()
+                .zip(&params)
+                .map(|(r, p)| self.client.execute(r.statement, p)),
+        ));
+        match rows
+            .iter()
+            .zip(results)
+            .find_map(|(r, res)| res.err().map(|e| (r, e)))
+        {
+            None => Ok(()),
+            Some((row, e)) => Err(match e.as_db_error() {
+                Some(db) if db.code().code() == "23505" => TransferError::Line {
+                    line: row.line,
+                    detail: row.duplicate.describe(),
+                },
+                Some(db) => TransferError::Line {
+                    line: row.line,
+                    detail: format!("the store refused it ({})", db.message()),
+                },
+                None => pg_error("importing")(e).into(),
+            }),
         }
-        params.extend(boxed.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)));
-        match self.rt.block_on(self.client.execute(statement, &params)) {
-            Ok(_) => Ok(()),
-            Err(e) => match e.as_db_error() {
-                Some(db) if db.code().code() == "23505" => Err(TransferError::Line {
-                    line,
-                    detail: duplicate(),
-                }),
-                Some(db) => Err(TransferError::Line {
-                    line,
-                    detail: format!("{what}: the store refused it ({})", db.message()),
-                }),
-                None => Err(pg_error("importing")(e).into()),
-            },
+    }
+
+    /// Inserts the jobs waiting in `pending`, with their histories and tags.
+    fn flush(&mut self) -> Result<(), TransferError> {
+        let pending = std::mem::take(&mut self.pending);
+        let tags: Vec<Cell> = pending
+            .iter()
+            .map(|(_, job)| {
+                job.tags_stored
+                    .clone()
+                    .unwrap_or_else(|| stored_tags(&job.tags))
+            })
+            .collect();
+        let mut columns: Vec<&str> = Job::COLUMNS.to_vec();
+        columns.push("tags");
+        let mut rows = Vec::new();
+        // A cell the columns cannot take is reported after the rows before
+        // it have been sent, so that an earlier line's fault comes first.
+        let mut refused = None;
+        'jobs: for ((line, job), tags) in pending.iter().zip(&tags) {
+            let what = format!("job {}", job.id);
+            let mut values: Vec<&Cell> = job.cells().into_iter().collect();
+            values.push(tags);
+            let mut built = vec![self.row(
+                &self.job,
+                *line,
+                &what,
+                Some(&job.id),
+                &values,
+                &columns,
+                Duplicate::Job(job),
+            )];
+            for attempt in &job.history {
+                let values: Vec<&Cell> = attempt.cells().into_iter().collect();
+                built.push(self.row(
+                    &self.attempt,
+                    *line,
+                    &what,
+                    Some(&job.id),
+                    &values,
+                    Attempt::COLUMNS,
+                    Duplicate::Attempt(job, attempt),
+                ));
+            }
+            for row in built {
+                match row {
+                    Ok(row) => rows.push(row),
+                    Err(e) => {
+                        refused = Some(e);
+                        break 'jobs;
+                    }
+                }
+            }
+            for tag in &job.tags {
+                rows.push(Insert {
+                    statement: &self.tag,
+                    params: vec![Box::new(tag.as_str()), Box::new(job.id)],
+                    line: *line,
+                    duplicate: Duplicate::Tag,
+                });
+            }
+        }
+        self.send(&rows)?;
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        self.jobs += pending.len() as u64;
+        Ok(())
+    }
+}
+
+/// Jobs whose rows go to the server together (see [`PgImporter::send`]).
+const PIPELINE: usize = 256;
+
+/// One row to insert, and what it means if it is a duplicate.
+struct Insert<'a> {
+    statement: &'a Statement,
+    params: Vec<Box<dyn ToSql + Sync + 'a>>,
+    line: u64,
+    duplicate: Duplicate<'a>,
+}
+
+/// The row a unique violation is about.
+enum Duplicate<'a> {
+    Job(&'a Job),
+    Attempt(&'a Job, &'a Attempt),
+    Tag,
+    Schedule(&'a Schedule),
+}
+
+impl Duplicate<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Duplicate::Job(job) if job.key == Cell::Null => {
+                format!("job id {} appears twice in the stream", job.id)
+            }
+            Duplicate::Job(job) => format!(
+                "job id {} or key {} appears twice in the stream",
+                job.id,
+                shown(&job.key)
+            ),
+            Duplicate::Attempt(job, attempt) => format!(
+                "job {}'s history has attempt {} twice",
+                job.id,
+                shown(&attempt.attempt)
+            ),
+            Duplicate::Tag => "a tag appears twice".to_owned(),
+            Duplicate::Schedule(schedule) => format!(
+                "schedule {} appears twice in the stream",
+                shown(&schedule.name)
+            ),
         }
     }
 }
 
 impl Sink for PgImporter {
     fn job(&mut self, line: u64, job: &Job) -> Result<(), TransferError> {
-        let tags = job
-            .tags_stored
-            .clone()
-            .unwrap_or_else(|| stored_tags(&job.tags));
-        let mut values: Vec<&Cell> = job.cells().into_iter().collect();
-        values.push(&tags);
-        let mut columns: Vec<&str> = Job::COLUMNS.to_vec();
-        columns.push("tags");
-        let what = format!("job {}", job.id);
-        self.insert(
-            &self.job,
-            line,
-            &what,
-            Some(&job.id),
-            &values,
-            &columns,
-            || {
-                if job.key == Cell::Null {
-                    format!("job id {} appears twice in the stream", job.id)
-                } else {
-                    format!(
-                        "job id {} or key {} appears twice in the stream",
-                        job.id,
-                        shown(&job.key)
-                    )
-                }
-            },
-        )?;
-        for attempt in &job.history {
-            let values: Vec<&Cell> = attempt.cells().into_iter().collect();
-            self.insert(
-                &self.attempt,
-                line,
-                &what,
-                Some(&job.id),
-                &values,
-                Attempt::COLUMNS,
-                || {
-                    format!(
-                        "job {}'s history has attempt {} twice",
-                        job.id,
-                        shown(&attempt.attempt)
-                    )
-                },
-            )?;
+        self.pending.push((line, job.clone()));
+        if self.pending.len() >= PIPELINE {
+            self.flush()?;
         }
-        for tag in &job.tags {
-            self.rt
-                .block_on(self.client.execute(&self.tag, &[tag, &job.id]))
-                .map_err(pg_error("importing the tags"))?;
-        }
-        self.jobs += 1;
         Ok(())
     }
 
     fn schedule(&mut self, line: u64, schedule: &Schedule) -> Result<(), TransferError> {
+        self.flush()?;
         let values: Vec<&Cell> = schedule.cells().into_iter().collect();
         let what = format!("schedule {}", shown(&schedule.name));
-        self.insert(
+        let row = self.row(
             &self.schedule,
             line,
             &what,
             None,
             &values,
             Schedule::COLUMNS,
-            || format!("{what} appears twice in the stream"),
+            Duplicate::Schedule(schedule),
         )?;
+        self.send(&[row])?;
         self.schedules += 1;
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Imported, TransferError> {
+    fn finish(mut self: Box<Self>) -> Result<Imported, TransferError> {
+        self.flush()?;
         let err = || pg_error("finishing the import");
         let highest_id: Option<i64> = self
             .rt
