@@ -453,3 +453,44 @@ async fn commands_that_need_no_node_name_refuse_on_an_odd_host_name() {
         stderr(&stats)
     );
 }
+
+/// A schedule row whose `next_at` is not an integer (1.5 here; text or
+/// bytes do the same) is not set aside as other unreadable rows are: the
+/// schedule task fails on it every second ("cannot create recurring sends
+/// now"), so no other schedule fires, and `stats` and `schedule_list`
+/// answer an internal error.
+#[tokio::test]
+#[ignore = "defect: one schedule with a non-integer next_at stops every schedule and fails stats"]
+async fn schedule_with_a_non_integer_next_at_stops_every_schedule_and_stats() {
+    let coax = CoaxStub::start().await;
+    let now = time::now();
+    let template =
+        r#"{"kind":"message","channel":"sms","payload":{"message":"hi","phone":"+15550100"}}"#;
+    let every_second = with(
+        schedule("good", "skip", template, now + 1_000),
+        json!({"cron": "* * * * * *"}),
+    );
+    let odd = with(
+        schedule("odd", "skip", template, now),
+        json!({"next_at": 1.5}),
+    );
+    let (dir, config, output) = import(&coax, &[every_second, odd]).await;
+    assert!(output.status.success(), "import: {}", stderr(&output));
+    let daemon = TestDaemon::start_in(dir, &config).await;
+    let stats = daemon.request(json!({"op": "stats"})).await;
+    assert_eq!(stats["ok"], true, "stats: {stats}");
+    let listed = daemon.request(json!({"op": "schedule_list"})).await;
+    assert_eq!(listed["ok"], true, "schedule_list: {listed}");
+    wait_until(
+        "the healthy schedule to create an occurrence",
+        Duration::from_secs(5),
+        || async {
+            let answer = daemon
+                .request(json!({"op": "list", "tag": "schedule:good"}))
+                .await;
+            let jobs = answer["jobs"].as_array().map_or(0, Vec::len);
+            (jobs > 0).then_some(())
+        },
+    )
+    .await;
+}
