@@ -7,6 +7,7 @@
 
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{binary, config_text};
+use crate::helpers::{PATIENCE, wait_until};
 use coax_scheduler::time::Millis;
 use serde_json::{Value, json};
 use std::io::Write as _;
@@ -108,4 +109,21 @@ async fn import(coax: &CoaxStub, records: &[Value]) -> (tempfile::TempDir, Strin
     let dir = target(&config);
     let output = cli(dir.path(), &["import"], stream(records).as_bytes()).await;
     (dir, config, output)
+}
+
+/// Waits until the daemon that ran in `dir` has let go of its lock.
+async fn released(dir: &Path) {
+    let lock = dir.join("queue.db.lock");
+    wait_until(
+        "the stopped daemon to let go of its store",
+        PATIENCE,
+        || {
+            let lock = lock.clone();
+            async move {
+                let file = std::fs::File::open(&lock).ok()?;
+                file.try_lock().ok()
+            }
+        },
+    )
+    .await;
 }

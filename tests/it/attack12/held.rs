@@ -1,11 +1,13 @@
 //! Attacks on `export` and `import` that failed: rows no daemon could send
 //! are quarantined while the rest goes out, an importer killed mid-stream
-//! leaves an empty store that takes the next import, and a stream too
-//! deep or an output too full ends in an error, not a crash.
+//! leaves an empty store that takes the next import, a stream too deep or
+//! an output too full ends in an error, not a crash, and an export of an
+//! older store refuses without touching it.
 
-use super::{cli, import, job, schedule, stderr, stream, target, with};
+use super::{cli, import, job, released, schedule, stderr, stream, target, with};
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{TestDaemon, binary, config_text};
+use crate::helpers::edit_db;
 use coax_scheduler::time;
 use serde_json::json;
 use std::io::Write as _;
@@ -136,4 +138,35 @@ async fn export_to_a_full_device_fails_with_a_clear_error() {
     let text = stderr(&output);
     assert!(text.contains("cannot write the export"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+/// A store of the schema before this build's (the previous release, which
+/// had no `export`): export writes nothing, leaves the store as it was,
+/// and says how to get an export.
+#[tokio::test]
+async fn export_of_an_older_store_says_how_to_migrate_and_changes_nothing() {
+    let coax = CoaxStub::start().await;
+    let daemon = TestDaemon::start(&coax.base_url()).await;
+    daemon.enqueue(crate::helpers::sms_job("older", "1h")).await;
+    let db = daemon.db.clone();
+    let dir = daemon.stop().await;
+    released(dir.path()).await;
+    edit_db(
+        &db,
+        "ALTER TABLE attempts DROP COLUMN node; PRAGMA user_version = 9;",
+    );
+
+    let output = cli(dir.path(), &["export"], b"").await;
+    assert!(!output.status.success(), "export of a schema 9 store");
+    assert!(output.stdout.is_empty(), "it wrote part of an export");
+    let text = stderr(&output);
+    assert!(
+        text.contains("schema version 9") && text.contains("start this one on it once"),
+        "{text}"
+    );
+    let conn = rusqlite::Connection::open(&db).expect("open the queue");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, 9, "export changed the store's schema");
 }

@@ -3,14 +3,13 @@
 //! released, a line of any length), and a refusal that has already
 //! migrated the store it refused.
 
-use super::{cli, import, job, stderr, stream, target, with};
+use super::{cli, import, job, released, stderr, stream, target, with};
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::daemon::{TestDaemon, binary, config_text};
-use crate::helpers::{PATIENCE, edit_db, wait_until};
+use crate::helpers::{edit_db, wait_until};
 use coax_scheduler::time;
 use serde_json::json;
 use std::io::{Read as _, Write as _};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -49,23 +48,6 @@ async fn refused_import_migrates_an_older_store() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("user_version");
     assert_eq!(version, 9, "the refused import migrated the store");
-}
-
-/// Waits until the daemon that ran in `dir` has let go of its lock.
-async fn released(dir: &Path) {
-    let lock = dir.join("queue.db.lock");
-    wait_until(
-        "the stopped daemon to let go of its store",
-        PATIENCE,
-        || {
-            let lock = lock.clone();
-            async move {
-                let file = std::fs::File::open(&lock).ok()?;
-                file.try_lock().ok()
-            }
-        },
-    )
-    .await;
 }
 
 /// `import` reads each line whole before looking at it, so one line
