@@ -201,3 +201,24 @@ async fn import_accepts_a_waiting_job_that_can_never_be_released() {
         .await;
     }
 }
+
+/// A newer build adds a column as one more field of the same version-1
+/// stream (as `node` was added); this build refuses such a stream with
+/// "unknown field `…`", never saying that a newer build wrote it (its
+/// header says schema 11) nor to import with that build.
+#[tokio::test]
+#[ignore = "defect: a stream from a newer build is refused as unknown fields, without saying to import with a newer build"]
+async fn a_stream_from_a_newer_build_is_refused_without_saying_so() {
+    let config = config_text("http://127.0.0.1:9", "", "");
+    let dir = target(&config);
+    let newer = stream(&[with(job(1, time::now()), json!({"priority": 5}))]).replacen(
+        "\"schema\":10",
+        "\"schema\":11",
+        1,
+    );
+    assert!(newer.contains("\"schema\":11"), "{newer}");
+    let output = cli(dir.path(), &["import"], newer.as_bytes()).await;
+    assert!(!output.status.success(), "import of an unknown field");
+    let text = stderr(&output);
+    assert!(text.contains("newer"), "{text}");
+}
