@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 /// slow. Meanwhile no call is answered: stats, enqueues, claims all wait.
 /// The bound asserted is half the busy timeout.
 #[tokio::test]
-#[ignore = "defect: a prune while an export holds its snapshot stalls every store call for the busy timeout"]
 async fn prune_during_a_held_export_stalls_the_daemon() {
     let coax = CoaxStub::start().await;
     let daemon = TestDaemon::start(&coax.base_url()).await;
@@ -80,7 +79,6 @@ async fn prune_during_a_held_export_stalls_the_daemon() {
 /// daemon saying so is by design; but `export`, `import` and the client
 /// commands refuse too, though none of them uses the node name.
 #[tokio::test]
-#[ignore = "defect: commands that use no node name refuse to run on a host whose name is not one"]
 async fn commands_that_need_no_node_name_refuse_on_an_odd_host_name() {
     let coax = CoaxStub::start().await;
     let (dir, _config, output) = import(&coax, &[job(1, time::now() + 3_600_000)]).await;
