@@ -76,6 +76,28 @@ async fn unreadable_imported_schedule_floods_the_log() {
     assert_eq!(names, ["broken", "daily", "not-json"], "{listed}");
     assert_eq!(listed["schedules"][1]["unreadable"], Value::Null);
     assert_eq!(listed["schedules"][2]["job"], "{");
+
+    // The CLI says so too, where an operator looks.
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(crate::helpers::daemon::binary())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .expect("run the CLI");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let shown = cli(&["schedule", "get", "broken"]);
+    assert!(
+        shown.contains("unreadable catch_up \"maybe\" is not one we know"),
+        "{shown}"
+    );
+    let table = cli(&["schedule", "list"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("broken"))
+        .unwrap_or("");
+    assert!(row.ends_with("unreadable"), "{table}");
 }
 
 /// A schedule row whose `next_at` is not an integer (1.5 here; text or
