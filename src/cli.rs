@@ -238,7 +238,7 @@ fn config_path(cli: &Cli) -> PathBuf {
 
 fn check_config(cli: &Cli) -> anyhow::Result<()> {
     let path = config_path(cli);
-    let config = Config::load(&path)?;
+    let config = Config::load(&path)?.for_daemon()?;
     let fds = crate::daemon::fds::ensure(&config)
         .with_context(|| format!("{}: the config does not fit this process", path.display()))?;
     let store = match &config.store.postgres {
@@ -263,7 +263,7 @@ fn check_config(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
-    let config = Config::load(&config_path(cli))?;
+    let config = Config::load(&config_path(cli))?.for_daemon()?;
     crate::daemon::fds::ensure(&config)?;
     crate::logging::init(&config.log)?;
     // Taken before any other thread exists: listenfd clears LISTEN_* from

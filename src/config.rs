@@ -461,4 +461,19 @@ use key::*;
 pub use node::{NodeConfig, host_name};
 use node::{RawBackend, RawNode, node_config};
 pub use postgres::{DB_PASSWORD_CREDENTIAL, DB_PASSWORD_ENV, DbPassword, PostgresConfig, TlsMode};
+
+impl Config {
+    /// The config as the daemon needs it: also with a node name, which the
+    /// host name may not give (see [`NodeConfig::check`]).
+    pub fn for_daemon(self) -> Result<Config, ConfigError> {
+        match self.node.check() {
+            Ok(_) => Ok(self),
+            Err(message) => Err(ConfigError::Invalid {
+                path: self.source.clone(),
+                key: "node.name".to_owned(),
+                message,
+            }),
+        }
+    }
+}
 use raw::*;

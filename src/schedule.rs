@@ -93,6 +93,39 @@ pub struct Stored {
     pub revision: i64,
 }
 
+/// A row the daemon cannot fire (a hand edit or an import put a column of
+/// the wrong type or nonsense in it): what of it can be shown, so that an
+/// operator can find it and put it again or delete it. It has no next
+/// occurrence: the task sets its `next_at` to null when it meets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    /// The name as stored (bytes that are not UTF-8 shown as U+FFFD).
+    pub name: String,
+    pub cron: Option<String>,
+    pub timezone: Option<String>,
+    pub catch_up: Option<String>,
+    /// The template as stored: its JSON, else its text, else null.
+    pub job: Value,
+    /// What is wrong with the row.
+    pub why: String,
+}
+
+/// A schedule row as read: a schedule, or a row that cannot be one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    Readable(Stored),
+    Unreadable(Unreadable),
+}
+
+impl Row {
+    pub fn name(&self) -> &str {
+        match self {
+            Row::Readable(s) => &s.schedule.name,
+            Row::Unreadable(u) => &u.name,
+        }
+    }
+}
+
 /// A `schedule_put` as the client sent it, its fields still unchecked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Put {

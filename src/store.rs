@@ -205,6 +205,22 @@ const LIST_STEP: usize = 200;
 /// How many ids one call of the unreadable-row sweep spans at most.
 const SWEEP_SPAN: i64 = 2_000;
 
+/// Folds the WAL back into the database and truncates it, if no reader
+/// holds an older snapshot; SQLite then optimises. It never waits for a
+/// reader: an `export` may hold its snapshot for minutes, and every call
+/// queues behind this one. The WAL is then truncated at a later prune.
+fn checkpoint(c: &Connection) -> Result<(), StoreError> {
+    let during = "checkpointing";
+    c.busy_timeout(std::time::Duration::ZERO)
+        .map_err(StoreError::sqlite(during))?;
+    // A reader in the way makes the pragma answer "busy" in its row, which
+    // execute_batch passes over: the frames it could fold are folded.
+    let done = c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;");
+    c.busy_timeout(schema::BUSY_TIMEOUT)
+        .map_err(StoreError::sqlite(during))?;
+    done.map_err(StoreError::sqlite(during))
+}
+
 /// An async handle to the store thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -557,11 +573,7 @@ impl Store {
         if dry_run {
             return Ok(total);
         }
-        self.call_alone(|c| {
-            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA optimize;")
-                .map_err(StoreError::sqlite("checkpointing"))
-        })
-        .await?;
+        self.call_alone(checkpoint).await?;
         Ok(total)
     }
 

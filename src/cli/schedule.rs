@@ -143,7 +143,10 @@ fn show(action: &Action, answer: &Value, now: Millis) {
                     text(&s["cron"]),
                     text(&s["timezone"]),
                     text(&s["catch_up"]),
-                    when(&s["next_at"], now),
+                    match s["unreadable"].is_null() {
+                        true => when(&s["next_at"], now),
+                        false => "unreadable".to_owned(),
+                    },
                 ]);
             }
             print_aligned(&lines, "");
@@ -167,6 +170,9 @@ fn one(s: &Value, now: Millis) {
     println!("cron      {} ({})", text(&s["cron"]), text(&s["timezone"]));
     println!("catch_up  {}", text(&s["catch_up"]));
     println!("next      {}", when(&s["next_at"], now));
+    if !s["unreadable"].is_null() {
+        println!("unreadable {}", text(&s["unreadable"]));
+    }
     println!("job       {}", text(&s["job"]));
     let recent = s["recent"].as_array().cloned().unwrap_or_default();
     if recent.is_empty() {

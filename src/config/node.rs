@@ -14,6 +14,20 @@ const MAX_NODE_NAME_BYTES: usize = 64;
 pub struct NodeConfig {
     /// `node.name`, by default the host name.
     pub name: String,
+    /// Why the host name cannot be the name, when `node.name` is not set and
+    /// it cannot. Only the daemon needs a name, so only [`NodeConfig::check`]
+    /// refuses it: a client command or an export runs on such a host.
+    unusable: Option<String>,
+}
+
+impl NodeConfig {
+    /// The name, or why there is none, in the words of a config error.
+    pub fn check(&self) -> Result<&str, String> {
+        match &self.unusable {
+            None => Ok(&self.name),
+            Some(why) => Err(why.clone()),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -31,20 +45,31 @@ pub(super) enum RawBackend {
     Postgres,
 }
 
-/// `node.name` as written, or the host name.
-pub(super) fn node_config(raw: RawNode) -> Result<NodeConfig, String> {
-    match raw.name {
-        Some(name) => check_node_name(&name).map(|()| NodeConfig { name }),
-        None => {
-            let host = host_name().map_err(|e| {
-                format!("is not set, and the host name cannot be read ({e}); set name under [node]")
-            })?;
-            check_node_name(&host).map_err(|why| {
-                format!("is not set, and the host name {host:?} will not do ({why}); set name under [node]")
-            })?;
-            Ok(NodeConfig { name: host })
-        }
+/// `node.name` as written (refused at once if it will not do), or the
+/// host name (whose fault [`NodeConfig::check`] reports).
+pub(super) fn node_config(raw: RawNode, host: io::Result<String>) -> Result<NodeConfig, String> {
+    if let Some(name) = raw.name {
+        check_node_name(&name)?;
+        return Ok(NodeConfig {
+            name,
+            unusable: None,
+        });
     }
+    let (name, unusable) = match host {
+        Err(e) => (
+            String::new(),
+            Some(format!(
+                "is not set, and the host name cannot be read ({e}); set name under [node]"
+            )),
+        ),
+        Ok(host) => {
+            let unusable = check_node_name(&host).err().map(|why| {
+                format!("is not set, and the host name {host:?} will not do ({why}); set name under [node]")
+            });
+            (host, unusable)
+        }
+    };
+    Ok(NodeConfig { name, unusable })
 }
 
 /// A node name is 1 to 64 letters, digits, `.`, `-` and `_`, as host names

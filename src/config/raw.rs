@@ -526,7 +526,7 @@ impl RawConfig {
         // log
         check_log_level(&self.log.level).map_err(|m| invalid("log.level", m))?;
 
-        let node = node_config(self.node).map_err(|m| invalid("node.name", m))?;
+        let node = node_config(self.node, host_name()).map_err(|m| invalid("node.name", m))?;
 
         // metrics
         let metrics_listen = match self.metrics.listen {

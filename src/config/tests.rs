@@ -1026,3 +1026,24 @@ fn node_names_are_checked_like_host_names() {
     assert!(node::check_node_name(&"a".repeat(64)).is_ok());
     assert!(node::check_node_name("a/b").is_err());
 }
+
+#[test]
+fn a_host_name_that_will_not_do_is_refused_only_where_a_name_is_needed() {
+    let odd = node::node_config(RawNode::default(), Ok("odd host".to_owned())).unwrap();
+    let why = odd.check().unwrap_err();
+    assert!(
+        why.contains("\"odd host\"") && why.contains("[node]"),
+        "{why}"
+    );
+    let unreadable = node::node_config(
+        RawNode::default(),
+        Err(io::Error::other("no uts namespace")),
+    )
+    .unwrap();
+    assert!(unreadable.check().unwrap_err().contains("cannot be read"));
+    let fine = node::node_config(RawNode::default(), Ok("web-1".to_owned())).unwrap();
+    assert_eq!(fine.check(), Ok("web-1"));
+
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.clone().for_daemon().unwrap(), config);
+}

@@ -9,7 +9,7 @@
 //! ```
 
 use super::wire::{self, ScheduleOp};
-use super::{Stored, check};
+use super::{Row, Stored, check};
 use crate::job::Rules;
 use crate::protocol::{ErrorBody, ErrorCode, ok_line, quoted};
 use crate::store::{Store, StoreError};
@@ -71,33 +71,33 @@ pub async fn answer(
                 if created { "created" } else { "replaced" }
             );
             let name = schedule.name.clone();
-            let (stored, recent) = store
+            let (row, recent) = store
                 .get_schedule(name.clone())
                 .await
                 .map_err(|e| internal(&e))?
                 .unwrap_or_else(|| {
                     // Deleted between the two calls: show what was put.
                     (
-                        Stored {
+                        Row::Readable(Stored {
                             schedule,
                             next_at: Some(first),
                             revision: 0,
-                        },
+                        }),
                         Vec::new(),
                     )
                 });
             Ok(ok_line(json!({
-                "schedule": wire::view(&stored, &recent),
+                "schedule": wire::view(&row, &recent),
                 "created": created,
             })))
         }
         ScheduleOp::Get { name } => {
-            let (stored, recent) = store
+            let (row, recent) = store
                 .get_schedule(name.clone())
                 .await
                 .map_err(|e| internal(&e))?
                 .ok_or_else(|| not_found(&name))?;
-            Ok(ok_line(json!({"schedule": wire::view(&stored, &recent)})))
+            Ok(ok_line(json!({"schedule": wire::view(&row, &recent)})))
         }
         ScheduleOp::List { after } => {
             // A page: at most LIST_PAGE schedules, and no more than fit in
@@ -112,15 +112,15 @@ pub async fn answer(
             let mut bytes = 0;
             let mut last = None;
             let mut cut = false;
-            for (stored, recent) in &page {
-                let view = wire::view(stored, recent);
+            for (row, recent) in &page {
+                let view = wire::view(row, recent);
                 let size = view.to_string().len() + 1;
                 if bytes + size > crate::protocol::MAX_ANSWER_BYTES - 1024 && !views.is_empty() {
                     cut = true;
                     break;
                 }
                 bytes += size;
-                last = Some(stored.schedule.name.clone());
+                last = Some(row.name().to_owned());
                 views.push(view);
             }
             let next = if cut || full { last } else { None };

@@ -7,7 +7,7 @@
 //! {"op":"schedule_get","name":N}   {"op":"schedule_list"}   {"op":"schedule_delete","name":N}
 //! ```
 
-use super::{Put, Stored};
+use super::{Put, Row};
 use crate::protocol::{ErrorBody, ErrorCode, quoted};
 use crate::time::{self, Millis};
 use serde_json::{Map, Value, json};
@@ -137,19 +137,36 @@ pub struct Occurrence {
     pub at: Millis,
 }
 
-/// A schedule as `schedule_get` and `schedule_list` show it.
-pub fn view(stored: &Stored, recent: &[Occurrence]) -> Value {
-    let s = &stored.schedule;
-    json!({
-        "name": s.name,
-        "cron": s.cron,
-        "timezone": s.timezone,
-        "catch_up": s.catch_up.as_str(),
-        "job": Value::Object(s.job.clone()),
-        "next_at": stored.next_at.map(time::format),
-        "recent": recent
-            .iter()
-            .map(|o| json!({"id": o.id, "state": o.state, "at": time::format(o.at)}))
-            .collect::<Vec<_>>(),
-    })
+/// A schedule as `schedule_get` and `schedule_list` show it; a row that
+/// cannot be read shows what it can, `next_at` null, and `unreadable`
+/// saying why.
+pub fn view(row: &Row, recent: &[Occurrence]) -> Value {
+    let recent: Vec<Value> = recent
+        .iter()
+        .map(|o| json!({"id": o.id, "state": o.state, "at": time::format(o.at)}))
+        .collect();
+    match row {
+        Row::Readable(stored) => {
+            let s = &stored.schedule;
+            json!({
+                "name": s.name,
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "catch_up": s.catch_up.as_str(),
+                "job": Value::Object(s.job.clone()),
+                "next_at": stored.next_at.map(time::format),
+                "recent": recent,
+            })
+        }
+        Row::Unreadable(u) => json!({
+            "name": u.name,
+            "cron": u.cron,
+            "timezone": u.timezone,
+            "catch_up": u.catch_up,
+            "job": u.job,
+            "next_at": null,
+            "recent": recent,
+            "unreadable": u.why,
+        }),
+    }
 }

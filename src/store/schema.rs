@@ -12,6 +12,10 @@ use rusqlite::{Connection, OpenFlags};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 
+/// How long a statement waits for another connection's lock (an export's
+/// read, a hand edit) before it fails as busy.
+pub(super) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Marks the file as a coax-scheduler queue ("Coax" in ASCII).
 const APPLICATION_ID: i64 = 0x436f_6178;
 
@@ -291,10 +295,11 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;
          PRAGMA temp_store = MEMORY;",
     )
     .map_err(|e| open_err(format!("cannot set up the journal: {e}")))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| open_err(format!("cannot set up the journal: {e}")))?;
     migrate(&conn, version).map_err(|e| open_err(format!("migration failed: {e}")))?;
     Ok(conn)
 }

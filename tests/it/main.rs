@@ -5,6 +5,7 @@
 //! Coax stand-in, and wait-until helpers with timeouts.
 
 mod attack11;
+mod attack12;
 mod attack_windows;
 mod bench;
 mod chaos;
