@@ -5,7 +5,7 @@
 //! The stream, one JSON object per line:
 //!
 //! ```text
-//! {"format":"coax-scheduler-export","version":1,"schema":9,"exported_at":"…"}
+//! {"format":"coax-scheduler-export","version":1,"schema":10,"exported_at":"…"}
 //! {"type":"job","id":1,"key":…,"state":"sent",…,"tags":[…],"history":[{…},…]}
 //! …                                         one line per job, in id order
 //! {"type":"schedule","name":"…","cron":"…",…}
@@ -25,6 +25,7 @@
 //! and [`Sink`].
 
 mod cell;
+mod checks;
 mod record;
 
 pub use cell::Cell;
@@ -38,7 +39,7 @@ use crate::store::transfer::{Importer, Snapshot};
 use crate::time::{self, Millis};
 use serde::Serialize;
 use serde_json::Value;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// What the header's `format` says.
@@ -93,6 +94,14 @@ pub enum TransferError {
         "line {line}: export format version {found}; this build reads version {VERSION}: import with a newer coax-scheduler"
     )]
     Version { line: u64, found: String },
+    #[error(
+        "line {line}: the stream was exported by a newer coax-scheduler (schema version {found}; this build has {supported}): import it with that build or a newer one"
+    )]
+    Newer {
+        line: u64,
+        found: i64,
+        supported: i64,
+    },
     #[error(
         "the stream ends after line {lines} without its end line: it was cut short (a broken pipe or a partial file)"
     )]
@@ -277,17 +286,19 @@ pub fn import_into(
     let mut lines = Lines {
         input,
         line: 0,
-        text: String::new(),
+        bytes: Vec::new(),
     };
     let (line, first) = lines.next()?.ok_or(TransferError::Empty)?;
     check_header(line, first)?;
     let mut seen = End::default();
+    let mut chains = checks::Chains::default();
     loop {
         let Some((line, text)) = lines.next()? else {
             return Err(TransferError::Truncated { lines: lines.line });
         };
         match parse(line, text)? {
             Record::Job(job) => {
+                chains.job(line, &job)?;
                 importer.job(line, &job)?;
                 seen.jobs += 1;
             }
@@ -307,38 +318,57 @@ pub fn import_into(
             detail: "a line after the end line".into(),
         });
     }
+    chains.finish()?;
     importer.finish()
 }
+
+/// The longest line an import reads. An export's line is one job: a
+/// payload of at most 512 KiB (escaped, twice that), and its history, each
+/// try's texts capped at 4 KiB; a line past this is not one, and is
+/// refused before it is held whole in memory.
+pub const MAX_LINE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The lines of the stream, numbered from 1, blank ones skipped; one line
 /// in memory at a time.
 struct Lines<R> {
     input: R,
     line: u64,
-    text: String,
+    bytes: Vec<u8>,
 }
 
 impl<R: BufRead> Lines<R> {
     fn next(&mut self) -> Result<Option<(u64, &str)>, TransferError> {
         loop {
-            self.text.clear();
+            self.bytes.clear();
             self.line += 1;
-            match self.input.read_line(&mut self.text) {
-                Ok(0) => {
-                    self.line -= 1;
-                    return Ok(None);
-                }
-                Ok(_) if self.text.trim().is_empty() => continue,
-                Ok(_) => return Ok(Some((self.line, self.text.trim_end_matches(['\n', '\r'])))),
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    return Err(TransferError::Line {
-                        line: self.line,
-                        detail: "it is not UTF-8 text".into(),
-                    });
-                }
-                Err(e) => return Err(TransferError::Read(e)),
+            let read = (&mut self.input)
+                .take(MAX_LINE_BYTES + 1)
+                .read_until(b'\n', &mut self.bytes)
+                .map_err(TransferError::Read)?;
+            if read == 0 {
+                self.line -= 1;
+                return Ok(None);
+            }
+            if read as u64 > MAX_LINE_BYTES {
+                return Err(TransferError::Line {
+                    line: self.line,
+                    detail: format!(
+                        "it is longer than {} MiB, so it is not a line of an export (one record per line)",
+                        MAX_LINE_BYTES / (1024 * 1024)
+                    ),
+                });
+            }
+            if !self.bytes.trim_ascii().is_empty() {
+                break;
             }
         }
+        let Ok(text) = std::str::from_utf8(&self.bytes) else {
+            return Err(TransferError::Line {
+                line: self.line,
+                detail: "it is not UTF-8 text".into(),
+            });
+        };
+        Ok(Some((self.line, text.trim_end_matches(['\n', '\r']))))
     }
 }
 
@@ -354,11 +384,23 @@ fn check_header(line: u64, text: &str) -> Result<(), TransferError> {
         return Err(not_header());
     }
     match header.get("version") {
-        Some(v) if v.as_u64() == Some(VERSION) => Ok(()),
-        other => Err(TransferError::Version {
+        Some(v) if v.as_u64() == Some(VERSION) => {}
+        other => {
+            return Err(TransferError::Version {
+                line,
+                found: other.map_or_else(|| "(none)".to_owned(), Value::to_string),
+            });
+        }
+    }
+    // A newer build writes its new columns into every record, which this
+    // build would refuse line by line as unknown fields.
+    match header.get("schema").and_then(Value::as_i64) {
+        Some(found) if found > crate::store::SCHEMA_VERSION => Err(TransferError::Newer {
             line,
-            found: other.map_or_else(|| "(none)".to_owned(), Value::to_string),
+            found,
+            supported: crate::store::SCHEMA_VERSION,
         }),
+        _ => Ok(()),
     }
 }
 

@@ -81,6 +81,35 @@ pub(crate) fn tags_of(stored: Cell) -> (Vec<String>, Option<Cell>) {
     }
 }
 
+/// How many jobs and schedules an existing queue at `path` holds, read
+/// without writing (and so without migrating); none for a new file.
+fn held_rows(path: &Path) -> Result<(i64, i64), StoreError> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok((0, 0));
+    }
+    let err = || StoreError::sqlite("counting the jobs already there");
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err())?;
+    let count = |table: &str| -> Result<i64, StoreError> {
+        let exists: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| r.get(0),
+            )
+            .map_err(err())?;
+        if !exists {
+            return Ok(0);
+        }
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .map_err(err())
+    };
+    Ok((count("jobs")?, count("schedules")?))
+}
+
 /// One read transaction on the database, for an export.
 pub struct Snapshot {
     conn: Connection,
@@ -221,6 +250,16 @@ impl Importer {
     pub fn begin(path: &Path) -> Result<Importer, TransferError> {
         schema::check(path)?;
         let lock = schema::lock(path)?;
+        // Refused before anything is migrated: a store an older build
+        // still runs must stay one it can open.
+        let (jobs, schedules) = held_rows(path)?;
+        if jobs > 0 || schedules > 0 {
+            return Err(TransferError::NotEmpty {
+                path: path.to_owned(),
+                jobs,
+                schedules,
+            });
+        }
         let conn = schema::open(path)?;
         let err = || StoreError::sqlite("starting the import");
         conn.execute_batch("BEGIN IMMEDIATE").map_err(err())?;

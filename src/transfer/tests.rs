@@ -81,7 +81,7 @@ fn lines_are_numbered_from_one_and_blank_ones_skipped() {
     let mut lines = Lines {
         input: "a\n\n  \nb\r\nc".as_bytes(),
         line: 0,
-        text: String::new(),
+        bytes: Vec::new(),
     };
     let mut seen = Vec::new();
     while let Some((n, text)) = lines.next().unwrap() {
@@ -94,8 +94,97 @@ fn lines_are_numbered_from_one_and_blank_ones_skipped() {
     let mut bad = Lines {
         input: &b"ok\n\xff\n"[..],
         line: 0,
-        text: String::new(),
+        bytes: Vec::new(),
     };
     assert!(bad.next().unwrap().is_some());
     assert_eq!(line_error(bad.next()).0, 2);
+}
+
+/// A job record with `id`, `state` and the job it follows.
+fn chained(id: i64, state: &str, after: Option<i64>) -> Job {
+    let mut job = Job::from_cells(
+        id,
+        std::array::from_fn(|_| Cell::Null),
+        Vec::new(),
+        None,
+        Vec::new(),
+    );
+    job.state = Cell::Text(state.to_owned());
+    job.after = after.map_or(Cell::Null, Cell::Integer);
+    job
+}
+
+#[test]
+fn ids_outside_what_clients_can_address_are_refused() {
+    let mut chains = checks::Chains::default();
+    for id in [0, -1, checks::MAX_ID + 1, i64::MAX] {
+        let (line, detail) = line_error(chains.job(3, &chained(id, "sent", None)));
+        assert_eq!(line, 3);
+        assert!(
+            detail.contains(&format!("job id {id} is outside")),
+            "{detail}"
+        );
+    }
+    assert!(chains.job(4, &chained(1, "sent", None)).is_ok());
+    assert!(
+        chains
+            .job(5, &chained(checks::MAX_ID, "sent", None))
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_waiting_job_needs_a_parent_that_has_yet_to_end() {
+    let refused = |jobs: &[Job], says: &str| {
+        let mut chains = checks::Chains::default();
+        for (i, job) in jobs.iter().enumerate() {
+            chains.job(i as u64 + 2, job).unwrap();
+        }
+        let (_, detail) = line_error(chains.finish());
+        assert!(detail.contains(says), "{detail}");
+    };
+    refused(&[chained(2, "waiting", Some(9))], "does not hold");
+    refused(&[chained(2, "waiting", Some(2))], "follows itself");
+    refused(&[chained(2, "waiting", None)], "has no job it follows");
+    refused(
+        &[chained(1, "sent", None), chained(2, "waiting", Some(1))],
+        "already ended",
+    );
+
+    // Any order: a follower may come before its parent.
+    let mut chains = checks::Chains::default();
+    for job in [
+        chained(3, "waiting", Some(2)),
+        chained(2, "waiting", Some(1)),
+        chained(1, "held", None),
+    ] {
+        chains.job(2, &job).unwrap();
+    }
+    assert!(chains.finish().is_ok());
+}
+
+#[test]
+fn a_line_longer_than_the_cap_is_refused_before_it_is_read_whole() {
+    let mut long = vec![b'x'; MAX_LINE_BYTES as usize + 10];
+    long.push(b'\n');
+    let mut lines = Lines {
+        input: &long[..],
+        line: 0,
+        bytes: Vec::new(),
+    };
+    let (line, detail) = line_error(lines.next().map(|l| l.map(|(n, _)| n)));
+    assert_eq!(line, 1);
+    assert!(detail.contains("longer than 16 MiB"), "{detail}");
+}
+
+#[test]
+fn a_stream_from_a_newer_schema_says_to_import_it_with_that_build() {
+    let newer = crate::store::SCHEMA_VERSION + 1;
+    let header = format!(r#"{{"format":"coax-scheduler-export","version":1,"schema":{newer}}}"#);
+    match check_header(1, &header) {
+        Err(e @ TransferError::Newer { .. }) => {
+            assert!(e.to_string().contains("newer coax-scheduler"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 /// but it migrated the store first, so a store of an older schema is left
 /// at this build's, and the build that used it no longer opens it.
 #[tokio::test]
-#[ignore = "defect: a refused import has already migrated an older store to this build's schema"]
 async fn refused_import_migrates_an_older_store() {
     let coax = CoaxStub::start().await;
     let config = config_text(&coax.base_url(), "", "");
@@ -56,7 +55,6 @@ async fn refused_import_migrates_an_older_store() {
 /// of one line took 830 MiB. A line of an export is a job with its
 /// history, a few MiB at most; 160 MiB here, against a 96 MiB bound.
 #[tokio::test]
-#[ignore = "defect: import holds a line of any length in memory"]
 // The importer is reaped by `wait4`, which also reports its peak memory.
 #[allow(clippy::zombie_processes)]
 async fn import_holds_an_unbounded_line_in_memory() {
@@ -119,7 +117,6 @@ fn peak_rss_kib(pid: u32) -> i64 {
 /// stores ids 0 and below as they come: such a job is sent, listed and
 /// counted, yet nothing can cancel, reschedule or show it by its id.
 #[tokio::test]
-#[ignore = "defect: import accepts job ids below 1, which no command can address"]
 async fn import_accepts_ids_no_command_can_address() {
     let coax = CoaxStub::start().await;
     let later = time::now() + 3_600_000;
@@ -141,7 +138,6 @@ async fn import_accepts_ids_no_command_can_address() {
 /// above, so SQLite picks each new id at random, below the imported ones:
 /// ids no longer follow enqueue order (nor does `list` by id).
 #[tokio::test]
-#[ignore = "defect: import accepts the largest id, after which new jobs get random ids"]
 async fn import_of_the_largest_id_makes_new_ids_random() {
     let coax = CoaxStub::start().await;
     let later = time::now() + 3_600_000;
@@ -164,7 +160,6 @@ async fn import_of_the_largest_id_makes_new_ids_random() {
 /// stores one that follows a job not in the stream, itself, or a job
 /// already sent, and the daemon leaves it waiting for ever, without a word.
 #[tokio::test]
-#[ignore = "defect: import accepts a waiting job whose parent is missing, and it waits for ever"]
 async fn import_accepts_a_waiting_job_that_can_never_be_released() {
     let coax = CoaxStub::start().await;
     let now = time::now();
@@ -207,7 +202,6 @@ async fn import_accepts_a_waiting_job_that_can_never_be_released() {
 /// "unknown field `…`", never saying that a newer build wrote it (its
 /// header says schema 11) nor to import with that build.
 #[tokio::test]
-#[ignore = "defect: a stream from a newer build is refused as unknown fields, without saying to import with a newer build"]
 async fn a_stream_from_a_newer_build_is_refused_without_saying_so() {
     let config = config_text("http://127.0.0.1:9", "", "");
     let dir = target(&config);
