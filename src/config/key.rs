@@ -1,4 +1,6 @@
 //! Loading the Coax API key: environment, systemd credential, or key file.
+//! The credential and file lookup ([`secret_from_files`]) serves the
+//! database password too.
 //!
 //! Files are opened without blocking and must be regular files once symlinks
 //! are followed: a FIFO, a device or a directory given as a key file would
@@ -18,47 +20,97 @@ pub(super) fn load_api_key(
         return ApiKey::from_text(&value, &format!("environment variable {API_KEY_ENV}"));
     }
 
-    if let Some(dir) = env(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
-        let path = Path::new(&dir).join(API_KEY_CREDENTIAL);
-        // No permission check here: systemd owns this file and its mode.
-        let read = open_regular(&path).and_then(|file| read_capped(file, MAX_KEY_BYTES));
-        match read {
-            Ok(text) => {
-                return ApiKey::from_text(&text, &format!("systemd credential {}", path.display()));
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(ConfigError::ApiKeyRead { path, cause: err }),
+    let found = secret_from_files(
+        Secret {
+            credential: API_KEY_CREDENTIAL,
+            file: key_file,
+            what: "API key file",
+            key: "coax.api_key_file",
+        },
+        env,
+    );
+    match found {
+        Ok(Some((text, origin))) => return ApiKey::from_text(&text, &origin),
+        Ok(None) => {}
+        Err(SecretError::Read { path, cause }) => {
+            return Err(ConfigError::ApiKeyRead { path, cause });
         }
-    }
-
-    if let Some(path) = key_file {
-        let read_err = |err| ConfigError::ApiKeyRead {
-            path: path.to_owned(),
-            cause: err,
-        };
-        // Check the mode of the file actually opened, not of whatever the
-        // path points to a moment earlier.
-        let file = open_regular(path).map_err(read_err)?;
-        let mode = file.metadata().map_err(read_err)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(ConfigError::ApiKey(format!(
-                "API key file {path} is accessible by group or others (mode {mode:04o}); \
-                 restrict it with: chmod 600 {path}",
-                path = path.display(),
-                mode = mode & 0o7777,
-            )));
-        }
-        let text = read_capped(file, MAX_KEY_BYTES).map_err(read_err)?;
-        return ApiKey::from_text(
-            &text,
-            &format!("API key file {} (coax.api_key_file)", path.display()),
-        );
+        Err(SecretError::Refused(message)) => return Err(ConfigError::ApiKey(message)),
     }
 
     Err(ConfigError::ApiKey(format!(
         "no API key: set {API_KEY_ENV}, or coax.api_key_file, \
          or provide the systemd credential {API_KEY_CREDENTIAL} (LoadCredential=)"
     )))
+}
+
+/// Where a secret is looked for after its environment variable.
+pub(super) struct Secret<'a> {
+    /// The name of its systemd credential.
+    pub credential: &'a str,
+    /// Its file from the config, if one is named.
+    pub file: Option<&'a Path>,
+    /// What the file is, in messages: "API key file".
+    pub what: &'a str,
+    /// The config key that names the file.
+    pub key: &'a str,
+}
+
+/// Why a secret's credential or file could not be used.
+pub(super) enum SecretError {
+    Read {
+        path: PathBuf,
+        cause: io::Error,
+    },
+    /// Refused, in words that say what to do.
+    Refused(String),
+}
+
+/// The text of the systemd credential `secret.credential` if
+/// `$CREDENTIALS_DIRECTORY` holds it, else of `secret.file` (refused if
+/// group or others may read it), with where it came from; none if neither
+/// is there.
+pub(super) fn secret_from_files(
+    secret: Secret<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<(String, String)>, SecretError> {
+    if let Some(dir) = env(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
+        let path = Path::new(&dir).join(secret.credential);
+        // No permission check here: systemd owns this file and its mode.
+        match open_regular(&path).and_then(|file| read_capped(file, MAX_KEY_BYTES)) {
+            Ok(text) => {
+                return Ok(Some((
+                    text,
+                    format!("systemd credential {}", path.display()),
+                )));
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(cause) => return Err(SecretError::Read { path, cause }),
+        }
+    }
+    let Some(path) = secret.file else {
+        return Ok(None);
+    };
+    let read_err = |cause| SecretError::Read {
+        path: path.to_owned(),
+        cause,
+    };
+    // Check the mode of the file actually opened, not of whatever the path
+    // points to a moment earlier.
+    let file = open_regular(path).map_err(read_err)?;
+    let mode = file.metadata().map_err(read_err)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(SecretError::Refused(format!(
+            "{what} {path} is accessible by group or others (mode {mode:04o}); \
+             restrict it with: chmod 600 {path}",
+            what = secret.what,
+            path = path.display(),
+            mode = mode & 0o7777,
+        )));
+    }
+    let text = read_capped(file, MAX_KEY_BYTES).map_err(read_err)?;
+    let origin = format!("{} {} ({})", secret.what, path.display(), secret.key);
+    Ok(Some((text, origin)))
 }
 
 /// The largest key file or credential read: a key is a few dozen bytes,

@@ -45,45 +45,19 @@ pub(in crate::config) fn load_password(
         return DbPassword::from_text(&value, &format!("environment variable {DB_PASSWORD_ENV}"))
             .map(Some);
     }
-    if let Some(dir) = env(CREDENTIALS_DIRECTORY_ENV).filter(|d| !d.is_empty()) {
-        let path = Path::new(&dir).join(DB_PASSWORD_CREDENTIAL);
-        // No permission check: systemd owns this file and its mode.
-        match open_regular(&path).and_then(|file| read_capped(file, MAX_KEY_BYTES)) {
-            Ok(text) => {
-                return DbPassword::from_text(
-                    &text,
-                    &format!("systemd credential {}", path.display()),
-                )
-                .map(Some);
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(ConfigError::DbPasswordRead { path, cause: err }),
-        }
+    let found = secret_from_files(
+        Secret {
+            credential: DB_PASSWORD_CREDENTIAL,
+            file,
+            what: "database password file",
+            key: "store.password_file",
+        },
+        env,
+    );
+    match found {
+        Ok(Some((text, origin))) => DbPassword::from_text(&text, &origin).map(Some),
+        Ok(None) => Ok(None),
+        Err(SecretError::Read { path, cause }) => Err(ConfigError::DbPasswordRead { path, cause }),
+        Err(SecretError::Refused(message)) => Err(ConfigError::DbPassword(message)),
     }
-    let Some(path) = file else {
-        return Ok(None);
-    };
-    let read_err = |err| ConfigError::DbPasswordRead {
-        path: path.to_owned(),
-        cause: err,
-    };
-    let file = open_regular(path).map_err(read_err)?;
-    let mode = file.metadata().map_err(read_err)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(ConfigError::DbPassword(format!(
-            "database password file {path} is accessible by group or others (mode {mode:04o}); \
-             restrict it with: chmod 600 {path}",
-            path = path.display(),
-            mode = mode & 0o7777,
-        )));
-    }
-    let text = read_capped(file, MAX_KEY_BYTES).map_err(read_err)?;
-    DbPassword::from_text(
-        &text,
-        &format!(
-            "database password file {} (store.password_file)",
-            path.display()
-        ),
-    )
-    .map(Some)
 }
