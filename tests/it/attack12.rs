@@ -6,13 +6,12 @@
 //! as an export writes them.
 
 use crate::helpers::coax::CoaxStub;
+use crate::helpers::command::{output as run, released};
 use crate::helpers::daemon::{binary, config_text};
-use crate::helpers::{PATIENCE, wait_until};
 use coax_scheduler::time::Millis;
 use serde_json::{Value, json};
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 mod held;
 mod running;
@@ -77,27 +76,6 @@ async fn cli(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {
     run(command, stdin).await
 }
 
-async fn run(mut command: Command, stdin: &[u8]) -> Output {
-    let stdin = stdin.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut child = command
-            .env_remove("COAX_API_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the coax-scheduler binary");
-        let mut input = child.stdin.take().expect("piped stdin");
-        // A command that refuses early closes its stdin; that is its answer.
-        let _ = input.write_all(&stdin);
-        drop(input);
-        child.wait_with_output().expect("wait for the binary")
-    })
-    .await
-    .expect("binary thread")
-}
-
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -109,21 +87,4 @@ async fn import(coax: &CoaxStub, records: &[Value]) -> (tempfile::TempDir, Strin
     let dir = target(&config);
     let output = cli(dir.path(), &["import"], stream(records).as_bytes()).await;
     (dir, config, output)
-}
-
-/// Waits until the daemon that ran in `dir` has let go of its lock.
-async fn released(dir: &Path) {
-    let lock = dir.join("queue.db.lock");
-    wait_until(
-        "the stopped daemon to let go of its store",
-        PATIENCE,
-        || {
-            let lock = lock.clone();
-            async move {
-                let file = std::fs::File::open(&lock).ok()?;
-                file.try_lock().ok()
-            }
-        },
-    )
-    .await;
 }

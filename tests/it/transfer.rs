@@ -9,83 +9,24 @@
 //! job exported while sending as after a crash ([`recovery`]).
 
 use crate::helpers::coax::{CoaxStub, Reply};
+use crate::helpers::command::{released, run};
 use crate::helpers::daemon::{TEST_KEY, TestClock, TestDaemon, binary, config_text};
 use crate::helpers::{PATIENCE, edit_db};
 use coax_scheduler::time;
 use serde_json::{Value, json};
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod live;
 mod recovery;
 mod refusals;
 mod settling;
 
-/// What one run of the binary produced.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `coax-scheduler <command> --config dir/config.toml` with `stdin`.
-async fn run(command: &str, dir: &Path, stdin: &str) -> Run {
-    let (command, config, stdin) = (
-        command.to_owned(),
-        dir.join("config.toml"),
-        stdin.to_owned(),
-    );
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(binary())
-            .arg(&command)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("COAX_API_KEY")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the coax-scheduler binary");
-        let mut input = child.stdin.take().expect("piped stdin");
-        // An import that refuses early closes its stdin; that is its answer.
-        let _ = input.write_all(stdin.as_bytes());
-        drop(input);
-        let output = child.wait_with_output().expect("wait for the binary");
-        Run {
-            ok: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("binary thread")
-}
-
 /// `export` of the store configured in `dir`, asserting success.
 async fn export(dir: &Path) -> String {
     let run = run("export", dir, "").await;
     assert!(run.ok, "export failed: {}", run.stderr);
     run.stdout
-}
-
-/// Waits until the daemon that ran in `dir` has let go of its store (its
-/// store thread closes the database, and the lock, just after it stops).
-async fn released(dir: &Path) {
-    let lock = dir.join("queue.db.lock");
-    crate::helpers::wait_until(
-        "the stopped daemon to let go of its store",
-        PATIENCE,
-        || {
-            let lock = lock.clone();
-            async move {
-                let file = std::fs::File::open(&lock).ok()?;
-                file.try_lock().ok()
-            }
-        },
-    )
-    .await;
 }
 
 /// An empty dir with the test config (as [`TestDaemon`] writes it) for a

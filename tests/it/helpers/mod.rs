@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod coax;
+pub mod command;
 pub mod daemon;
 pub mod postgres;
 

@@ -3,56 +3,20 @@
 //! agree; and what import into PostgreSQL refuses, leaving nothing behind.
 
 use crate::helpers::coax::{CoaxStub, Reply};
-use crate::helpers::daemon::{TestClock, TestDaemon, binary, config_text};
+use crate::helpers::command::Run;
+use crate::helpers::daemon::{TestClock, TestDaemon, config_text};
 use crate::helpers::edit_db;
 use crate::helpers::postgres::{self, PgCluster};
 use coax_scheduler::store::postgres::transfer::DAEMON_LOCK;
 use coax_scheduler::time;
 use serde_json::{Value, json};
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-/// What one run of the binary produced.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
 
 /// Runs `coax-scheduler <command> --config dir/config.toml` with `stdin`
 /// and the test role's database password in the environment.
 async fn run(command: &str, dir: &Path, stdin: &str) -> Run {
-    let (command, config, stdin) = (
-        command.to_owned(),
-        dir.join("config.toml"),
-        stdin.to_owned(),
-    );
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(binary())
-            .arg(&command)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("COAX_API_KEY")
-            .env_remove("RUST_LOG")
-            .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the coax-scheduler binary");
-        let mut input = child.stdin.take().expect("piped stdin");
-        let _ = input.write_all(stdin.as_bytes());
-        drop(input);
-        let output = child.wait_with_output().expect("wait for the binary");
-        Run {
-            ok: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("binary thread")
+    let password = [("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)];
+    crate::helpers::command::run_with(command, dir, stdin, &password).await
 }
 
 /// The lines of an export, without the header's export time.
