@@ -39,7 +39,7 @@ fn target(config: &str) -> tempfile::TempDir {
 }
 
 /// The lines of an export, without the header's export time.
-fn comparable(export: &str) -> Vec<String> {
+pub(crate) fn comparable(export: &str) -> Vec<String> {
     let mut lines: Vec<String> = export.lines().map(str::to_owned).collect();
     let mut header: Value = serde_json::from_str(&lines[0]).expect("header is JSON");
     assert!(header["exported_at"].is_string(), "{header}");

@@ -5,6 +5,7 @@
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::command::Run;
 use crate::helpers::postgres::{self, PgCluster};
+use crate::transfer::comparable;
 use coax_scheduler::store::postgres::transfer::DAEMON_LOCK;
 use serde_json::Value;
 use std::path::Path;
@@ -14,16 +15,6 @@ use std::path::Path;
 async fn run(command: &str, dir: &Path, stdin: &str) -> Run {
     let password = [("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)];
     crate::helpers::command::run_with(command, dir, stdin, &password).await
-}
-
-/// The lines of an export, without the header's export time.
-fn comparable(export: &str) -> Vec<String> {
-    let mut lines: Vec<String> = export.lines().map(str::to_owned).collect();
-    let mut header: Value = serde_json::from_str(&lines[0]).expect("header is JSON");
-    assert!(header["exported_at"].is_string(), "{header}");
-    header["exported_at"] = Value::Null;
-    lines[0] = header.to_string();
-    lines
 }
 
 /// A SQLite queue with a job in every state, as the SQLite round trip has
