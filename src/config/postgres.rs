@@ -260,8 +260,9 @@ fn parse_url(
         None => (rest, ""),
     };
     let authority = base.split('/').next().unwrap_or("");
+    // Decoded first: `coax%3Asecret@` is a user and a password all the same.
     if let Some((userinfo, _)) = authority.rsplit_once('@')
-        && userinfo.contains(':')
+        && percent_decode(userinfo).map_or(true, |user| user.contains(':'))
     {
         return Err(format!(
             "holds a password; take it out of the URL and {}",
@@ -273,7 +274,7 @@ fn parse_url(
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+        match percent_decode(key)?.as_str() {
             "password" => {
                 return Err(format!(
                     "holds a password (?password=); take it out of the URL and {}",
@@ -338,7 +339,7 @@ fn parse_url(
     Ok((connect, tls, root_cert))
 }
 
-/// Decodes `%XX` escapes in a query value.
+/// Decodes `%XX` escapes in a part of the URL.
 fn percent_decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

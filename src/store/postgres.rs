@@ -55,19 +55,67 @@ pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
         }
         error
     };
-    let client = match tls::connector(config.tls, config.root_cert.as_deref())? {
-        None => {
-            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
-            tokio::spawn(drive(connection, target.clone()));
-            client
-        }
-        Some(tls) => {
-            let (client, connection) = pg.connect(tls).await.map_err(failed)?;
-            tokio::spawn(drive(connection, target.clone()));
-            client
-        }
+    // tokio-postgres's connect_timeout bounds each TCP connect only; a
+    // server that accepts and then says nothing would be waited on for ever.
+    let limit = pg.get_connect_timeout().copied().unwrap_or(CONNECT_TIMEOUT);
+    let silent = || StoreError::Unavailable {
+        during: "connecting",
+        detail: format!(
+            "{target}: no answer within {} (connect_timeout in store.url sets this limit)",
+            humantime::format_duration(limit)
+        ),
     };
+    let connector = tls::connector(config.tls, config.root_cert.as_deref())?;
+    let client = tokio::time::timeout(limit, async {
+        match connector {
+            None => {
+                let (client, connection) =
+                    pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+                tokio::spawn(drive(connection, target.clone()));
+                Ok::<_, StoreError>(client)
+            }
+            Some(tls) => {
+                let (client, connection) = pg.connect(tls).await.map_err(failed)?;
+                tokio::spawn(drive(connection, target.clone()));
+                Ok(client)
+            }
+        }
+    })
+    .await
+    .map_err(|_| silent())??;
+    pin_schema(&client).await?;
     Ok(client)
+}
+
+/// How long connecting (TCP, TLS and authentication) may take when
+/// `store.url` sets no `connect_timeout`.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps every name this connection uses in one schema: the first of the
+/// role's `search_path` that exists, where its tables are created. Without
+/// this, a table of the same name in a later schema (another application's
+/// `jobs` in `public`, another queue's `coax_schema`) would be found, or
+/// written to, in its place.
+async fn pin_schema(client: &Client) -> Result<(), StoreError> {
+    let during = "choosing the schema";
+    let schema: Option<String> = client
+        .query_one(
+            "SELECT set_config('search_path', quote_ident(current_schema()), false), current_schema()",
+            &[],
+        )
+        .await
+        .map_err(pg_error(during))?
+        .try_get(1)
+        .map_err(pg_error(during))?;
+    match schema {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Postgres {
+            during,
+            detail: "no schema on the role's search_path exists to hold the queue; create one \
+                     (CREATE SCHEMA coax AUTHORIZATION <role>) or set search_path"
+                .to_owned(),
+        }),
+    }
 }
 
 /// Runs a connection until it ends; a broken one is logged once here and

@@ -175,11 +175,7 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
         .await
         .map_err(pg_error(during))?;
     }
-    let found: i32 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM coax_schema", &[])
-        .await
-        .map_err(pg_error(during))?
-        .get(0);
+    let found = stored_version(&tx, database).await?.unwrap_or(0);
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
             path: database.into(),
@@ -209,6 +205,32 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
         );
     }
     Ok(applied)
+}
+
+/// The newest version `coax_schema` records, if any: read as text, so that
+/// a table of that name whose column is not an integer is refused, not a
+/// panic.
+pub async fn stored_version(
+    client: &impl tokio_postgres::GenericClient,
+    database: &str,
+) -> Result<Option<i32>, StoreError> {
+    let during = "reading the schema version";
+    let text: Option<String> = client
+        .query_one("SELECT max(version)::text FROM coax_schema", &[])
+        .await
+        .map_err(pg_error(during))?
+        .try_get(0)
+        .map_err(pg_error(during))?;
+    text.map(|t| {
+        t.parse().map_err(|_| StoreError::Postgres {
+            during,
+            detail: format!(
+                "{database}'s coax_schema table records version {t:?}, not a number; it is not \
+                 coax-scheduler's"
+            ),
+        })
+    })
+    .transpose()
 }
 
 #[cfg(test)]

@@ -45,11 +45,7 @@ impl PgSnapshot {
             if !exists {
                 return Ok::<_, StoreError>(None);
             }
-            let row = client
-                .query_one("SELECT max(version) FROM coax_schema", &[])
-                .await
-                .map_err(pg_error(during))?;
-            Ok(row.get(0))
+            crate::store::postgres::schema::stored_version(&client, &database).await
         })?;
         match version {
             None => Err(TransferError::NoQueue(database)),
