@@ -1002,3 +1002,126 @@ async fn pg_foreign_coax_schema_column_type_does_not_panic() {
         );
     }
 }
+
+/// A plain impostor on the server's port: it declines TLS ('N') and asks
+/// for the password in clear text. What it received, once the client is
+/// done with it.
+fn impostor() -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let Ok((mut socket, _)) = listener.accept() else {
+            return Vec::new();
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut got = Vec::new();
+        let mut head = [0u8; 8];
+        if socket.read_exact(&mut head).is_err() {
+            return got;
+        }
+        got.extend_from_slice(&head);
+        if head[4..8] == 80_877_103u32.to_be_bytes() {
+            // SSLRequest: no TLS here.
+            let _ = socket.write_all(b"N");
+            let mut len = [0u8; 4];
+            if socket.read_exact(&mut len).is_err() {
+                return got;
+            }
+            let mut rest = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+            let _ = socket.read_exact(&mut rest);
+            got.extend_from_slice(&rest);
+        } else {
+            let len = u32::from_be_bytes(head[0..4].try_into().unwrap()) as usize;
+            let mut rest = vec![0u8; len.saturating_sub(8)];
+            let _ = socket.read_exact(&mut rest);
+            got.extend_from_slice(&rest);
+        }
+        // AuthenticationCleartextPassword.
+        let _ = socket.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]);
+        let mut buf = [0u8; 256];
+        while let Ok(n) = socket.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    (port, handle)
+}
+
+/// With `require` or `verify-full`, an impostor that declines TLS never
+/// gets the password: the client stops at the 'N'.
+#[tokio::test]
+async fn pg_impostor_declining_tls_never_gets_the_password() {
+    let secret = "impostor-SECRET-5e1f";
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let (port, handle) = impostor();
+        let text = format!(
+            "[coax]\nbase_url = \"http://127.0.0.1:9\"\n[store]\nbackend = \"postgres\"\nurl = \"postgres://coax@localhost:{port}/coax?sslmode={mode}\"\n[socket]\npath = \"coax.sock\"\n"
+        );
+        let env = |name: &str| match name {
+            "COAX_API_KEY" => Some("ck_test_key".to_owned()),
+            "COAX_SCHEDULER_DB_PASSWORD" => Some(secret.to_owned()),
+            _ => None,
+        };
+        let config = Config::from_toml(&text, Path::new("/tmp/config.toml"), &env).unwrap();
+        let pg = config.store.postgres.unwrap();
+        let err = coax_scheduler::store::postgres::connect(&pg)
+            .await
+            .expect_err("the impostor offers no TLS");
+        assert!(!err.to_string().contains(secret), "{err}");
+        let got = tokio::task::spawn_blocking(move || handle.join().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&got).contains(secret),
+            "{mode}: the password went to the impostor"
+        );
+    }
+}
+
+/// `connect_timeout` in store.url, which the README says is passed on,
+/// does not bound a server that accepts and never answers either:
+/// tokio-postgres applies it to the TCP connect only, not to the startup
+/// exchange, so the documented knob is no workaround.
+#[test]
+#[ignore = "defect: connect_timeout in store.url does not bound a silent server (it covers the TCP connect only)"]
+fn pg_connect_timeout_in_url_bounds_a_silent_server() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[coax]\nbase_url = \"http://127.0.0.1:9\"\n[store]\nbackend = \"postgres\"\nurl = \"postgres://coax@127.0.0.1:{port}/coax?connect_timeout=1\"\n[socket]\npath = \"coax.sock\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(binary())
+        .arg("export")
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .env("COAX_SCHEDULER_DB_PASSWORD", "pw-SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Far beyond the 1 s asked for; only a hang reaches it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(listener);
+    let status = status.expect("export still waiting 20 s after a 1 s connect_timeout");
+    assert!(!status.success());
+}
