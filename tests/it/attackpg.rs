@@ -1125,3 +1125,33 @@ fn pg_connect_timeout_in_url_bounds_a_silent_server() {
     let status = status.expect("export still waiting 20 s after a 1 s connect_timeout");
     assert!(!status.success());
 }
+
+/// With the default `sslmode` (`prefer`), the same impostor declines TLS,
+/// asks for the password in clear text and gets it: anyone who can answer
+/// on the database's address harvests the password. libpq's `prefer` does
+/// the same, but libpq has `require_auth` to refuse clear text; here the
+/// default leaves no such guard.
+#[tokio::test]
+#[ignore = "defect (hardening): with the default sslmode=prefer the password goes in clear text to a server that declines TLS and asks for it"]
+async fn pg_default_prefer_sends_the_password_in_clear_to_an_impostor() {
+    let secret = "impostor-SECRET-prefer";
+    let (port, handle) = impostor();
+    let text = format!(
+        "[coax]\nbase_url = \"http://127.0.0.1:9\"\n[store]\nbackend = \"postgres\"\nurl = \"postgres://coax@127.0.0.1:{port}/coax\"\n[socket]\npath = \"coax.sock\"\n"
+    );
+    let env = |name: &str| match name {
+        "COAX_API_KEY" => Some("ck_test_key".to_owned()),
+        "COAX_SCHEDULER_DB_PASSWORD" => Some(secret.to_owned()),
+        _ => None,
+    };
+    let config = Config::from_toml(&text, Path::new("/tmp/config.toml"), &env).unwrap();
+    let pg = config.store.postgres.unwrap();
+    let _ = coax_scheduler::store::postgres::connect(&pg).await;
+    let got = tokio::task::spawn_blocking(move || handle.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&got).contains(secret),
+        "the password went to the impostor in clear text"
+    );
+}
