@@ -7,6 +7,7 @@
 mod attack11;
 mod attack12;
 mod attack_windows;
+mod attackpg;
 mod bench;
 mod chaos;
 mod cli;
