@@ -242,7 +242,10 @@ fn check_config(cli: &Cli) -> anyhow::Result<()> {
     let fds = crate::daemon::fds::ensure(&config)
         .with_context(|| format!("{}: the config does not fit this process", path.display()))?;
     let store = match &config.store.postgres {
-        Some(pg) => pg.describe(),
+        Some(pg) => {
+            crate::store::postgres::check_tls(pg)?;
+            pg.describe()
+        }
         None => config.store.path.display().to_string(),
     };
     println!(

@@ -32,7 +32,9 @@ pub struct PostgresConfig {
     /// `store.url` as parsed, without `sslmode` beyond what tokio-postgres
     /// knows (see [`PostgresConfig::tls`]) and never with a password.
     pub connect: tokio_postgres::Config,
-    /// `sslmode` from `store.url`.
+    /// `sslmode` from `store.url`; when it names none, `require` if there
+    /// is a password (so that it never goes in clear text to a server that
+    /// declines TLS), else `prefer`, as libpq.
     pub tls: TlsMode,
     /// `sslrootcert` from `store.url`, resolved against the config's
     /// directory: the CA that signs the server's certificate, instead of
@@ -115,7 +117,8 @@ pub(super) struct RawPostgresKeys {
 /// The PostgreSQL store's settings before the password is read.
 pub(super) struct Checked {
     connect: tokio_postgres::Config,
-    tls: TlsMode,
+    /// `sslmode`, if `store.url` names one.
+    tls: Option<TlsMode>,
     root_cert: Option<PathBuf>,
     password_file: Option<PathBuf>,
     lease: Duration,
@@ -219,9 +222,19 @@ impl Checked {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<PostgresConfig, ConfigError> {
         let password = load_password(self.password_file.as_deref(), env)?;
+        let tls = self.tls.unwrap_or(match password {
+            Some(_) => TlsMode::Require,
+            None => TlsMode::Prefer,
+        });
+        let mut connect = self.connect;
+        connect.ssl_mode(match tls {
+            TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
+            TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
         Ok(PostgresConfig {
-            connect: self.connect,
-            tls: self.tls,
+            connect,
+            tls,
             root_cert: self.root_cert,
             password,
             lease: self.lease,
@@ -245,7 +258,7 @@ fn password_places() -> String {
 fn parse_url(
     url: &str,
     dir: &Path,
-) -> Result<(tokio_postgres::Config, TlsMode, Option<PathBuf>), String> {
+) -> Result<(tokio_postgres::Config, Option<TlsMode>, Option<PathBuf>), String> {
     let Some(rest) = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -269,7 +282,7 @@ fn parse_url(
             password_places()
         ));
     }
-    let mut tls = TlsMode::Prefer;
+    let mut tls = None;
     let mut root_cert = None;
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -283,11 +296,11 @@ fn parse_url(
             }
             "sslmode" => {
                 let value = percent_decode(value)?;
-                tls = TlsMode::parse(&value).ok_or_else(|| {
+                tls = Some(TlsMode::parse(&value).ok_or_else(|| {
                     format!(
                         "has sslmode={value:?}; use disable, prefer, require, verify-ca or verify-full"
                     )
-                })?;
+                })?);
             }
             "sslrootcert" => {
                 let value = percent_decode(value)?;
@@ -299,7 +312,7 @@ fn parse_url(
             _ => kept.push(pair),
         }
     }
-    if root_cert.is_some() && !tls.verifies() {
+    if root_cert.is_some() && !tls.is_some_and(TlsMode::verifies) {
         return Err(
             "has sslrootcert, which is used only to verify the server: add sslmode=verify-full (or verify-ca)"
                 .to_owned(),
@@ -328,11 +341,6 @@ fn parse_url(
     if connect.get_hosts().is_empty() {
         return Err("names no host, e.g. postgres://coax@db.internal/coax".to_owned());
     }
-    connect.ssl_mode(match tls {
-        TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
-        TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
-    });
     if connect.get_application_name().is_none() {
         connect.application_name("coax-scheduler");
     }

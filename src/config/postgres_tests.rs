@@ -264,3 +264,13 @@ fn db_password_debug_is_redacted() {
     assert!(!debug.contains(PASSWORD), "{debug}");
     assert!(debug.contains("DbPassword(<redacted>)"), "{debug}");
 }
+
+#[test]
+fn with_a_password_and_no_sslmode_tls_is_required() {
+    let env = env_of(&[(DB_PASSWORD_ENV, PASSWORD)]);
+    let store = "backend = \"postgres\"\nurl = \"postgres://coax@db/coax\"\n";
+    assert_eq!(pg(parse_with(store, &env).unwrap()).tls, TlsMode::Require);
+    let prefer = store.replace("/coax\"", "/coax?sslmode=prefer\"");
+    assert_eq!(pg(parse_with(&prefer, &env).unwrap()).tls, TlsMode::Prefer);
+    assert_eq!(pg(parse(store).unwrap()).tls, TlsMode::Prefer);
+}

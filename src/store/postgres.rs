@@ -87,6 +87,12 @@ pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// Builds what the connection's TLS needs (reading `sslrootcert`), without
+/// connecting: what `check-config` can check of the server's side.
+pub fn check_tls(config: &PostgresConfig) -> Result<(), StoreError> {
+    tls::connector(config.tls, config.root_cert.as_deref()).map(drop)
+}
+
 /// How long connecting (TCP, TLS and authentication) may take when
 /// `store.url` sets no `connect_timeout`.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

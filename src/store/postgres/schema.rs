@@ -196,6 +196,7 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
         .map_err(pg_error(during))?;
         applied += 1;
     }
+    check_tables(&tx, database, SCHEMA_VERSION).await?;
     tx.commit().await.map_err(pg_error(during))?;
     if applied > 0 {
         tracing::info!(
@@ -205,6 +206,38 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
         );
     }
     Ok(applied)
+}
+
+/// Refuses a database whose `coax_schema` records `version` but lacks
+/// tables of ours: that table was not written by these migrations.
+pub async fn check_tables(
+    client: &impl tokio_postgres::GenericClient,
+    database: &str,
+    version: i32,
+) -> Result<(), StoreError> {
+    let during = "checking the schema";
+    let names: Vec<String> = OUR_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let missing: Vec<String> = client
+        .query(
+            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
+            &[&names],
+        )
+        .await
+        .map_err(pg_error(during))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Postgres {
+        during,
+        detail: format!(
+            "{database}'s coax_schema table records version {version}, but the tables {} are \
+             missing: it is not coax-scheduler's, or was edited; use an empty database",
+            missing.join(", ")
+        ),
+    })
 }
 
 /// The newest version `coax_schema` records, if any: read as text, so that

@@ -260,14 +260,17 @@ impl PgCluster {
     }
 
     /// The `url` for the test role and database, with `query` (e.g.
-    /// `sslmode=require`) appended; `host` is usually 127.0.0.1.
+    /// `sslmode=require`) appended; `host` is usually 127.0.0.1. Without an
+    /// `sslmode` in `query` it says `sslmode=disable`: the cluster speaks
+    /// TLS only when started for it, and with a password and no `sslmode`
+    /// the daemon requires TLS.
     pub fn url(&self, host: &str, query: &str) -> String {
-        let mut url = format!("postgres://{USER}@{host}:{}/{DATABASE}", self.port);
-        if !query.is_empty() {
-            url.push('?');
-            url.push_str(query);
+        let mut url = format!("postgres://{USER}@{host}:{}/{DATABASE}?", self.port);
+        if !query.contains("sslmode=") {
+            url.push_str("sslmode=disable&");
         }
-        url
+        url.push_str(query);
+        url.trim_end_matches('&').to_owned()
     }
 
     /// A coax-scheduler config for backend = "postgres" against this

@@ -32,8 +32,8 @@ async fn sqlite_export() -> String {
 fn pg_target(cluster: &PgCluster, database: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = cluster.config_text("http://127.0.0.1:9", "").replace(
-        &format!("/{}\"", postgres::DATABASE),
-        &format!("/{database}\""),
+        &format!("/{}?", postgres::DATABASE),
+        &format!("/{database}?"),
     );
     std::fs::write(dir.path().join("config.toml"), config).expect("write config");
     dir

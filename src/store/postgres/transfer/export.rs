@@ -45,7 +45,11 @@ impl PgSnapshot {
             if !exists {
                 return Ok::<_, StoreError>(None);
             }
-            crate::store::postgres::schema::stored_version(&client, &database).await
+            let version = schema::stored_version(&client, &database).await?;
+            if let Some(version) = version {
+                schema::check_tables(&client, &database, version).await?;
+            }
+            Ok(version)
         })?;
         match version {
             None => Err(TransferError::NoQueue(database)),
