@@ -5,59 +5,22 @@
 //! Tests marked `#[ignore = "defect: ..."]` show a defect still open; the
 //! others pin behaviour that an attack did not break.
 
+use crate::helpers::command::Run;
 use crate::helpers::daemon::binary;
 use crate::helpers::postgres::{self, PgCluster};
+use crate::helpers::{PATIENCE, wait_until};
 use coax_scheduler::config::Config;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// What one run of the binary produced.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `coax-scheduler <command> --config dir/config.toml` with `stdin`,
 /// the test role's password in the environment and `env` added.
 async fn run_with(command: &str, dir: &Path, stdin: &str, env: &[(&str, &str)]) -> Run {
-    let (command, config, stdin) = (
-        command.to_owned(),
-        dir.join("config.toml"),
-        stdin.to_owned(),
-    );
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(binary())
-            .arg(&command)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("COAX_API_KEY")
-            .env_remove("RUST_LOG")
-            .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the coax-scheduler binary");
-        let mut input = child.stdin.take().expect("piped stdin");
-        let _ = input.write_all(stdin.as_bytes());
-        drop(input);
-        let output = child.wait_with_output().expect("wait for the binary");
-        Run {
-            ok: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("binary thread")
+    let mut all = vec![("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)];
+    all.extend_from_slice(env);
+    crate::helpers::command::run_with(command, dir, stdin, &all).await
 }
 
 async fn run(command: &str, dir: &Path, stdin: &str) -> Run {
@@ -460,6 +423,57 @@ async fn pg_import_many_tags_and_duplicates_across_batches() {
     );
 }
 
+/// An import of `whole` into the store configured in `into`, fed its first
+/// `lines` lines and waited on until it holds its advisory lock (its
+/// transaction is open); the rest of the stream is the caller's to write.
+async fn import_under_way(
+    client: &tokio_postgres::Client,
+    into: &Path,
+    whole: &str,
+    lines: usize,
+) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = Command::new(binary())
+        .arg("import")
+        .arg("--config")
+        .arg(into.join("config.toml"))
+        .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let first: String = whole
+        .lines()
+        .take(lines)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    input.write_all(first.as_bytes()).unwrap();
+    input.flush().unwrap();
+    wait_until("the import to take its lock", PATIENCE, || async {
+        (advisory_locks(client).await > 0).then_some(())
+    })
+    .await;
+    (child, input)
+}
+
+async fn advisory_locks(client: &tokio_postgres::Client) -> i64 {
+    count(
+        client,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+    )
+    .await
+}
+
+/// The lines of `whole` after the first `lines`, each with its newline.
+fn rest_of(whole: &str, lines: usize) -> String {
+    whole
+        .lines()
+        .skip(lines)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// An import killed with SIGKILL mid-stream leaves no rows and no lock:
 /// the next import of the whole stream succeeds.
 #[tokio::test]
@@ -471,49 +485,16 @@ async fn pg_import_killed_midstream_leaves_database_importable() {
         .map(|id| job(id, r#""{}""#, r#"["a"]"#))
         .collect();
     let whole = stream(&jobs);
-    let mut child = Command::new(binary())
-        .arg("import")
-        .arg("--config")
-        .arg(into.path().join("config.toml"))
-        .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    // Half the stream, then wait until the import holds its lock and has
-    // sent rows, then kill it.
-    let half: String = whole.lines().take(1000).map(|l| format!("{l}\n")).collect();
-    input.write_all(half.as_bytes()).unwrap();
-    input.flush().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let in_tx = count(
-            &client,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-        )
-        .await;
-        if in_tx > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the import never took its lock");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Half the stream; once the import holds its lock and has sent rows,
+    // kill it.
+    let (mut child, input) = import_under_way(&client, into.path(), &whole, 1000).await;
     child.kill().unwrap();
     child.wait().unwrap();
     drop(input);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(
-        &client,
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-    )
-    .await
-        > 0
-    {
-        assert!(Instant::now() < deadline, "the lock outlived the importer");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the lock to go with the importer", PATIENCE, || async {
+        (advisory_locks(&client).await == 0).then_some(())
+    })
+    .await;
     assert_eq!(count(&client, "SELECT count(*) FROM jobs").await, 0);
     let out = run("import", into.path(), &whole).await;
     assert!(out.ok, "{}", out.stderr);
@@ -528,36 +509,12 @@ async fn pg_import_server_restart_midstream_keeps_nothing() {
     let into = target(&cluster, "");
     let jobs: Vec<String> = (1..=600).map(|id| job(id, r#""{}""#, r#"["a"]"#)).collect();
     let whole = stream(&jobs);
-    let mut child = Command::new(binary())
-        .arg("import")
-        .arg("--config")
-        .arg(into.path().join("config.toml"))
-        .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let half: String = whole.lines().take(300).map(|l| format!("{l}\n")).collect();
-    input.write_all(half.as_bytes()).unwrap();
-    input.flush().unwrap();
-    {
+    let (child, mut input) = {
         let client = cluster.superuser(postgres::DATABASE).await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while count(
-            &client,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
-        )
-        .await
-            == 0
-        {
-            assert!(Instant::now() < deadline, "the import never took its lock");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+        import_under_way(&client, into.path(), &whole, 300).await
+    };
     cluster.restart();
-    let rest: String = whole.lines().skip(300).map(|l| format!("{l}\n")).collect();
+    let rest = rest_of(&whole, 300);
     let _ = input.write_all(rest.as_bytes());
     drop(input);
     let output = child.wait_with_output().unwrap();
@@ -726,20 +683,20 @@ async fn pg_export_connection_killed_midstream_has_no_end_line() {
         .unwrap();
     // Not reading stdout: the export blocks on its pipe inside its snapshot.
     let admin = cluster.superuser("postgres").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let killed = count(
-            &admin,
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    wait_until(
+        "the export to begin, and its backend to be ended",
+        PATIENCE,
+        || async {
+            let killed = count(
+                &admin,
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE application_name = 'coax-scheduler' AND xact_start IS NOT NULL) t",
-        )
-        .await;
-        if killed > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the export never began");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            )
+            .await;
+            (killed > 0).then_some(())
+        },
+    )
+    .await;
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -857,35 +814,11 @@ async fn pg_export_during_an_import_sees_none_of_it() {
     let into = target(&cluster, "");
     let jobs: Vec<String> = (1..=600).map(|id| job(id, r#""{}""#, "[]")).collect();
     let whole = stream(&jobs);
-    let mut child = Command::new(binary())
-        .arg("import")
-        .arg("--config")
-        .arg(into.path().join("config.toml"))
-        .env("COAX_SCHEDULER_DB_PASSWORD", postgres::PASSWORD)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let half: String = whole.lines().take(400).map(|l| format!("{l}\n")).collect();
-    input.write_all(half.as_bytes()).unwrap();
-    input.flush().unwrap();
     let admin = cluster.superuser(postgres::DATABASE).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
     // The import holds its lock inside its open transaction.
-    while count(
-        &admin,
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-    )
-    .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the import never began");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (child, mut input) = import_under_way(&admin, into.path(), &whole, 400).await;
     let exported = run("export", into.path(), "").await;
-    let rest: String = whole.lines().skip(400).map(|l| format!("{l}\n")).collect();
+    let rest = rest_of(&whole, 400);
     input.write_all(rest.as_bytes()).unwrap();
     drop(input);
     let imported = child.wait_with_output().unwrap();

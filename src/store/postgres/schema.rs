@@ -144,17 +144,7 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
         .map_err(pg_error(during))?
         .get(0);
     if !has_schema_table {
-        let names: Vec<String> = OUR_TABLES.iter().map(|t| (*t).to_owned()).collect();
-        let found: Vec<String> = tx
-            .query(
-                "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
-                &[&names],
-            )
-            .await
-            .map_err(pg_error(during))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let found = our_tables(&tx, true, during).await?;
         if !found.is_empty() {
             return Err(StoreError::Postgres {
                 during,
@@ -208,6 +198,24 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
     Ok(applied)
 }
 
+/// The names of [`OUR_TABLES`] that the schema holds (`present`), or that
+/// it lacks.
+async fn our_tables(
+    client: &impl tokio_postgres::GenericClient,
+    present: bool,
+    during: &'static str,
+) -> Result<Vec<String>, StoreError> {
+    let names: Vec<String> = OUR_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    let rows = client
+        .query(
+            "SELECT t FROM unnest($1::text[]) AS t WHERE (to_regclass(t) IS NOT NULL) = $2",
+            &[&names, &present],
+        )
+        .await
+        .map_err(pg_error(during))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Refuses a database whose `coax_schema` records `version` but lacks
 /// tables of ours: that table was not written by these migrations.
 pub async fn check_tables(
@@ -216,17 +224,7 @@ pub async fn check_tables(
     version: i32,
 ) -> Result<(), StoreError> {
     let during = "checking the schema";
-    let names: Vec<String> = OUR_TABLES.iter().map(|t| (*t).to_owned()).collect();
-    let missing: Vec<String> = client
-        .query(
-            "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
-            &[&names],
-        )
-        .await
-        .map_err(pg_error(during))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let missing = our_tables(client, false, during).await?;
     if missing.is_empty() {
         return Ok(());
     }
