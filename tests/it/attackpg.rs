@@ -7,7 +7,7 @@
 
 use crate::helpers::command::Run;
 use crate::helpers::daemon::binary;
-use crate::helpers::postgres::{self, PgCluster};
+use crate::helpers::postgres::{self, PgCluster, count};
 use crate::helpers::{PATIENCE, wait_until};
 use coax_scheduler::config::Config;
 use std::io::Write as _;
@@ -32,14 +32,6 @@ fn target(cluster: &PgCluster, query: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     cluster.write_config(dir.path(), "http://127.0.0.1:9", query);
     dir
-}
-
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
 }
 
 const HEADER: &str = r#"{"format":"coax-scheduler-export","version":1,"schema":10,"exported_at":"2026-03-02T12:00:00.000Z"}"#;
@@ -739,32 +731,7 @@ async fn pg_tls_expired_certificate_is_refused_when_verifying() {
     let mut cluster = PgCluster::start_tls().await;
     let ca = cluster.ca.clone().expect("a CA");
     let dir = cluster.dir.path().to_owned();
-    let out = Command::new("openssl")
-        .args([
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "-1",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "expired.pem",
-        ])
-        .current_dir(&dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    postgres::certs::sign_server(&dir, "-1", "expired.pem");
     // Written over the file the server owns, keeping its owner and mode.
     std::fs::write(
         dir.join("server.pem"),

@@ -4,7 +4,7 @@
 
 use crate::helpers::coax::CoaxStub;
 use crate::helpers::command::Run;
-use crate::helpers::postgres::{self, PgCluster};
+use crate::helpers::postgres::{self, PgCluster, count};
 use crate::transfer::comparable;
 use coax_scheduler::store::postgres::transfer::DAEMON_LOCK;
 use serde_json::Value;
@@ -37,14 +37,6 @@ fn pg_target(cluster: &PgCluster, database: &str) -> tempfile::TempDir {
     );
     std::fs::write(dir.path().join("config.toml"), config).expect("write config");
     dir
-}
-
-async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
-    client
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
 }
 
 #[tokio::test]
