@@ -340,8 +340,9 @@ async fn enqueue_figures(
             .await
             .context("cannot start the simulator")?;
     let config = fixture::config(dir, &simulator.base_url())?;
-    let daemon =
-        crate::daemon::Daemon::open(config.clone()).context("cannot open the benchmark daemon")?;
+    let daemon = crate::daemon::Daemon::open(config.clone())
+        .await
+        .context("cannot open the benchmark daemon")?;
     let running = fixture::InProcess::start(&config, daemon)?;
     fixture::wait_ready(&running.socket).await?;
     let single = enqueue::rate(&running.socket, plan.single, "single").await?;

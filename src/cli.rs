@@ -280,7 +280,7 @@ fn run_daemon(cli: &Cli) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let socket_path = config.socket.path.clone();
         let mode = config.socket.mode;
-        let daemon = Daemon::open(config)?;
+        let daemon = Daemon::open(config).await?;
         // Under socket activation systemd owns the socket: clients queue in
         // its backlog across restarts, so it is neither bound nor removed here.
         let owned = activated.is_none();

@@ -33,17 +33,18 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store: takes its lock, migrates it, and puts jobs that a
     /// crash left in `sending` back in line.
-    pub fn open(config: Config) -> Result<Daemon, store::StoreError> {
-        if config.store.postgres.is_some() {
-            return Err(store::StoreError::PostgresDaemon);
-        }
-        let (store, opened) = Store::open(&store::Options {
+    pub async fn open(config: Config) -> Result<Daemon, store::StoreError> {
+        let options = store::Options {
             path: config.store.path.clone(),
             on_ambiguous: config.dispatch.on_ambiguous,
             max_attempts: config.retry.max_attempts,
             calendar: config.calendar.clone(),
             node: config.node.name.clone(),
-        })?;
+        };
+        let (store, opened) = match &config.store.postgres {
+            Some(postgres) => Store::open_postgres(postgres.clone(), &options).await?,
+            None => Store::open(&options)?,
+        };
         Ok(Daemon {
             config,
             store,
@@ -144,6 +145,7 @@ struct Tasks {
     summarising: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
     recurring: JoinHandle<()>,
+    keeping: JoinHandle<()>,
 }
 
 impl Tasks {
@@ -198,7 +200,12 @@ impl Tasks {
             stopped.clone(),
             crate::reload::Settle::IfChanged,
         );
+        let keeping = {
+            let (store, stopped) = (store.clone(), stopped.clone());
+            tokio::spawn(async move { store.keep(stopped).await })
+        };
         Tasks {
+            keeping,
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
             recurring: tokio::spawn(recurring),
             serving: tokio::spawn(server::serve(
@@ -237,6 +244,7 @@ impl Tasks {
             ("recurring sends", self.recurring),
             ("the socket server", self.serving),
             ("the dispatcher", self.dispatching),
+            ("the store's upkeep", self.keeping),
         ] {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "{name} failed");

@@ -97,7 +97,9 @@ async fn start_daemon(
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let socket = config.socket.path.clone();
     let mode = config.socket.mode;
-    let daemon = Daemon::open(config).context("cannot open the demo daemon")?;
+    let daemon = Daemon::open(config)
+        .await
+        .context("cannot open the demo daemon")?;
     let listener = crate::socket::bind(&socket, mode)?;
     Ok(tokio::spawn(daemon.run(listener, async move {
         let _ = stopped.await;

@@ -218,6 +218,8 @@ impl Dispatcher {
                     self.transition(|g| g.probe_result(now, healthy));
                 }
                 _ = self.handle.wake.notified() => {}
+                // Another node sharing the queue enqueued a job due now.
+                _ = self.ctx.store.woken() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }

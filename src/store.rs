@@ -30,11 +30,11 @@ mod chain;
 #[cfg(test)]
 mod chain_tests;
 mod changes;
-mod deferral;
+pub(crate) mod deferral;
 mod delivery;
 mod group;
 mod identity;
-mod listing;
+pub(crate) mod listing;
 mod outage;
 pub mod postgres;
 mod prune;
@@ -221,10 +221,12 @@ fn checkpoint(c: &Connection) -> Result<(), StoreError> {
     done.map_err(StoreError::sqlite(during))
 }
 
-/// An async handle to the store thread. Cheap to clone.
+/// An async handle to the store: the store thread of a SQLite queue, or a
+/// PostgreSQL queue that several nodes share. Cheap to clone. Callers do
+/// not learn which it is.
 #[derive(Clone)]
 pub struct Store {
-    work: mpsc::Sender<Call>,
+    backend: Backend,
     outage: std::sync::Arc<outage::Outage>,
     /// The send windows due times are settled under; a reload replaces it.
     calendar: calendar::CalendarCell,
@@ -232,6 +234,14 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     /// `node.name`: written on each attempt this daemon makes.
     node: Arc<str>,
+}
+
+/// Where the queue lives.
+#[derive(Clone)]
+enum Backend {
+    /// The store thread that owns the SQLite connection.
+    Sqlite(mpsc::Sender<Call>),
+    Postgres(postgres::Queue),
 }
 
 /// Settings for opening the store.
@@ -288,7 +298,7 @@ impl Store {
             })?;
         Ok((
             Store {
-                work: tx,
+                backend: Backend::Sqlite(tx),
                 outage: std::sync::Arc::new(outage::Outage::new(options.path.clone())),
                 calendar: calendar::CalendarCell::new(options.calendar.clone()),
                 clock: Arc::new(SystemClock::new()),
@@ -299,6 +309,59 @@ impl Store {
                 recounted,
             },
         ))
+    }
+
+    /// Opens a PostgreSQL queue (see [`postgres::Queue::open`]).
+    pub async fn open_postgres(
+        config: crate::config::PostgresConfig,
+        options: &Options,
+    ) -> Result<(Store, Opened), StoreError> {
+        let where_ = std::path::PathBuf::from(config.describe());
+        let (queue, opened) = postgres::Queue::open(config, options, crate::time::now()).await?;
+        Ok((
+            Store {
+                backend: Backend::Postgres(queue),
+                outage: std::sync::Arc::new(outage::Outage::new(where_)),
+                calendar: calendar::CalendarCell::new(options.calendar.clone()),
+                clock: Arc::new(SystemClock::new()),
+                node: Arc::from(options.node.as_str()),
+            },
+            opened,
+        ))
+    }
+
+    /// The PostgreSQL queue's upkeep (heartbeats, leases, recovery,
+    /// wake-ups; see [`postgres::Queue::keep`]) until `stop` turns true;
+    /// nothing for a SQLite queue, whose one daemon holds its lock.
+    pub async fn keep(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let Backend::Postgres(queue) = &self.backend else {
+            return;
+        };
+        let (calendar, outage) = (self.calendar.clone(), self.outage.clone());
+        queue
+            .clone()
+            .keep(
+                move || calendar.get(),
+                self.clock.clone(),
+                move |result| outage.observe(&result, result.is_ok()),
+                stop,
+            )
+            .await
+    }
+
+    /// Waits until another node says a job fell due (never, on SQLite,
+    /// where every enqueue goes through this daemon).
+    pub async fn woken(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => std::future::pending().await,
+            Backend::Postgres(queue) => queue.woken().await,
+        }
+    }
+
+    /// Notes how a PostgreSQL call ended, for the outage report.
+    fn observed<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.outage.observe(&result, result.is_ok());
+        result
     }
 
     /// Has calls read the wall clock from `clock` (a test that needs a
@@ -314,7 +377,8 @@ impl Store {
     }
 
     /// Runs `op` on the store thread inside the next group transaction and
-    /// answers once that transaction has committed.
+    /// answers once that transaction has committed. SQLite only: on
+    /// PostgreSQL it fails.
     pub async fn call<T, F>(&self, op: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -337,6 +401,12 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let Backend::Sqlite(work_queue) = &self.backend else {
+            return Err(StoreError::Postgres {
+                during: "a SQLite call",
+                detail: "this queue is on PostgreSQL".to_owned(),
+            });
+        };
         let (reply, answer) = oneshot::channel();
         let work: Work = Box::new(move |conn| {
             let (result, wrote) = match conn {
@@ -354,7 +424,7 @@ impl Store {
             });
             (succeeded, completion)
         });
-        self.work
+        work_queue
             .send(kind(work))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -372,6 +442,9 @@ impl Store {
     ) -> Result<Result<Vec<crate::protocol::Enqueued>, UnknownParent>, StoreError> {
         let _timed = crate::metrics::store_call("enqueue");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.enqueue(&calendar.get(), jobs, true, now).await);
+        }
         self.call(move |c| match chain::unknown_parent(c, &jobs)? {
             Some(unknown) => Ok(Err(unknown)),
             None => queries::enqueue(c, &calendar.get(), &jobs, now).map(Ok),
@@ -387,6 +460,15 @@ impl Store {
     ) -> Result<Vec<crate::protocol::Enqueued>, StoreError> {
         let _timed = crate::metrics::store_call("enqueue");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            let stored = q.enqueue(&calendar.get(), jobs, false, now).await;
+            return self.observed(stored.and_then(|r| {
+                r.map_err(|unknown| StoreError::Postgres {
+                    during: "enqueueing",
+                    detail: format!("job {} follows a job that is not stored", unknown.index),
+                })
+            }));
+        }
         self.call(move |c| queries::enqueue(c, &calendar.get(), &jobs, now))
             .await
     }
@@ -397,6 +479,9 @@ impl Store {
     ) -> Result<Option<crate::protocol::JobView>, StoreError> {
         let _timed = crate::metrics::store_call("get");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.get(&calendar.get(), lookup, now).await);
+        }
         self.call(move |c| queries::get(c, &calendar.get(), &lookup, now))
             .await
     }
@@ -437,11 +522,18 @@ impl Store {
                 due_before,
                 tag: tag.clone(),
             };
-            let step = self
-                .call(move |c| {
-                    listing::step(c, &calendar.get(), filter, cursor, rows, budget, first, now)
-                })
-                .await?;
+            let step = match &self.backend {
+                Backend::Postgres(q) => self.observed(
+                    q.list_step(&calendar.get(), filter, cursor, rows, budget, first, now)
+                        .await,
+                )?,
+                Backend::Sqlite(_) => {
+                    self.call(move |c| {
+                        listing::step(c, &calendar.get(), filter, cursor, rows, budget, first, now)
+                    })
+                    .await?
+                }
+            };
             bytes += step.bytes + usize::from(!first && !step.jobs.is_empty());
             page.jobs.extend(step.jobs);
             cursor = step.last;
@@ -463,6 +555,9 @@ impl Store {
     ) -> Result<Result<(crate::protocol::JobView, u64), Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("cancel");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.cancel(&calendar.get(), id, now).await);
+        }
         self.call(move |c| queries::cancel(c, &calendar.get(), id, now))
             .await
     }
@@ -474,6 +569,9 @@ impl Store {
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("reschedule");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.reschedule(&calendar.get(), id, at, now).await);
+        }
         self.call(move |c| queries::reschedule(c, &calendar.get(), id, at, now))
             .await
     }
@@ -483,6 +581,9 @@ impl Store {
     pub async fn cancel_tag(&self, tag: String) -> Result<(u64, u64), StoreError> {
         let _timed = crate::metrics::store_call("cancel");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.cancel_tag(&calendar.get(), tag, now).await);
+        }
         self.call(move |c| tags::cancel(c, &calendar.get(), &tag, now))
             .await
     }
@@ -497,6 +598,9 @@ impl Store {
     ) -> Result<Result<Moved, i64>, StoreError> {
         let _timed = crate::metrics::store_call("reschedule");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.reschedule_tag(&calendar.get(), tag, by_ms, now).await);
+        }
         self.call(move |c| tags::reschedule(c, &calendar.get(), &tag, by_ms, now))
             .await
     }
@@ -507,6 +611,9 @@ impl Store {
     ) -> Result<Result<crate::protocol::JobView, Refusal>, StoreError> {
         let _timed = crate::metrics::store_call("requeue");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.requeue(&calendar.get(), id, now).await);
+        }
         self.call(move |c| queries::requeue(c, &calendar.get(), id, now))
             .await
     }
@@ -514,6 +621,9 @@ impl Store {
     pub async fn stats(&self) -> Result<Summary, StoreError> {
         let _timed = crate::metrics::store_call("stats");
         let (now, node) = (self.now(), self.node.clone());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.summary(now).await);
+        }
         self.call(move |c| queries::summary(c, &node, now)).await
     }
 
@@ -521,6 +631,9 @@ impl Store {
     pub async fn claim(&self, now: Millis, limit: usize) -> Result<Claimed, StoreError> {
         let _timed = crate::metrics::store_call("claim");
         let (calendar, node) = (self.calendar.clone(), self.node.clone());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.claim(&calendar.get(), now, limit).await);
+        }
         self.call(move |c| delivery::claim(c, &calendar.get(), &node, now, limit))
             .await
     }
@@ -529,6 +642,9 @@ impl Store {
     pub async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
         let _timed = crate::metrics::store_call("finish");
         let calendar = self.calendar.clone();
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.finish(&calendar.get(), &finish).await);
+        }
         self.call(move |c| delivery::finish(c, &calendar.get(), &finish))
             .await
     }
@@ -541,6 +657,13 @@ impl Store {
     ) -> Result<(Summary, u64, Option<Millis>), StoreError> {
         let _timed = crate::metrics::store_call("overview");
         let node = self.node.clone();
+        if let Backend::Postgres(q) = &self.backend {
+            let read = async { Ok((q.summary(now).await?, q.overdue(now).await?)) };
+            return self.observed(
+                read.await
+                    .map(|(summary, (due, oldest))| (summary, due, oldest)),
+            );
+        }
         self.call(move |c| {
             let summary = queries::summary(c, &node, now)?;
             let (due, oldest) = delivery::overdue(c, now)?;
@@ -560,6 +683,9 @@ impl Store {
     /// stay done.
     pub async fn prune(&self, before: Millis, dry_run: bool) -> Result<Pruned, StoreError> {
         let _timed = crate::metrics::store_call("prune");
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.prune(before, dry_run).await);
+        }
         let mut total = Pruned::default();
         let mut from = Some(walk::Cursor::START);
         while let Some(cursor) = from {
@@ -590,9 +716,13 @@ impl Store {
                 break;
             }
             let now = self.now();
-            let step = self
-                .call(move |c| quarantine::sweep_step(c, after, SWEEP_SPAN, now))
-                .await;
+            let step = match &self.backend {
+                Backend::Postgres(q) => self.observed(q.sweep_step(after, SWEEP_SPAN, now).await),
+                Backend::Sqlite(_) => {
+                    self.call(move |c| quarantine::sweep_step(c, after, SWEEP_SPAN, now))
+                        .await
+                }
+            };
             match step {
                 Ok((quarantined, next)) => {
                     total += quarantined;
@@ -610,6 +740,9 @@ impl Store {
     /// The earliest `due_at` among scheduled jobs.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         let _timed = crate::metrics::store_call("next_due");
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.next_due().await);
+        }
         self.call(delivery::next_due).await
     }
 }

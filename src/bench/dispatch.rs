@@ -56,7 +56,9 @@ pub async fn throughput_with(
     .await
     .context("cannot start the simulator")?;
     let config = fixture::config_with(dir, &simulator.base_url(), extra)?;
-    let daemon = Daemon::open(config.clone()).context("cannot open the benchmark daemon")?;
+    let daemon = Daemon::open(config.clone())
+        .await
+        .context("cannot open the benchmark daemon")?;
     let store = daemon.store();
     let now = time::now();
     fixture::fill(&store, "dispatch", jobs, 1_000, |_| now).await?;
@@ -227,7 +229,9 @@ pub async fn lateness(
     .await
     .context("cannot start the simulator")?;
     let config = fixture::config(dir, &simulator.base_url())?;
-    let daemon = Daemon::open(config.clone()).context("cannot open the benchmark daemon")?;
+    let daemon = Daemon::open(config.clone())
+        .await
+        .context("cannot open the benchmark daemon")?;
     let running = InProcess::start(&config, daemon)?;
     fixture::wait_ready(&running.socket).await?;
     let mut conn = Conn::connect(&running.socket).await?;

@@ -97,8 +97,9 @@ async fn side_once(dir: &Path, shape: Shape, jobs: usize, on: bool) -> anyhow::R
             .context("cannot start the simulator")?;
     let enqueue_dir = dir.join("enqueue");
     let config = fixture::config_with(&enqueue_dir, &simulator.base_url(), extra)?;
-    let daemon =
-        crate::daemon::Daemon::open(config.clone()).context("cannot open the benchmark daemon")?;
+    let daemon = crate::daemon::Daemon::open(config.clone())
+        .await
+        .context("cannot open the benchmark daemon")?;
     let running = InProcess::start(&config, daemon)?;
     fixture::wait_ready(&running.socket).await?;
     let scraper = on.then(|| scrape_every(enqueue_dir.join("metrics.sock")));

@@ -11,7 +11,7 @@
 //! under, so a restart with the same config walks nothing.
 
 use super::deferral;
-use super::{Store, StoreError, walk};
+use super::{Backend, Store, StoreError, walk};
 use crate::window::Calendar;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
@@ -74,10 +74,14 @@ impl Store {
     /// which has a window costs nothing here.
     pub async fn resettle(&self, stop: watch::Receiver<bool>) -> Result<u64, StoreError> {
         let fingerprint = self.calendar().fingerprint();
-        if self
-            .call(move |c| deferral::settled_under(c, fingerprint))
-            .await?
-        {
+        let settled = match &self.backend {
+            Backend::Postgres(q) => self.observed(q.settled_under(fingerprint).await)?,
+            Backend::Sqlite(_) => {
+                self.call(move |c| deferral::settled_under(c, fingerprint))
+                    .await?
+            }
+        };
+        if settled {
             return Ok(0);
         }
         self.settle_all(stop).await
@@ -91,6 +95,9 @@ impl Store {
         let _timed = crate::metrics::store_call("resettle");
         let calendar = self.calendar();
         let fingerprint = calendar.fingerprint();
+        if let Backend::Postgres(q) = &self.backend {
+            return self.settle_all_postgres(q, stop).await;
+        }
         self.call(deferral::mark_unsettled).await?;
         let windowless = calendar.window_names().next().is_none();
         let mut moved = 0;
@@ -116,12 +123,41 @@ impl Store {
         }
         self.call(move |c| deferral::mark_settled(c, fingerprint))
             .await?;
-        if moved > 0 {
-            tracing::info!(
-                jobs = moved,
-                "settled the queue's due times under the new send windows"
-            );
-        }
+        log_settled(moved);
         Ok(moved)
+    }
+
+    /// [`Store::settle_all`] on PostgreSQL, walking the scheduled jobs by id.
+    async fn settle_all_postgres(
+        &self,
+        q: &super::postgres::Queue,
+        stop: watch::Receiver<bool>,
+    ) -> Result<u64, StoreError> {
+        let calendar = self.calendar();
+        let fingerprint = calendar.fingerprint();
+        self.observed(q.mark_unsettled().await)?;
+        let mut moved = 0;
+        let mut from = Some(0);
+        while let Some(after) = from {
+            if *stop.borrow() || self.calendar().fingerprint() != fingerprint {
+                return Ok(moved);
+            }
+            let step = q.resettle_step(&calendar, after, RESETTLE_STEP, self.now());
+            let (step, next) = self.observed(step.await)?;
+            moved += step;
+            from = next;
+        }
+        self.observed(q.mark_settled(fingerprint).await)?;
+        log_settled(moved);
+        Ok(moved)
+    }
+}
+
+fn log_settled(moved: u64) {
+    if moved > 0 {
+        tracing::info!(
+            jobs = moved,
+            "settled the queue's due times under the new send windows"
+        );
     }
 }

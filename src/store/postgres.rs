@@ -28,12 +28,26 @@
 //! The password is handed to the client library and nowhere else: no error
 //! or log line here formats the config, only [`PostgresConfig::describe`].
 
+// The daemon's operations on PostgreSQL are being filled in: until every
+// stub is, some of their shared pieces have no caller.
+#![allow(dead_code)]
+
+mod chain;
+mod deferral;
+mod delivery;
+mod jobs;
+mod listing;
+mod pool;
+mod queue;
+mod schedules;
 pub mod schema;
 mod tls;
 pub mod transfer;
+mod upkeep;
 
 use super::StoreError;
 use crate::config::PostgresConfig;
+pub use queue::Queue;
 pub use schema::{SCHEMA_VERSION, migrate};
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -41,6 +55,22 @@ use tokio_postgres::error::SqlState;
 /// Opens one connection, with the password and TLS that the config says,
 /// and drives it on a task of the current runtime.
 pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
+    connect_with(config, None).await
+}
+
+/// [`connect`], passing the channel name of each notification the
+/// connection receives (after `LISTEN`) to `notices`.
+pub async fn connect_listening(
+    config: &PostgresConfig,
+    notices: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<Client, StoreError> {
+    connect_with(config, Some(notices)).await
+}
+
+async fn connect_with(
+    config: &PostgresConfig,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Result<Client, StoreError> {
     let mut pg = config.connect.clone();
     if let Some(password) = &config.password {
         pg.password(password.expose());
@@ -71,12 +101,12 @@ pub async fn connect(config: &PostgresConfig) -> Result<Client, StoreError> {
             None => {
                 let (client, connection) =
                     pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
-                tokio::spawn(drive(connection, target.clone()));
+                tokio::spawn(drive(connection, target.clone(), notices));
                 Ok::<_, StoreError>(client)
             }
             Some(tls) => {
                 let (client, connection) = pg.connect(tls).await.map_err(failed)?;
-                tokio::spawn(drive(connection, target.clone()));
+                tokio::spawn(drive(connection, target.clone(), notices));
                 Ok(client)
             }
         }
@@ -124,14 +154,30 @@ async fn pin_schema(client: &Client) -> Result<(), StoreError> {
     }
 }
 
-/// Runs a connection until it ends; a broken one is logged once here and
-/// each call on its client fails with [`StoreError::Unavailable`].
-async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>, target: String)
-where
+/// Runs a connection until it ends, passing on notifications to
+/// `notices`; a broken one is logged once here and each call on its client
+/// fails with [`StoreError::Unavailable`].
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    target: String,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(e) = connection.await {
+    let ended = loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                if let Some(notices) = &notices {
+                    let _ = notices.send(n.channel().to_owned());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Some(e),
+            None => break None,
+        }
+    };
+    if let Some(e) = ended {
         tracing::warn!(database = %target, "connection to PostgreSQL ended: {}", describe(&e));
     }
 }

@@ -12,7 +12,7 @@
 //! shown as far as it can be, counts for no next occurrence, and is set
 //! aside (its `next_at` null, logged once) when the task meets it due.
 
-use super::{Store, StoreError, queries};
+use super::{Backend, Store, StoreError, queries};
 use crate::job::NewJob;
 use crate::protocol::Enqueued;
 use crate::schedule::wire::Occurrence;
@@ -338,6 +338,9 @@ impl Store {
     pub async fn put_schedule(&self, s: Schedule, next_at: Millis) -> Result<bool, StoreError> {
         let _timed = crate::metrics::store_call("schedule_put");
         let now = self.now();
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.put_schedule(s, next_at, now).await);
+        }
         self.call(move |c| put(c, &s, next_at, now)).await
     }
 
@@ -348,6 +351,9 @@ impl Store {
         name: String,
     ) -> Result<Option<(Row, Vec<Occurrence>)>, StoreError> {
         let _timed = crate::metrics::store_call("schedule_get");
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.get_schedule(name).await);
+        }
         self.call(move |c| {
             let rows = select(c, "WHERE name = ?1", [&name])?;
             Ok(with_recent(c, rows)?.pop())
@@ -363,6 +369,9 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(Row, Vec<Occurrence>)>, StoreError> {
         let _timed = crate::metrics::store_call("schedule_list");
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.list_schedules(after, limit).await);
+        }
         self.call(move |c| page(c, &after.unwrap_or_default(), limit))
             .await
     }
@@ -370,6 +379,9 @@ impl Store {
     /// Deletes a schedule (not the jobs it created); whether there was one.
     pub async fn delete_schedule(&self, name: String) -> Result<bool, StoreError> {
         let _timed = crate::metrics::store_call("schedule_delete");
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.delete_schedule(name).await);
+        }
         self.call(move |c| {
             c.prepare_cached("DELETE FROM schedules WHERE name = ?1")
                 .and_then(|mut st| st.execute([name]))
@@ -382,11 +394,17 @@ impl Store {
     /// The schedules whose next occurrence is at or before `now`; a due
     /// row that cannot be read is set aside in the same call.
     pub async fn due_schedules(&self, now: Millis) -> Result<Vec<Stored>, StoreError> {
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.due_schedules(now).await);
+        }
         self.call(move |c| due(c, now)).await
     }
 
     /// How many schedules there are, and the earliest next occurrence.
     pub async fn schedules_overview(&self) -> Result<(u64, Option<Millis>), StoreError> {
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.schedules_overview().await);
+        }
         self.call(overview).await
     }
 
@@ -396,6 +414,9 @@ impl Store {
     pub async fn fire_schedule(&self, firing: Firing) -> Result<Option<Vec<Enqueued>>, StoreError> {
         let _timed = crate::metrics::store_call("schedule_fire");
         let (calendar, now) = (self.calendar.clone(), self.now());
+        if let Backend::Postgres(q) = &self.backend {
+            return self.observed(q.fire_schedule(&calendar.get(), firing, now).await);
+        }
         self.call(move |c| fire(c, &calendar.get(), &firing, now))
             .await
     }

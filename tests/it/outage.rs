@@ -132,7 +132,7 @@ async fn outage_scenario() {
     let config = Config::load_with_env(&path, &|n| (n == "COAX_API_KEY").then(|| TEST_KEY.into()))
         .expect("test config");
     let socket = config.socket.path.clone();
-    let daemon = Daemon::open(config.clone()).expect("daemon opens");
+    let daemon = Daemon::open(config.clone()).await.expect("daemon opens");
     let store = daemon.store();
     let listener = coax_scheduler::socket::bind(&socket, config.socket.mode).expect("bind");
     let (stop, stopped) = oneshot::channel::<()>();

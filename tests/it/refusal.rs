@@ -44,7 +44,7 @@ fn open_daemon(dir: &Path) -> Result<Daemon, StoreError> {
         (name == "COAX_API_KEY").then(|| TEST_KEY.to_owned())
     })
     .expect("test config is valid");
-    Daemon::open(config)
+    crate::helpers::open_blocking(config)
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn load_config(dir: &Path) -> Config {
 
 /// Opens the daemon on `dir`'s config and returns why it refused.
 fn refusal(dir: &Path) -> StoreError {
-    match Daemon::open(load_config(dir)) {
+    match crate::helpers::open_blocking(load_config(dir)) {
         Ok(_) => panic!("the daemon opened {}", dir.join("queue.db").display()),
         Err(e) => e,
     }
@@ -983,7 +983,9 @@ impl OwnDaemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = load_config(dir.path());
         let socket = config.socket.path.clone();
-        let daemon = Daemon::open(config.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let daemon = Daemon::open(config.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let store = daemon.store();
         let listener =
             coax_scheduler::socket::bind(&socket, config.socket.mode).expect("socket binds");

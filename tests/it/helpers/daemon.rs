@@ -178,8 +178,8 @@ impl TestDaemon {
     /// Rewrites the config file with `config` and has the daemon reload it,
     /// as SIGHUP would. Only for a daemon from [`TestDaemon::start_reloadable`].
     pub async fn reload(&self, config: &str) {
-        std::fs::write(self.dir.path().join("config.toml"), with_key_file(config))
-            .expect("rewrite config");
+        let config = super::backend::rewrite(&with_key_file(config), self.dir.path());
+        std::fs::write(self.dir.path().join("config.toml"), config).expect("rewrite config");
         self.reloads
             .as_ref()
             .expect("a daemon started with start_reloadable")
@@ -203,11 +203,12 @@ impl TestDaemon {
         reloads: Option<mpsc::Receiver<()>>,
     ) -> TestDaemon {
         let path = dir.path().join("config.toml");
+        let config = super::backend::configure(config, dir.path()).await;
         std::fs::write(&path, config).expect("write config");
         let config = Config::load_with_env(&path, &test_env).expect("test config is valid");
         let socket = config.socket.path.clone();
         let db = config.store.path.clone();
-        let mut daemon = Daemon::open(config.clone()).expect("daemon opens");
+        let mut daemon = Daemon::open(config.clone()).await.expect("daemon opens");
         if let Some(clock) = clock {
             daemon = daemon.with_clock(clock);
         }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod coax;
 pub mod command;
 pub mod daemon;
@@ -65,4 +66,15 @@ pub fn edit_db(db: &std::path::Path, sql: &str) {
         .expect("busy timeout");
     conn.execute_batch(sql)
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Opens a daemon from a test that is not async (a refusal at start-up).
+pub fn open_blocking(
+    config: coax_scheduler::config::Config,
+) -> Result<coax_scheduler::daemon::Daemon, coax_scheduler::store::StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
+        .block_on(coax_scheduler::daemon::Daemon::open(config))
 }

@@ -47,21 +47,29 @@ pub struct PgCluster {
     bin: PathBuf,
     child: Option<Child>,
     tls: bool,
+    /// The server's `max_connections`.
+    connections: u32,
 }
 
 impl PgCluster {
     /// A cluster with plain TCP only.
     pub async fn start() -> PgCluster {
-        PgCluster::init(false).await
+        PgCluster::init(false, 50).await
+    }
+
+    /// A cluster with plain TCP and room for `connections` at once (the
+    /// one the test daemons share, see `super::backend`).
+    pub async fn start_for(connections: u32) -> PgCluster {
+        PgCluster::init(false, connections).await
     }
 
     /// A cluster with `ssl = on`, a throwaway CA, and a server certificate
     /// for `localhost` (not for 127.0.0.1) signed by it.
     pub async fn start_tls() -> PgCluster {
-        PgCluster::init(true).await
+        PgCluster::init(true, 50).await
     }
 
-    async fn init(tls: bool) -> PgCluster {
+    async fn init(tls: bool, connections: u32) -> PgCluster {
         let bin = server_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let root = geteuid() == 0;
@@ -114,6 +122,7 @@ impl PgCluster {
             bin,
             child: None,
             tls,
+            connections,
         };
         cluster.launch(None);
         cluster
@@ -149,7 +158,7 @@ impl PgCluster {
                     "-c",
                     "fsync=off",
                     "-c",
-                    "max_connections=50",
+                    &format!("max_connections={}", self.connections),
                 ])
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("log fd"))

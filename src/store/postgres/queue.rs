@@ -1,0 +1,280 @@
+//! The daemon's store on PostgreSQL: the queue that several nodes share.
+//!
+//! [`Queue::open`] migrates the schema, makes this node known in `nodes`
+//! and takes its locks, then puts back in line what this node's name left
+//! in `sending` (a crash of this node) and what dead nodes' leases let go.
+//! Each store call is one transaction on a connection of the [`Pool`];
+//! PostgreSQL groups concurrent commits itself, so there is no store
+//! thread here.
+//!
+//! [`Queue::keep`] runs beside the daemon's other tasks, once a second:
+//! - it writes this node's heartbeat and the count of its jobs in flight;
+//! - it renews the lease on this node's `sending` jobs, so that a request
+//!   in flight longer than `store.lease` stays this node's;
+//! - it recovers any `sending` job whose lease has run out (its node died
+//!   or lost PostgreSQL for longer than the lease), within a second of the
+//!   lease's end;
+//! - it keeps one connection open that listens for `coax_due`, which an
+//!   enqueue or a reschedule on any node sends when a job falls due soon,
+//!   and wakes this node's dispatcher on it. The same connection holds the
+//!   shared daemon lock (which `import` takes exclusively) and this node's
+//!   name lock, so that two daemons cannot run under one name. A node that
+//!   dies lets both go with its connection.
+
+use super::pool::Pool;
+use super::{StoreError, pg_error, schema};
+use crate::config::{OnAmbiguous, PostgresConfig};
+use crate::store::{Opened, Options, Recovered};
+use crate::time::{Clock, Millis};
+use crate::window::Calendar;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_postgres::Client;
+
+/// The channel an enqueue or reschedule notifies when a job falls due soon.
+pub(super) const DUE_CHANNEL: &str = "coax_due";
+
+/// How often [`Queue::keep`] beats, renews and recovers.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// The advisory lock class of node names (`pg_try_advisory_lock(class,
+/// hashtext(name))`): "Coax" in ASCII as an int4.
+const NODE_LOCK_CLASS: i32 = 0x436f_6178;
+
+/// The queue on PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    pub(super) pool: Pool,
+    /// `node.name`: written on each claim and attempt.
+    pub(super) node: Arc<str>,
+    /// `store.lease` in milliseconds.
+    pub(super) lease_ms: Millis,
+    pub(super) on_ambiguous: OnAmbiguous,
+    pub(super) max_attempts: u32,
+    /// Fired when a notification says a job fell due.
+    woken: Arc<Notify>,
+    /// The listening connection [`Queue::open`] made, until
+    /// [`Queue::keep`] takes it over.
+    listener: Arc<tokio::sync::Mutex<Option<Listener>>>,
+}
+
+/// The error of an operation not built on PostgreSQL yet.
+pub(super) fn not_built(during: &'static str) -> StoreError {
+    StoreError::Postgres {
+        during,
+        detail: "not supported on PostgreSQL yet".to_owned(),
+    }
+}
+
+impl Queue {
+    /// Connects, migrates, registers this node and recovers claims that no
+    /// node holds any more.
+    pub async fn open(
+        config: PostgresConfig,
+        options: &Options,
+        now: Millis,
+    ) -> Result<(Queue, Opened), StoreError> {
+        let lease_ms = Millis::try_from(config.lease.as_millis()).unwrap_or(Millis::MAX);
+        let database = config.describe();
+        let pool = Pool::new(config);
+        {
+            let mut client = pool.get().await?;
+            schema::migrate(&mut client, &database).await?;
+        }
+        let queue = Queue {
+            pool,
+            node: Arc::from(options.node.as_str()),
+            lease_ms,
+            on_ambiguous: options.on_ambiguous,
+            max_attempts: options.max_attempts,
+            woken: Arc::new(Notify::new()),
+            listener: Arc::new(tokio::sync::Mutex::new(None)),
+        };
+        // First, so that a second daemon under this node's name is refused
+        // before it touches the queue.
+        let listener = queue.listen().await?;
+        *queue.listener.lock().await = Some(listener);
+        queue.beat(now).await?;
+        let recovered = queue.recover(&options.calendar, now, true).await?;
+        Ok((
+            queue,
+            Opened {
+                recovered,
+                recounted: Vec::new(),
+            },
+        ))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Waits until a notification says a job fell due.
+    pub async fn woken(&self) {
+        self.woken.notified().await
+    }
+
+    /// Writes this node's heartbeat and count of requests in flight.
+    async fn beat(&self, now: Millis) -> Result<(), StoreError> {
+        let during = "writing this node's heartbeat";
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO nodes (name, started_at, last_heartbeat, in_flight)
+                 VALUES ($1, $2, $2,
+                         (SELECT count(*) FROM jobs WHERE state = 'sending' AND node = $1))
+                 ON CONFLICT (name) DO UPDATE
+                 SET last_heartbeat = excluded.last_heartbeat, in_flight = excluded.in_flight",
+                &[&&*self.node, &now],
+            )
+            .await
+            .map_err(pg_error(during))?;
+        Ok(())
+    }
+
+    /// Beats, renews and recovers every [`BEAT`], and wakes the
+    /// dispatcher on each `coax_due`, until `stop` turns true. A failure
+    /// goes to `report` (the store's outage report, which logs an outage
+    /// once) and is tried again a beat later.
+    pub async fn keep(
+        self,
+        calendar: impl Fn() -> Arc<Calendar> + Send,
+        clock: Arc<dyn Clock>,
+        report: impl Fn(Result<(), StoreError>) + Send + Sync,
+        stop: watch::Receiver<bool>,
+    ) {
+        let beating = async {
+            let mut stop = stop.clone();
+            let mut ticks = tokio::time::interval(BEAT);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !*stop.borrow() {
+                tokio::select! {
+                    _ = stop.changed() => continue,
+                    _ = ticks.tick() => {}
+                }
+                let now = clock.wall();
+                let result = async {
+                    self.beat(now).await?;
+                    self.renew(now).await?;
+                    let recovered = self.recover(&calendar(), now, false).await?;
+                    log_recovered(&recovered, "its node's lease ran out");
+                    if !recovered.is_empty() {
+                        self.woken.notify_one();
+                    }
+                    Ok(())
+                }
+                .await;
+                report(result);
+            }
+        };
+        let listening = async {
+            let mut stop = stop.clone();
+            let mut listener = self.listener.lock().await.take();
+            while !*stop.borrow() {
+                let Some(l) = listener.as_mut() else {
+                    tokio::select! {
+                        _ = stop.changed() => continue,
+                        _ = tokio::time::sleep(BEAT) => {}
+                    }
+                    listener = match self.listen().await {
+                        Ok(l) => {
+                            // Whatever fell due while it was away.
+                            self.woken.notify_one();
+                            Some(l)
+                        }
+                        Err(e) => {
+                            report(Err(e));
+                            None
+                        }
+                    };
+                    continue;
+                };
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    heard = l.notices.recv() => match heard {
+                        Some(_) => self.woken.notify_one(),
+                        // The connection ended: listen anew.
+                        None => listener = None,
+                    },
+                }
+            }
+        };
+        tokio::join!(beating, listening);
+        self.pool.close();
+    }
+
+    /// Opens the listening connection, takes the daemon's shared lock and
+    /// this node's name lock on it, and listens for [`DUE_CHANNEL`].
+    async fn listen(&self) -> Result<Listener, StoreError> {
+        let during = "listening for due jobs";
+        let (tx, notices) = mpsc::unbounded_channel();
+        let client = super::connect_listening(self.pool.config(), tx).await?;
+        let taken: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&NODE_LOCK_CLASS, &&*self.node],
+            )
+            .await
+            .map_err(pg_error(during))?
+            .get(0);
+        if !taken {
+            return Err(StoreError::Postgres {
+                during,
+                detail: format!(
+                    "another daemon is running as node {:?} on this database; give each node \
+                     its own node.name",
+                    &*self.node
+                ),
+            });
+        }
+        client
+            .execute(
+                "SELECT pg_advisory_lock_shared($1)",
+                &[&super::transfer::DAEMON_LOCK],
+            )
+            .await
+            .map_err(pg_error(during))?;
+        client
+            .batch_execute(&format!("LISTEN {DUE_CHANNEL}"))
+            .await
+            .map_err(pg_error(during))?;
+        Ok(Listener {
+            _client: client,
+            notices,
+        })
+    }
+}
+
+/// The connection that listens, and what it hears.
+struct Listener {
+    /// Held for its locks and its `LISTEN`; dropping it closes them.
+    _client: Client,
+    notices: mpsc::UnboundedReceiver<String>,
+}
+
+/// Logs each recovered job as a possible duplicate.
+pub(crate) fn log_recovered(recovered: &[Recovered], why: &str) {
+    for job in recovered {
+        tracing::warn!(
+            job_id = job.id,
+            key = job.key.as_deref().unwrap_or(""),
+            attempt = job.attempt,
+            held = job.held,
+            failed = job.failed,
+            "found in 'sending' after {why}: its last request may have reached Coax; a possible duplicate"
+        );
+    }
+}
+
+/// Tells every node listening (this one too) that a job may have fallen
+/// due, at `tx`'s commit: call it in any transaction that makes a job
+/// `scheduled` or moves a scheduled job's due time earlier. PostgreSQL
+/// sends one notification per transaction however often it is called.
+pub(super) async fn notify_due(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL])
+        .await
+        .map_err(pg_error("waking the other nodes"))?;
+    Ok(())
+}
