@@ -257,11 +257,6 @@ fn check_config(cli: &Cli) -> anyhow::Result<()> {
         fds.needed,
         fds.limit
     );
-    if config.store.postgres.is_some() {
-        println!(
-            r#"note: the daemon cannot run on PostgreSQL yet; `run` refuses this config. Only `export` and `import` can use it. To run the daemon, set backend = "sqlite" and store.path"#
-        );
-    }
     Ok(())
 }
 

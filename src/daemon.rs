@@ -264,7 +264,10 @@ fn announce(config: &Config, summary: &store::Summary, recovered: usize) {
         version = env!("CARGO_PKG_VERSION"),
         node = %config.node.name,
         socket = %config.socket.path.display(),
-        database = %config.store.path.display(),
+        database = %match &config.store.postgres {
+            Some(postgres) => postgres.describe(),
+            None => config.store.path.display().to_string(),
+        },
         coax = %config.coax.base_url,
         scheduled,
         recovered,

@@ -76,8 +76,9 @@ impl Context {
         self.handle.clock.as_ref()
     }
 
-    /// Changes the gate by `f` and logs the change it reports, once.
-    fn transition(&self, f: impl FnOnce(&mut Gate) -> Option<Mode>) {
+    /// Changes the gate by `f` and logs the change it reports, once;
+    /// returns that change.
+    fn transition(&self, f: impl FnOnce(&mut Gate) -> Option<Mode>) -> Option<Mode> {
         let (previous, changed) = self.handle.with_gate(|g| {
             let previous = g.mode();
             (previous, f(g))
@@ -85,6 +86,7 @@ impl Context {
         if let Some(mode) = changed {
             self.changed(previous, mode);
         }
+        changed
     }
 
     /// Logs a change of the gate's mode.
@@ -243,6 +245,12 @@ impl Dispatcher {
                 }
                 ended
             });
+            // The other nodes try their own keys again; one that is still
+            // rejected pauses them anew.
+            let store = self.ctx.store.clone();
+            tokio::spawn(async move {
+                store.clear_pauses(&[crate::store::PauseKind::Auth]).await;
+            });
         }
         self.transition(|g| g.tick(now));
         if turn.probe.is_none() && self.handle.with_gate(|g| g.probe_due(now)) {
@@ -272,17 +280,14 @@ impl Dispatcher {
         // the claim may not see it.
         self.handle.next_due.store(i64::MAX, Ordering::SeqCst);
         let now = self.ctx.clock().wall();
-        let claimed = match self.ctx.store.claim(now, admission.count).await {
+        let count = match self.allowance(turn, settings, admission.count, now).await {
+            Ok(count) => count,
+            Err(retry) => return wait.min(retry),
+        };
+        let claimed = match self.ctx.store.claim(now, count).await {
             Ok(claimed) => claimed,
             Err(e) => {
-                if !turn.claim_failing && e.is_unavailable() {
-                    // The store has logged the outage.
-                    tracing::warn!(error = %e, "cannot claim due jobs; retrying every poll_interval");
-                    turn.claim_failing = true;
-                } else if !turn.claim_failing {
-                    tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
-                    turn.claim_failing = true;
-                }
+                self.claim_failed(turn, &e);
                 return wait;
             }
         };
@@ -332,6 +337,56 @@ impl Dispatcher {
     /// Changes the gate by `f` and logs the change it reports, once.
     fn transition(&self, f: impl FnOnce(&mut Gate) -> Option<Mode>) {
         self.ctx.transition(f);
+    }
+
+    /// Asks the queue as a whole how many of `wanted` sends may start: a
+    /// pause another node shared pauses this node's gate too (logged as
+    /// its own pause is), and the rest of the shared rate limit caps the
+    /// count. `Err` carries how long to wait before asking again.
+    async fn allowance(
+        &self,
+        turn: &mut Turn,
+        settings: &Settings,
+        wanted: usize,
+        now: crate::time::Millis,
+    ) -> Result<usize, Duration> {
+        let allowance = match self
+            .ctx
+            .store
+            .allowance(wanted, settings.rate_limit, now)
+            .await
+        {
+            Ok(allowance) => allowance,
+            Err(e) => {
+                self.claim_failed(turn, &e);
+                return Err(settings.poll_interval);
+            }
+        };
+        if let Some(pause) = allowance.pause {
+            let left = Duration::from_millis(u64::try_from(pause.until - now).unwrap_or(0));
+            let auth = pause.kind == crate::store::PauseKind::Auth;
+            let mono = self.ctx.clock().mono();
+            if self.ctx.transition(|g| g.shared_pause(mono, auth, left)).is_some() {
+                tracing::info!(node = %pause.node, "the pause was set by another node sharing the queue");
+            }
+            return Err(left.max(Duration::from_millis(1)));
+        }
+        match allowance.retry_in {
+            Some(retry) if allowance.count == 0 => Err(retry),
+            _ => Ok(allowance.count),
+        }
+    }
+
+    /// Logs a failed claim once, until one succeeds.
+    fn claim_failed(&self, turn: &mut Turn, e: &crate::store::StoreError) {
+        if !turn.claim_failing && e.is_unavailable() {
+            // The store has logged the outage.
+            tracing::warn!(error = %e, "cannot claim due jobs; retrying every poll_interval");
+            turn.claim_failing = true;
+        } else if !turn.claim_failing {
+            tracing::error!(error = %e, "cannot claim due jobs; retrying every poll_interval");
+            turn.claim_failing = true;
+        }
     }
 
     async fn drain(&self, mut in_flight: JoinSet<attempt::Report>) {

@@ -86,8 +86,10 @@ const STORE_BUCKETS: [f64; 13] = [
 /// The installed recorder's handle; a second daemon in the process reuses it.
 static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
-/// Installs the process's recorder (once) and returns a handle to render it.
-pub fn install() -> Result<PrometheusHandle, MetricsError> {
+/// Installs the process's recorder (once) and returns a handle to render
+/// it. With `node`, every series carries `node="<name>"`: the daemons
+/// sharing a PostgreSQL queue are told apart by it.
+pub fn install(node: Option<&str>) -> Result<PrometheusHandle, MetricsError> {
     let mut installed = match INSTALLED.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
@@ -96,7 +98,11 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         record::start();
         return Ok(handle.clone());
     }
-    let builder = PrometheusBuilder::new()
+    let mut builder = PrometheusBuilder::new();
+    if let Some(node) = node {
+        builder = builder.add_global_label("node", node);
+    }
+    let builder = builder
         .set_buckets_for_metric(Matcher::Full(LATENESS.into()), &LATENESS_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), &REQUEST_BUCKETS)

@@ -88,7 +88,7 @@ impl Service {
     async fn answer(&self, request: Request, uid: Option<u32>) -> Result<String, ErrorBody> {
         match request {
             Request::Ping => Ok(ok_line(json!({}))),
-            Request::Resume => Ok(self.resume(uid)),
+            Request::Resume => Ok(self.resume(uid).await),
             Request::Enqueue(protocol::Enqueue::One(job)) => {
                 let job = self.validate(&job, None)?;
                 let mut done = self.enqueue(vec![job], false).await?;
@@ -323,10 +323,19 @@ impl Service {
     }
 
     /// Ends a pause or an open breaker for an operator, and says what it
-    /// ended; nothing paused is an answer, not an error.
-    fn resume(&self, uid: Option<u32>) -> String {
+    /// ended; nothing paused is an answer, not an error. A pause shared
+    /// with other nodes on the queue ends for them too.
+    async fn resume(&self, uid: Option<u32>) -> String {
+        use crate::store::PauseKind;
+        let shared = self
+            .store
+            .clear_pauses(&[PauseKind::RateLimit, PauseKind::Auth])
+            .await;
         let resumed = self.dispatch.resume();
         let uid = uid.map_or(-1, i64::from);
+        if shared > 0 {
+            tracing::info!(uid, "resume: the pause shared with the other nodes ended");
+        }
         if resumed.ended_something() {
             tracing::info!(
                 uid,
@@ -339,7 +348,7 @@ impl Service {
             tracing::debug!(uid, "resume: asked, but nothing was paused");
         }
         ok_line(json!({
-            "resumed": resumed.ended_something(),
+            "resumed": resumed.ended_something() || shared > 0,
             "dispatch": {"state": resumed.now.name(), "was": resumed.was.name()},
         }))
     }

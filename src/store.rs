@@ -42,6 +42,7 @@ mod quarantine;
 mod queries;
 mod schedules;
 mod schema;
+mod sharing;
 mod tags;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,7 @@ pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, NodeStatus, Pruned, Recount, Refusal, Summary};
 pub use schedules::Firing;
 pub use schema::SCHEMA_VERSION;
+pub use sharing::{Allowance, PauseKind, SharedPause};
 pub use tags::Moved;
 
 use crate::config::OnAmbiguous;
@@ -108,11 +110,6 @@ pub enum StoreError {
         during: &'static str,
         detail: String,
     },
-    /// `backend = "postgres"` given to the daemon, which runs on SQLite only.
-    #[error(
-        r#"store.backend is "postgres", but the daemon cannot run on PostgreSQL yet: only `export` and `import` can use it. To run the daemon, set backend = "sqlite" and store.path"#
-    )]
-    PostgresDaemon,
     #[error("the store has shut down")]
     Closed,
 }

@@ -2,9 +2,9 @@
 //! line, and record the outcome before the dispatcher's slot is freed.
 
 use super::Context;
-use super::gate;
+use super::gate::{self, Mode};
 use crate::policy::{self, Answer, Decision};
-use crate::store::{ClaimedJob, Finish, Store};
+use crate::store::{ClaimedJob, Finish, PauseKind, Store};
 use crate::time;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -69,9 +69,26 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     // The gate hears the answer before the job is given back: a job given
     // back for a rejected key or a 429 is due at once, and a claim that
     // ran between the two would send it again into the pause.
-    ctx.transition(|g| g.record(read_at, signal));
+    let changed = ctx.transition(|g| g.record(read_at, signal));
+    share(&ctx, changed).await;
     record(&ctx.store, finish).await;
     Report { decision: label }
+}
+
+/// Puts a pause this attempt's answer set in force for every node sharing
+/// the queue, before its job is given back (see [`crate::store::Store::share_pause`]).
+async fn share(ctx: &Context, changed: Option<Mode>) {
+    let (kind, until, reason) = match changed {
+        Some(Mode::PausedRateLimit { until }) => {
+            (PauseKind::RateLimit, until, "Coax answered 429")
+        }
+        Some(Mode::PausedAuth { until }) => (PauseKind::Auth, until, "Coax rejected the API key"),
+        _ => return,
+    };
+    let clock = ctx.clock();
+    let left = clock.mono().until(until);
+    let until = clock.wall() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2);
+    ctx.store.share_pause(kind, until, reason).await;
 }
 
 fn status_of(answer: &Answer) -> Option<u16> {

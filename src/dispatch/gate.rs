@@ -315,6 +315,24 @@ impl Gate {
         }
     }
 
+    /// Takes in a pause another node sharing the queue entered, lasting
+    /// `left` from `now` (at most `max_pause`); returns the new mode if it
+    /// changed. A rejected key's pause outranks a 429's, as in
+    /// [`Gate::record`].
+    pub fn shared_pause(&mut self, now: Mono, auth: bool, left: Duration) -> Option<Mode> {
+        let until = now + left.min(self.settings.max_pause);
+        match (self.mode, auth) {
+            (Mode::PausedAuth { until: current }, true) if current >= until => None,
+            (_, true) => self.set(Mode::PausedAuth { until }),
+            (Mode::PausedAuth { .. }, false) => None,
+            (Mode::PausedRateLimit { until: current }, false) if current >= until => None,
+            (_, false) => {
+                self.throttled_at = now;
+                self.set(Mode::PausedRateLimit { until })
+            }
+        }
+    }
+
     /// Whether a `/health` probe is due.
     pub fn probe_due(&self, now: Mono) -> bool {
         matches!(self.mode, Mode::BreakerOpen { probe_at } if probe_at <= now)

@@ -92,7 +92,8 @@ impl Exporter {
         let Some(listen) = &config.metrics.listen else {
             return Ok(Exporter { running: None });
         };
-        let handle = super::install()?;
+        let shared = config.store.postgres.is_some();
+        let handle = super::install(shared.then_some(config.node.name.as_str()))?;
         let (listener, socket) = match listen {
             MetricsListen::Tcp(addr) => {
                 let listener =

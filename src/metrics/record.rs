@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// The store calls timed in `src/store.rs`.
-const STORE_OPS: [&str; 13] = [
+const STORE_OPS: [&str; 14] = [
     "enqueue",
     "get",
     "list",
@@ -38,6 +38,7 @@ const STORE_OPS: [&str; 13] = [
     "prune",
     "next_due",
     "resettle",
+    "allowance",
 ];
 
 /// Whether calls record; off until the recorder is installed.

@@ -41,6 +41,7 @@ mod pool;
 mod queue;
 mod schedules;
 pub mod schema;
+mod shared;
 mod tls;
 pub mod transfer;
 mod upkeep;

@@ -1,0 +1,148 @@
+//! What the nodes sharing a queue share besides the jobs: the pauses every
+//! node honours, and `dispatch.rate_limit` as a limit on their sum.
+//!
+//! A 429 or a rejected key seen by one node is written to `pauses` (kind
+//! `rate_limit` or `auth`, until when, by which node), before that node
+//! gives its job back, so that no node claims it into the pause. Each node
+//! reads `pauses` before it claims ([`Queue::allowance`]) and pauses its
+//! own gate for what is left. The times are wall-clock milliseconds of the
+//! node that wrote them: nodes whose clocks disagree disagree by as much
+//! on the pause's end, and a reader never pauses longer than its own
+//! `dispatch.max_pause`.
+//!
+//! The rate limit is one token bucket in `meta` (`rate_tokens_milli`,
+//! `rate_at`), timed by the database's clock and taken under an advisory
+//! lock, so that the nodes' sends together keep to the limit plus its
+//! burst (one second's worth, as each node's own bucket).
+
+use super::queue::Queue;
+use super::{StoreError, pg_error};
+use crate::config::RateLimit;
+use crate::store::{Allowance, PauseKind, SharedPause};
+use crate::time::Millis;
+use std::time::Duration;
+
+/// The advisory lock key taken while the shared bucket is read and spent.
+const RATE_LOCK: i64 = 0x436f_6178_0000_0004;
+
+impl PauseKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PauseKind::RateLimit => "rate_limit",
+            PauseKind::Auth => "auth",
+        }
+    }
+}
+
+impl Queue {
+    /// Up to `wanted` sends that the queue as a whole allows now: none
+    /// while a shared pause is in force (which is returned), else as many
+    /// as the shared bucket holds under `rate`.
+    pub async fn allowance(
+        &self,
+        wanted: usize,
+        rate: Option<RateLimit>,
+        now: Millis,
+    ) -> Result<Allowance, StoreError> {
+        let during = "reading the shared pauses and rate limit";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let paused = tx
+            .query_opt(
+                "SELECT kind, until_at, coalesce(node, '') FROM pauses WHERE until_at > $1
+                 ORDER BY kind = 'auth' DESC, until_at DESC LIMIT 1",
+                &[&now],
+            )
+            .await
+            .map_err(pg_error(during))?;
+        if let Some(row) = paused {
+            let kind: String = row.get(0);
+            let kind = if kind == "auth" {
+                PauseKind::Auth
+            } else {
+                PauseKind::RateLimit
+            };
+            return Ok(Allowance {
+                count: 0,
+                pause: Some(SharedPause {
+                    kind,
+                    until: row.get(1),
+                    node: row.get(2),
+                }),
+                retry_in: None,
+            });
+        }
+        let Some(rate) = rate else {
+            return Ok(Allowance::all(wanted));
+        };
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&RATE_LOCK])
+            .await
+            .map_err(pg_error(during))?;
+        let row = tx
+            .query_one(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                        (SELECT value FROM meta WHERE name = 'rate_tokens_milli'),
+                        (SELECT value FROM meta WHERE name = 'rate_at')",
+                &[],
+            )
+            .await
+            .map_err(pg_error(during))?;
+        let db_now: i64 = row.get(0);
+        let per_ms = rate.per_second() / 1000.0;
+        // A burst of one second's worth, and at least one send.
+        let capacity = rate.per_second().max(1.0);
+        let tokens = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
+            (Some(milli), Some(at)) => {
+                let elapsed = db_now.saturating_sub(at).max(0) as f64;
+                (milli as f64 / 1000.0 + elapsed * per_ms).min(capacity)
+            }
+            _ => capacity,
+        };
+        let count = wanted.min(tokens.floor().max(0.0) as usize);
+        let left = tokens - count as f64;
+        let retry_in = (count < wanted).then(|| {
+            let missing = (1.0 - left).max(0.0);
+            Duration::from_millis((missing / per_ms).ceil().max(1.0) as u64)
+        });
+        tx.execute(
+            "INSERT INTO meta (name, value) VALUES ('rate_tokens_milli', $1), ('rate_at', $2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&((left * 1000.0).floor() as i64), &db_now],
+        )
+        .await
+        .map_err(pg_error(during))?;
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok(Allowance {
+            count,
+            pause: None,
+            retry_in,
+        })
+    }
+
+    /// Puts `pause` in force for every node, unless one of its kind ends
+    /// later already.
+    pub async fn share_pause(&self, pause: &SharedPause, reason: &str) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO pauses (kind, until_at, reason, node) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kind) DO UPDATE
+                 SET until_at = excluded.until_at, reason = excluded.reason, node = excluded.node
+                 WHERE pauses.until_at < excluded.until_at",
+                &[&pause.kind.as_str(), &pause.until, &reason, &pause.node],
+            )
+            .await
+            .map_err(pg_error("sharing a pause with the other nodes"))?;
+        Ok(())
+    }
+
+    /// Ends the shared pauses of `kinds` for every node.
+    pub async fn clear_pauses(&self, kinds: &[PauseKind]) -> Result<u64, StoreError> {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM pauses WHERE kind = ANY($1)", &[&kinds])
+            .await
+            .map_err(pg_error("ending the shared pauses"))
+    }
+}
