@@ -140,6 +140,9 @@ impl Daemon {
 /// The daemon's long-running tasks, and the switch that stops them.
 struct Tasks {
     stop: watch::Sender<bool>,
+    /// Stops the store's upkeep, after the dispatcher: it renews the leases
+    /// of the requests the dispatcher waits for.
+    stop_keeping: watch::Sender<bool>,
     dispatching: JoinHandle<()>,
     serving: JoinHandle<()>,
     summarising: JoinHandle<()>,
@@ -200,12 +203,14 @@ impl Tasks {
             stopped.clone(),
             crate::reload::Settle::IfChanged,
         );
+        let (stop_keeping, keeping_stopped) = watch::channel(false);
         let keeping = {
-            let (store, stopped) = (store.clone(), stopped.clone());
-            tokio::spawn(async move { store.keep(stopped).await })
+            let store = store.clone();
+            tokio::spawn(async move { store.keep(keeping_stopped).await })
         };
         Tasks {
             keeping,
+            stop_keeping,
             dispatching: tokio::spawn(dispatcher.run(stopped.clone())),
             recurring: tokio::spawn(recurring),
             serving: tokio::spawn(server::serve(
@@ -244,11 +249,14 @@ impl Tasks {
             ("recurring sends", self.recurring),
             ("the socket server", self.serving),
             ("the dispatcher", self.dispatching),
-            ("the store's upkeep", self.keeping),
         ] {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "{name} failed");
             }
+        }
+        let _ = self.stop_keeping.send(true);
+        if let Err(e) = self.keeping.await {
+            tracing::error!(error = %e, "the store's upkeep failed");
         }
     }
 }

@@ -202,6 +202,15 @@ impl Queue {
             }
         };
         tokio::join!(beating, listening);
+        // A node that stopped is not live: stats stops listing it, and an
+        // import need not wait out its lease.
+        if let Ok(client) = self.pool.get().await
+            && let Err(e) = client
+                .execute("DELETE FROM nodes WHERE name = $1", &[&&*self.node])
+                .await
+        {
+            tracing::debug!(error = %e, "cannot remove this node from nodes");
+        }
         self.pool.close();
     }
 
