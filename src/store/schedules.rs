@@ -26,7 +26,7 @@ use serde_json::Value;
 /// How many recent occurrences a schedule's view shows.
 pub const RECENT: usize = 10;
 
-const COLUMNS: &str = "name, cron, timezone, catch_up, job, next_at, revision";
+pub(super) const COLUMNS: &str = "name, cron, timezone, catch_up, job, next_at, revision";
 
 /// A row as read, with the values that identify it as stored: a hand edit
 /// or an import can put any type in any column, and a row that cannot be
@@ -76,7 +76,7 @@ fn held(cell: &Cell) -> &'static str {
 
 /// The schedule the cells of a row (in [`COLUMNS`] order) hold, or what
 /// is wrong with them.
-fn parse(cells: &[Cell; 7]) -> Result<Stored, String> {
+pub(super) fn parse(cells: &[Cell; 7]) -> Result<Stored, String> {
     let [name, cron, timezone, catch_up, job, next_at, revision] = cells;
     let text = |cell: &Cell, column: &str| match cell {
         Cell::Text(t) => Ok(t.clone()),
@@ -116,7 +116,7 @@ fn parse(cells: &[Cell; 7]) -> Result<Stored, String> {
 }
 
 /// What can be shown of a row that cannot be read.
-fn shown(cells: &[Cell; 7], why: String) -> Unreadable {
+pub(super) fn shown(cells: &[Cell; 7], why: String) -> Unreadable {
     let [name, cron, timezone, catch_up, job, ..] = cells;
     let text = |cell: &Cell| cell.as_str().map(str::to_owned);
     Unreadable {

@@ -155,7 +155,7 @@ async fn a_parent_with_many_follow_ups_being_sent_does_not_hold_the_store() {
     // A queue with history: 200,000 finished jobs. On an empty queue the
     // same release is over in about a second; with these rows it held the
     // store of a release build for 63 s (100,000 follow-ups).
-    edit_db(&daemon.db, HISTORY);
+    edit_db(daemon.db(), HISTORY);
     let mut parent = template();
     parent["key"] = json!("parent");
     parent["scheduled_at"] = json!("2030-01-01T00:00:00Z");

@@ -68,7 +68,7 @@ async fn a_state_that_is_not_a_state_breaks_neither_stats_nor_get_nor_cancel() {
     )
     .await;
     edit(
-        &daemon.db,
+        daemon.db(),
         "UPDATE jobs SET state = 'bogus' WHERE key IN ('bogus', 'other')",
     );
 
@@ -89,18 +89,18 @@ async fn a_state_that_is_not_a_state_breaks_neither_stats_nor_get_nor_cancel() {
         .await;
     assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2), "{listed}");
     assert!(
-        !counted_states(&daemon.db).contains("bogus"),
+        !counted_states(daemon.db()).contains("bogus"),
         "the count of the state that is not one outlived its jobs"
     );
 
     // Met first by `get` or `cancel`, the row is quarantined there.
     edit(
-        &daemon.db,
+        daemon.db(),
         "UPDATE jobs SET state = 'weird' WHERE key = 'fine'",
     );
     let fine = by_key(&daemon, "fine").await;
     assert_eq!(fine["job"]["state"], "failed", "{fine}");
-    assert!(!counted_states(&daemon.db).contains("weird"));
+    assert!(!counted_states(daemon.db()).contains("weird"));
     daemon.stop().await;
 }
 
@@ -248,7 +248,7 @@ async fn list_and_get_show_rows_with_wrong_column_types() {
     jobs.extend((0..5).map(|i| job(&format!("fine-{i}"), "1h")));
     enqueue(&daemon, jobs).await;
     edit(
-        &daemon.db,
+        daemon.db(),
         "UPDATE jobs SET state = 'failed' WHERE key NOT LIKE 'fine-%';
          UPDATE jobs SET state = 'sent' WHERE key IN ('created-text', 'fine-0');
          UPDATE jobs SET scheduled_at = 'soon', due_at = 'later' WHERE key = 'at-text';
@@ -310,7 +310,7 @@ async fn answer_lines_stay_far_under_8_mib_with_huge_stored_fields() {
     enqueue(&daemon, vec![job("huge", "1h"), job("next", "1h")]).await;
     // 12 MiB of 'x', three times over, and many tries with long errors.
     edit(
-        &daemon.db,
+        daemon.db(),
         "CREATE TEMP TABLE big AS SELECT replace(hex(zeroblob(6291456)), '0', 'x') AS x;
          UPDATE jobs SET state = 'failed',
                 last_error = (SELECT x FROM big),

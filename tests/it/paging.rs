@@ -118,7 +118,7 @@ async fn a_job_too_large_for_one_answer_line_is_shown_without_its_payload() {
     let daemon = TestDaemon::start(NO_COAX).await;
     let answer = daemon.request(batch("huge", 2)).await;
     assert_eq!(answer["ok"], true, "{answer}");
-    inflate(&daemon.db, 9 * MIB);
+    inflate(daemon.db(), 9 * MIB);
 
     let socket = daemon.socket.clone();
     let (lengths, ids) =
@@ -205,7 +205,7 @@ async fn the_cli_list_follows_next_until_its_limit() {
     let answer = daemon.request(batch("c", 20)).await;
     assert_eq!(answer["ok"], true, "{answer}");
     // About 1 MiB each: a page holds fewer than 15.
-    inflate(&daemon.db, MIB);
+    inflate(daemon.db(), MIB);
 
     let socket = daemon.socket.clone();
     let run = |args: &'static [&'static str]| {

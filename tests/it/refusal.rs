@@ -102,7 +102,7 @@ async fn our_database_with_its_schema_only_in_the_wal_is_still_ours() {
         .await;
     // Copied while the daemon runs: a crash at this instant leaves these files.
     let dir = tempfile::tempdir().expect("temp dir");
-    copy_files(&daemon.db, &dir.path().join("queue.db"));
+    copy_files(daemon.db(), &dir.path().join("queue.db"));
     daemon.stop().await;
     let header = std::fs::read(dir.path().join("queue.db")).expect("read the copy");
     assert!(

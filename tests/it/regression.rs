@@ -171,7 +171,7 @@ async fn an_embedded_daemon_that_stopped_lets_go_of_its_queue() {
     use coax_scheduler::store::{Options, Store};
     let coax = crate::helpers::coax::CoaxStub::start().await;
     let daemon = crate::helpers::daemon::TestDaemon::start(&coax.base_url()).await;
-    let db = daemon.db.clone();
+    let db = daemon.db().to_owned();
     let dir = daemon.stop().await;
     let options = Options {
         path: db,

@@ -148,7 +148,7 @@ async fn export_of_an_older_store_says_how_to_migrate_and_changes_nothing() {
     let coax = CoaxStub::start().await;
     let daemon = TestDaemon::start(&coax.base_url()).await;
     daemon.enqueue(crate::helpers::sms_job("older", "1h")).await;
-    let db = daemon.db.clone();
+    let db = daemon.db().to_owned();
     let dir = daemon.stop().await;
     released(dir.path()).await;
     edit_db(

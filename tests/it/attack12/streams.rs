@@ -25,7 +25,7 @@ async fn refused_import_migrates_an_older_store() {
         .enqueue(json!({"kind": "message", "channel": "sms", "delay": "1h",
                         "payload": {"message": "hi", "phone": "+15550100"}}))
         .await;
-    let db = daemon.db.clone();
+    let db = daemon.db().to_owned();
     let dir = daemon.stop().await;
     released(dir.path()).await;
     // What the previous release (schema 9) left.

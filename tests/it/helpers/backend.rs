@@ -55,14 +55,20 @@ fn port() -> u16 {
 /// one this dir had) and a small `pool_size`.
 pub async fn configure(config: &str, dir: &Path) -> String {
     if postgres() && !dir.join(URL_FILE).exists() {
-        let url = new_database().await;
-        std::fs::write(dir.join(URL_FILE), &url).expect("write the database's URL");
-        let password = dir.join(PASSWORD_FILE);
-        std::fs::write(&password, PASSWORD).expect("write the password file");
-        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
-            .expect("password file mode");
+        adopt(dir, &new_database().await);
     }
     rewrite(config, dir)
+}
+
+/// Makes the daemon of `dir` use the database at `url` (several dirs on
+/// one URL are nodes of one queue): writes the URL and the role's password
+/// where [`on_postgres`] finds them.
+pub fn adopt(dir: &Path, url: &str) {
+    std::fs::write(dir.join(URL_FILE), url).expect("write the database's URL");
+    let password = dir.join(PASSWORD_FILE);
+    std::fs::write(&password, PASSWORD).expect("write the password file");
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))
+        .expect("password file mode");
 }
 
 /// [`configure`] for a dir whose database exists (a reload).
@@ -70,6 +76,12 @@ pub fn rewrite(config: &str, dir: &Path) -> String {
     if !postgres() {
         return config.to_owned();
     }
+    on_postgres(config, dir)
+}
+
+/// `config` on the database [`adopt`] gave `dir`, whichever backend this
+/// test process runs on (for tests that need PostgreSQL itself).
+pub fn on_postgres(config: &str, dir: &Path) -> String {
     let url = std::fs::read_to_string(dir.join(URL_FILE)).expect("the dir's database URL");
     let mut table: toml::Table = config.parse().expect("test config is TOML");
     let store = table

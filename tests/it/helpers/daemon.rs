@@ -62,7 +62,8 @@ fn test_env(name: &str) -> Option<String> {
 pub struct TestDaemon {
     pub dir: TempDir,
     pub socket: PathBuf,
-    pub db: PathBuf,
+    /// The SQLite file; see [`TestDaemon::db`].
+    db: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     /// Set by [`TestDaemon::start_reloadable`]: each message re-reads the
@@ -229,6 +230,21 @@ impl TestDaemon {
             task: Some(task),
             reloads: None,
         }
+    }
+
+    /// The daemon's SQLite file, for a test that reads or edits it by hand.
+    ///
+    /// Panics when the tests run on PostgreSQL: such a test checks SQLite
+    /// and must not pass there having checked nothing. It belongs off the
+    /// list of backend-neutral tests in `.ci/test`.
+    pub fn db(&self) -> &Path {
+        assert!(
+            !super::backend::postgres(),
+            "this test reads or edits the SQLite file, so it is SQLite-only: it cannot run with \
+             {}=postgres (take it off the list of backend-neutral tests in .ci/test)",
+            super::backend::BACKEND_ENV
+        );
+        &self.db
     }
 
     /// Sends one request on a fresh connection and returns the parsed answer.

@@ -41,7 +41,7 @@ async fn an_import_into_a_used_store_settles_due_times_under_its_own_windows() {
     // The target store was opened (and settled, empty) under its windows.
     let target = TestDaemon::start_with_clock(&target_config, clock.clone()).await;
     wait_until("the empty store to be settled", PATIENCE, || async {
-        let conn = rusqlite::Connection::open(&target.db).ok()?;
+        let conn = rusqlite::Connection::open(target.db()).ok()?;
         conn.query_row("SELECT 1 FROM meta WHERE name = 'calendar'", [], |_| Ok(()))
             .ok()
     })

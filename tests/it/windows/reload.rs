@@ -119,7 +119,7 @@ async fn the_claim_defers_a_job_whose_due_at_falls_in_a_shut_window() {
     assert_due(&job, "2026-12-03T09:00:00Z");
     let id = job["id"].as_i64().expect("id");
     crate::helpers::edit_db(
-        &daemon.db,
+        daemon.db(),
         &format!("UPDATE jobs SET due_at = scheduled_at WHERE id = {id}"),
     );
     send_a_windowless_job(&daemon, &coax, "after the edit").await;
