@@ -1,10 +1,11 @@
-//! The PostgreSQL store's foundation: connecting ([`connect`], with TLS in
-//! [`tls`]), the schema and its migrations ([`schema`]), and turning the
+//! The PostgreSQL store: the queue several nodes share ([`Queue`], its
+//! operations in the submodules, its connections in [`pool`]), connecting
+//! ([`connect`], with TLS in [`tls`]), the schema and its migrations
+//! ([`schema`]), `export` and `import` ([`transfer`]), and turning the
 //! client library's errors into [`StoreError`]s an operator can act on.
 //!
-//! The daemon does not run on PostgreSQL yet; `export` and `import` use
-//! this module. What the multi-node store will stand on is already in the
-//! schema (version 1), beside SQLite's tables and columns:
+//! What several nodes need is in the schema beside SQLite's tables and
+//! columns:
 //! - `jobs.node` and `jobs.lease_until`: the node that claimed a `sending`
 //!   job and until when (milliseconds since the epoch) the claim holds
 //!   without a renewal; `jobs_by_lease` finds the expired claims of dead
@@ -23,7 +24,10 @@
 //! integers (the calendar's fingerprint).
 //!
 //! Advisory lock keys start with "Coax" in ASCII (`0x436f6178_xxxxxxxx`):
-//! `..._00000001` while migrating (see [`schema::MIGRATION_LOCK`]).
+//! `..._00000001` while migrating (see [`schema::MIGRATION_LOCK`]),
+//! `..._00000002` held shared by each running daemon and exclusively by
+//! `import`, `..._00000003` while pruning, `..._00000004` while spending
+//! the shared rate limit; and per node name, `(0x436f6178, hashtext(name))`.
 //!
 //! The password is handed to the client library and nowhere else: no error
 //! or log line here formats the config, only [`PostgresConfig::describe`].
