@@ -513,3 +513,37 @@ async fn pg_the_sweep_sets_aside_a_payload_that_is_not_json_and_a_state_that_is_
     }
     assert_counts_right(&a, &client, "after the sweep").await;
 }
+
+#[tokio::test]
+async fn pg_migration_2_counts_the_jobs_already_stored() {
+    let url = new_database().await;
+    let a = node(&url, "node-a", OnAmbiguous::Hold).await;
+    drop(a);
+    let client = outside(&url).await;
+    // Back to schema version 1, with jobs stored while nothing counted them.
+    client
+        .batch_execute(
+            "DROP TABLE job_counts;
+             DROP FUNCTION coax_count_jobs() CASCADE;
+             DELETE FROM coax_schema WHERE version = 2;",
+        )
+        .await
+        .expect("back to version 1");
+    insert(&client, 7, "scheduled", T, T).await;
+    insert(&client, 3, "scheduled", T, T + 1_000).await;
+    insert(&client, 2, "sent", T, T).await;
+
+    // Another name: the first node's name lock goes with its connection,
+    // which the server may not have seen close yet.
+    let a = node(&url, "node-a2", OnAmbiguous::Hold).await;
+    assert_counts_right(&a, &client, "after migrating").await;
+    let summary = a.summary(T).await.expect("summary");
+    assert_eq!(summary.deferred, 3);
+    assert_eq!(
+        summary.counts.get(&coax_scheduler::job::State::Scheduled),
+        Some(&10)
+    );
+    // And the trigger counts from then on.
+    insert(&client, 1, "held", T, T).await;
+    assert_counts_right(&a, &client, "after the migration").await;
+}
