@@ -547,3 +547,48 @@ async fn pg_migration_2_counts_the_jobs_already_stored() {
     insert(&client, 1, "held", T, T).await;
     assert_counts_right(&a, &client, "after the migration").await;
 }
+
+#[tokio::test]
+async fn pg_a_claim_expires_what_is_past_its_expiry_and_sets_aside_what_cannot_be_read() {
+    let url = new_database().await;
+    let a = node(&url, "node-a", OnAmbiguous::Hold).await;
+    let client = outside(&url).await;
+    let ids = insert(&client, 3, "scheduled", T, T).await;
+    client
+        .execute(
+            "UPDATE jobs SET expires_at = $2 WHERE id = $1",
+            &[&ids[0], &T],
+        )
+        .await
+        .expect("an expiry");
+    client
+        .execute("UPDATE jobs SET payload = '[1]' WHERE id = $1", &[&ids[1]])
+        .await
+        .expect("hand edit");
+    // Not yet due: the next due time the claim answers with.
+    insert(&client, 1, "scheduled", T + 60_000, T + 60_000).await;
+
+    let claimed = a.claim(&Calendar::none(), T, 10).await.expect("claim");
+    assert_eq!(
+        claimed.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
+    assert_eq!(
+        claimed.expired.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+    assert_eq!(claimed.next_due, Some(T + 60_000));
+    assert_eq!(job(&client, ids[0]).await.0, "expired");
+    assert_eq!(job(&client, ids[1]).await.0, "failed");
+    let why: String = client
+        .query_one("SELECT last_error FROM jobs WHERE id = $1", &[&ids[1]])
+        .await
+        .expect("the job")
+        .get(0);
+    assert!(why.contains("payload is not a JSON object"), "{why}");
+    assert!(
+        attempts(&client, ids[0]).await.is_empty(),
+        "no attempt for an expired job"
+    );
+    assert_counts_right(&a, &client, "after the claim").await;
+}
