@@ -61,7 +61,7 @@ impl ClaimedJob {
 }
 
 /// The state a decision moves its job to.
-fn state_after(decision: &Decision) -> State {
+pub(super) fn state_after(decision: &Decision) -> State {
     match decision {
         Decision::Sent => State::Sent,
         Decision::Skipped { .. } => State::Skipped,
@@ -73,7 +73,7 @@ fn state_after(decision: &Decision) -> State {
 }
 
 /// The reason recorded with a decision, in words a person reads.
-fn reason_for(decision: &Decision, status: Option<u16>) -> Option<String> {
+pub(super) fn reason_for(decision: &Decision, status: Option<u16>) -> Option<String> {
     match decision {
         Decision::PauseForKey => Some(format!(
             "Coax rejected the API key (HTTP {}); not counted as an attempt",

@@ -20,14 +20,16 @@
 //!
 //! SQLite's per-state counts (`state_counts`) and its deferred count in
 //! `meta` are not mirrored: counter rows that every claim updates would
-//! serialise the nodes' transactions on one row. `meta` keeps the other
-//! integers (the calendar's fingerprint).
+//! serialise the nodes' transactions on one row. Schema version 2 counts
+//! by appending rows to `job_counts` instead (see `counts.rs`). `meta`
+//! keeps the other integers (the calendar's fingerprint).
 //!
 //! Advisory lock keys start with "Coax" in ASCII (`0x436f6178_xxxxxxxx`):
 //! `..._00000001` while migrating (see [`schema::MIGRATION_LOCK`]),
 //! `..._00000002` held shared by each running daemon and exclusively by
-//! `import`, `..._00000003` while pruning, `..._00000004` while spending
-//! the shared rate limit; and per node name, `(0x436f6178, hashtext(name))`.
+//! `import`, `..._00000003` in each step of a prune, `..._00000004` while
+//! folding `job_counts`, `..._00000005` while spending the shared rate
+//! limit; and per node name, `(0x436f6178, hashtext(name))`.
 //!
 //! The password is handed to the client library and nowhere else: no error
 //! or log line here formats the config, only [`PostgresConfig::describe`].
@@ -37,8 +39,10 @@
 #![allow(dead_code)]
 
 mod chain;
+mod counts;
 mod deferral;
 mod delivery;
+mod delivery_rows;
 mod jobs;
 mod listing;
 mod pool;

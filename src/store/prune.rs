@@ -23,7 +23,7 @@ pub struct PruneStep {
 }
 
 /// The states a prune may delete, in the order it walks them.
-const FINISHED_STATES: [State; 5] = [
+pub(super) const FINISHED_STATES: [State; 5] = [
     State::Sent,
     State::Skipped,
     State::Failed,

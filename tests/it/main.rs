@@ -24,6 +24,7 @@ mod nodes;
 mod outage;
 mod outcomes;
 mod paging;
+mod pg_delivery;
 mod pg_schedules;
 mod postgres;
 mod prometheus;

@@ -107,6 +107,47 @@ const MIGRATIONS: &[&str] = &[
         node     TEXT
     );
     "#,
+    // 2: counts per state (and of deferred jobs) as rows appended by a
+    // trigger, never updated in place: a counter row that every claim
+    // updated would serialise the nodes (see `super::counts`). The jobs
+    // stored already are counted once here.
+    r#"
+    CREATE TABLE job_counts (
+        state    TEXT NOT NULL,
+        deferred BOOLEAN NOT NULL,
+        n        BIGINT NOT NULL
+    );
+    CREATE FUNCTION coax_count_jobs() RETURNS trigger LANGUAGE plpgsql
+    SET search_path FROM CURRENT AS $$
+    DECLARE
+        was_deferred BOOLEAN;
+        is_deferred  BOOLEAN;
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN
+            was_deferred := OLD.state = 'scheduled' AND OLD.due_at > OLD.scheduled_at;
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            is_deferred := NEW.state = 'scheduled' AND NEW.due_at > NEW.scheduled_at;
+        END IF;
+        IF TG_OP = 'UPDATE' AND OLD.state = NEW.state AND was_deferred = is_deferred THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
+            INSERT INTO job_counts (state, deferred, n) VALUES (OLD.state, was_deferred, -1);
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            INSERT INTO job_counts (state, deferred, n) VALUES (NEW.state, is_deferred, 1);
+        END IF;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER jobs_counted
+        AFTER INSERT OR DELETE OR UPDATE OF state, due_at, scheduled_at ON jobs
+        FOR EACH ROW EXECUTE FUNCTION coax_count_jobs();
+    INSERT INTO job_counts (state, deferred, n)
+        SELECT state, state = 'scheduled' AND due_at > scheduled_at, count(*)
+        FROM jobs GROUP BY 1, 2;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -172,6 +213,11 @@ pub async fn migrate(client: &mut Client, database: &str) -> Result<usize, Store
             found: found.into(),
             supported: SCHEMA_VERSION.into(),
         });
+    }
+    // A version recorded without our tables is someone else's: refused
+    // before a migration meets the tables missing.
+    if found > 0 {
+        check_tables(&tx, database, found).await?;
     }
     let mut applied = 0;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {

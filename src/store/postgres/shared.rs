@@ -23,7 +23,7 @@ use crate::time::Millis;
 use std::time::Duration;
 
 /// The advisory lock key taken while the shared bucket is read and spent.
-const RATE_LOCK: i64 = 0x436f_6178_0000_0004;
+const RATE_LOCK: i64 = 0x436f_6178_0000_0005;
 
 impl PauseKind {
     fn as_str(self) -> &'static str {
