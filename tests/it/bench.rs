@@ -93,3 +93,21 @@ async fn the_small_benchmark_prints_every_figure() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_postgres_url_needs_the_postgres_backend() {
+    let output = Command::new(env!("CARGO_BIN_EXE_coax-scheduler"))
+        .args(["bench", "--scale", "small", "--postgres-url"])
+        .arg("postgres://coax@127.0.0.1:9/coax")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--postgres-url needs --backend postgres"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing is measured");
+}
