@@ -160,8 +160,13 @@ pub fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
         level: "warn".to_owned(),
         summary_interval: None,
     })?;
-    if args.postgres_url.is_some() && args.backend != Backend::Postgres {
-        anyhow::bail!("--postgres-url needs --backend postgres");
+    match args.backend {
+        Backend::Sqlite if args.postgres_url.is_some() => {
+            anyhow::bail!("--postgres-url needs --backend postgres");
+        }
+        Backend::Sqlite => {}
+        // Found out now rather than after SQLite's few minutes.
+        Backend::Postgres => pg_server::check(args.postgres_url.as_deref())?,
     }
     let plan = Plan::new(args.scale);
     let started = Instant::now();

@@ -6,7 +6,8 @@
 //! it after) and room for about 70 connections (three daemons with pools of
 //! [`fixture::POOL_SIZE`] and their listening connections, or the 16 of the
 //! commit-rate limit). Its password comes from where the daemon's does:
-//! `COAX_SCHEDULER_DB_PASSWORD` or the systemd credential.
+//! `COAX_SCHEDULER_DB_PASSWORD` or the systemd credential. The server must
+//! be PostgreSQL 13 or newer (`DROP DATABASE ... WITH (FORCE)`).
 //!
 //! Without one, [`Cluster`] starts a throwaway cluster from the newest
 //! installed server (`/usr/lib/postgresql/*/bin`): `initdb` in a temporary
@@ -225,6 +226,18 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Checks, before any phase runs, what can be checked of the server
+/// without starting or reaching it: that `url` is one the daemon would
+/// take, or without one, that a server is installed.
+pub fn check(url: Option<&str>) -> anyhow::Result<()> {
+    match url {
+        Some(url) => fixture::postgres_store(url)
+            .map(drop)
+            .context("--postgres-url will not do"),
+        None => server_bin().map(drop),
+    }
+}
+
 /// The server the bench runs on: the throwaway cluster or the one at a
 /// URL; and the scratch databases made on it.
 pub struct Server {
@@ -244,8 +257,7 @@ impl Server {
                 (cluster.url("postgres"), Some(cluster))
             }
         };
-        // A URL the daemon would refuse is refused now, before any phase.
-        fixture::postgres_store(&url).context("--postgres-url will not do")?;
+        check(Some(&url))?;
         Ok(Server {
             url,
             cluster,
