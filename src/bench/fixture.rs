@@ -142,7 +142,14 @@ pub fn postgres_store(url: &str) -> anyhow::Result<crate::config::PostgresConfig
         &config_text_on("http://127.0.0.1:9", false, &postgres_section(url)),
         &dir.join("config.toml"),
         &postgres_env,
-    )?;
+    )
+    .map_err(|e| match e {
+        // There is no config file to name: the URL came from the command line.
+        crate::config::ConfigError::Invalid { key, message, .. } => {
+            anyhow::anyhow!("{key} {message}")
+        }
+        other => other.into(),
+    })?;
     config
         .store
         .postgres

@@ -22,6 +22,7 @@ use super::limits;
 use super::pg_server::Server;
 use super::report::{Figure, Limit, Target, Unit};
 use super::{Plan, count, say};
+use anyhow::Context as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -127,7 +128,6 @@ fn node_configs(
 /// on the database at `url`, after a warm-up a tenth the size that also
 /// opens the daemon's pool.
 async fn enqueue_rate(dir: &Path, url: &str, shape: Shape) -> anyhow::Result<f64> {
-    use anyhow::Context as _;
     let simulator =
         crate::simulate::Simulator::start("127.0.0.1:0", crate::simulate::SimOptions::default())
             .await
