@@ -14,7 +14,13 @@
 //! limits ─► enqueue: 1 conn, 16 conns, batches ─► dispatch at 0 ms, 20 ms
 //!   ─► lateness: spread, burst ─► metrics off and on ([`metrics`](mod@metrics))
 //!   ─► scale: child daemon on 1M jobs ─► table
+//!   [--backend postgres: ─► PostgreSQL's commit rate, enqueue, dispatch on
+//!    1 and 3 nodes, lateness on 3 nodes ([`pg`]) ─► a second table]
 //! ```
+//!
+//! With `--backend postgres` the PostgreSQL server is the one at
+//! `--postgres-url`, or a throwaway cluster ([`pg_server`]) that the bench
+//! starts after SQLite's phases and stops before it prints.
 //!
 //! `--scale small` shrinks every count about a hundredfold so that a test
 //! can run the whole sequence in seconds; its figures mean little. The
@@ -26,6 +32,8 @@ mod enqueue;
 mod fixture;
 mod limits;
 mod metrics;
+mod pg;
+mod pg_server;
 mod picture;
 mod report;
 mod scale;
@@ -48,6 +56,22 @@ pub struct BenchArgs {
     /// per second over the dispatch runs, as SVG
     #[arg(long, value_name = "FILE", default_value = "coax-scheduler-bench.svg")]
     pub svg: std::path::PathBuf,
+    /// The store to measure: `sqlite`, or `postgres` for PostgreSQL's
+    /// figures in a second table after SQLite's
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    pub backend: Backend,
+    /// With `--backend postgres`: the server to use (its role needs CREATEDB;
+    /// the password as the daemon takes it); without, a throwaway cluster
+    /// is started from the installed PostgreSQL binaries
+    #[arg(long, value_name = "URL")]
+    pub postgres_url: Option<String>,
+}
+
+/// Which store a benchmark run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 /// How big a benchmark run is.
@@ -136,6 +160,14 @@ pub fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
         level: "warn".to_owned(),
         summary_interval: None,
     })?;
+    match args.backend {
+        Backend::Sqlite if args.postgres_url.is_some() => {
+            anyhow::bail!("--postgres-url needs --backend postgres");
+        }
+        Backend::Sqlite => {}
+        // Found out now rather than after SQLite's few minutes.
+        Backend::Postgres => pg_server::check(args.postgres_url.as_deref())?,
+    }
     let plan = Plan::new(args.scale);
     let started = Instant::now();
     let dir = tempfile::Builder::new()
@@ -152,27 +184,70 @@ pub fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
     quiesce(&dir.path().join("limits"));
     let (figures, drawn) = runtime.block_on(measure(dir.path(), plan, sqlite))?;
     picture::write(&args.svg, &drawn.title, &drawn.lateness_ms, &drawn.runs)?;
+    // A failed PostgreSQL run still leaves SQLite's figures to print.
+    let postgres = match args.backend {
+        Backend::Sqlite => Ok(None),
+        Backend::Postgres => postgres(&runtime, args, &dir.path().join("postgres"), plan).map(Some),
+    };
 
     println!("Machine: {}", machine.describe());
     println!(
-        "Command: coax-scheduler bench --scale {} ({:.0} s)",
+        "Command: coax-scheduler bench --scale {}{} ({:.0} s)",
         match args.scale {
             Size::Small => "small",
             Size::Full => "full",
+        },
+        match args.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " --backend postgres",
         },
         started.elapsed().as_secs_f64()
     );
     println!("Picture: {}", args.svg.display());
     println!();
     print!("{}", report::table(&figures));
+    if let Ok(Some((server, figures))) = &postgres {
+        println!();
+        println!("PostgreSQL: {server}");
+        println!();
+        print!("{}", report::table(figures));
+    }
     if json {
         let figures: Vec<_> = figures.iter().map(Figure::to_json).collect();
-        println!(
-            "{}",
-            json!({"machine": machine.to_json(), "figures": figures})
-        );
+        let mut out = json!({"machine": machine.to_json(), "figures": figures});
+        if let Ok(Some((server, figures))) = &postgres {
+            let figures: Vec<_> = figures.iter().map(Figure::to_json).collect();
+            out["postgres"] = json!({"server": server, "figures": figures});
+        }
+        println!("{out}");
     }
-    Ok(())
+    postgres
+        .map(drop)
+        .context("the PostgreSQL benchmark failed; SQLite's figures are above")
+}
+
+/// The PostgreSQL phases ([`pg`]) on the server `args` names, or on a
+/// throwaway cluster: what they ran on, and their figures. The scratch
+/// databases are dropped whether or not the phases succeeded.
+fn postgres(
+    runtime: &tokio::runtime::Runtime,
+    args: &BenchArgs,
+    dir: &Path,
+    plan: Plan,
+) -> anyhow::Result<(String, Vec<Figure>)> {
+    if args.postgres_url.is_none() {
+        say("starting a throwaway PostgreSQL cluster");
+    }
+    // Started on this thread, outside the runtime: the server is killed if
+    // the thread that started it goes, and this one lasts the whole run.
+    let server = pg_server::Server::start(args.postgres_url.as_deref())?;
+    let described = runtime.block_on(server.describe())?;
+    let measured = runtime.block_on(pg::measure(&server, dir, plan));
+    let cleaned = runtime.block_on(server.clean());
+    drop(server);
+    let measured = measured?;
+    cleaned?;
+    Ok((described, pg::figures(&measured, plan)))
 }
 
 /// Progress for the person waiting, on stderr so the table stays clean.

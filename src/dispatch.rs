@@ -366,7 +366,11 @@ impl Dispatcher {
             let left = Duration::from_millis(u64::try_from(pause.until - now).unwrap_or(0));
             let auth = pause.kind == crate::store::PauseKind::Auth;
             let mono = self.ctx.clock().mono();
-            if self.ctx.transition(|g| g.shared_pause(mono, auth, left)).is_some() {
+            if self
+                .ctx
+                .transition(|g| g.shared_pause(mono, auth, left))
+                .is_some()
+            {
                 tracing::info!(node = %pause.node, "the pause was set by another node sharing the queue");
             }
             return Err(left.max(Duration::from_millis(1)));

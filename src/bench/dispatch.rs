@@ -11,6 +11,7 @@
 //!   Early arrivals would be negative and are counted.
 
 use super::fixture::{self, Conn, InProcess};
+use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::job::State;
 use crate::simulate::{ArrivalHook, Reply, SimOptions, Simulator};
@@ -46,6 +47,23 @@ pub async fn throughput_with(
     latency: Duration,
     extra: &str,
 ) -> anyhow::Result<(f64, Vec<(f64, u64)>)> {
+    throughput_on(jobs, latency, &|base_url| {
+        Ok(vec![fixture::config_with(dir, base_url, extra)?])
+    })
+    .await
+}
+
+/// The daemons' configs for a simulator at the given base URL: one per
+/// node, all on one queue.
+pub type Nodes<'a> = &'a dyn Fn(&str) -> anyhow::Result<Vec<Config>>;
+
+/// [`throughput`] with a daemon for each config `nodes` gives, all sending
+/// from one queue; the queue is filled through the first.
+pub async fn throughput_on(
+    jobs: usize,
+    latency: Duration,
+    nodes: Nodes<'_>,
+) -> anyhow::Result<(f64, Vec<(f64, u64)>)> {
     let simulator = Simulator::start(
         "127.0.0.1:0",
         SimOptions {
@@ -55,16 +73,13 @@ pub async fn throughput_with(
     )
     .await
     .context("cannot start the simulator")?;
-    let config = fixture::config_with(dir, &simulator.base_url(), extra)?;
-    let daemon = Daemon::open(config.clone())
-        .await
-        .context("cannot open the benchmark daemon")?;
-    let store = daemon.store();
+    let daemons = open(nodes(&simulator.base_url())?).await?;
+    let store = daemons[0].1.store();
     let now = time::now();
     fixture::fill(&store, "dispatch", jobs, 1_000, |_| now).await?;
 
     let started = Instant::now();
-    let running = InProcess::start(&config, daemon)?;
+    let running = start(daemons)?;
     let stats = simulator.stats();
     let deadline = started + patience(jobs);
     let target = jobs as u64;
@@ -102,12 +117,46 @@ pub async fn throughput_with(
     }
     let elapsed = started.elapsed();
     timeline.push((elapsed.as_secs_f64(), target));
-    running.stop().await?;
+    stop(running).await?;
     simulator
         .stop()
         .await
         .context("the simulator did not stop cleanly")?;
     Ok((jobs as f64 / elapsed.as_secs_f64(), timeline))
+}
+
+/// Opens a daemon for each config (in order, so that the first migrates
+/// a shared database alone).
+async fn open(configs: Vec<Config>) -> anyhow::Result<Vec<(Config, Daemon)>> {
+    let mut daemons = Vec::with_capacity(configs.len());
+    for config in configs {
+        let daemon = Daemon::open(config.clone())
+            .await
+            .context("cannot open the benchmark daemon")?;
+        daemons.push((config, daemon));
+    }
+    if daemons.is_empty() {
+        bail!("a phase needs at least one daemon");
+    }
+    Ok(daemons)
+}
+
+fn start(daemons: Vec<(Config, Daemon)>) -> anyhow::Result<Vec<InProcess>> {
+    daemons
+        .into_iter()
+        .map(|(config, daemon)| InProcess::start(&config, daemon))
+        .collect()
+}
+
+/// Stops every daemon, then answers for the first that failed.
+async fn stop(running: Vec<InProcess>) -> anyhow::Result<()> {
+    let mut failure = None;
+    for daemon in running {
+        if let Err(e) = daemon.stop().await {
+            failure.get_or_insert(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// A generous bound on how long `jobs` sends may take, against hangs.
@@ -210,6 +259,21 @@ pub struct Lateness {
     pub burst: Duration,
 }
 
+/// How far ahead of their times the lateness phase enqueues its jobs: the
+/// first spread job is due `spread_lead` after the phase starts, and the
+/// burst `burst_per_job` per job (plus a second) after it is enqueued.
+#[derive(Debug, Clone, Copy)]
+pub struct Lead {
+    pub spread: Duration,
+    pub burst_per_job: Duration,
+}
+
+/// Enough lead to enqueue at a pessimistic 10,000 jobs/s.
+const SQLITE_LEAD: Lead = Lead {
+    spread: Duration::from_secs(1),
+    burst_per_job: Duration::from_micros(100),
+};
+
 /// `spread` jobs due evenly over `over`, then `burst` jobs due at one
 /// instant, against one daemon and a simulator that answers at once.
 pub async fn lateness(
@@ -217,6 +281,21 @@ pub async fn lateness(
     spread: usize,
     over: Duration,
     burst: usize,
+) -> anyhow::Result<Lateness> {
+    lateness_on(spread, over, burst, SQLITE_LEAD, &|base_url| {
+        Ok(vec![fixture::config(dir, base_url)?])
+    })
+    .await
+}
+
+/// [`lateness`] with a daemon for each config `nodes` gives, all sending
+/// from one queue; the jobs are enqueued through the first.
+pub async fn lateness_on(
+    spread: usize,
+    over: Duration,
+    burst: usize,
+    lead: Lead,
+    nodes: Nodes<'_>,
 ) -> anyhow::Result<Lateness> {
     let arrivals = Arrivals::new(spread + burst);
     let simulator = Simulator::start(
@@ -228,15 +307,13 @@ pub async fn lateness(
     )
     .await
     .context("cannot start the simulator")?;
-    let config = fixture::config(dir, &simulator.base_url())?;
-    let daemon = Daemon::open(config.clone())
-        .await
-        .context("cannot open the benchmark daemon")?;
-    let running = InProcess::start(&config, daemon)?;
-    fixture::wait_ready(&running.socket).await?;
-    let mut conn = Conn::connect(&running.socket).await?;
+    let running = start(open(nodes(&simulator.base_url())?).await?)?;
+    for daemon in &running {
+        fixture::wait_ready(&daemon.socket).await?;
+    }
+    let mut conn = Conn::connect(&running[0].socket).await?;
 
-    let start = time::add(time::now(), Duration::from_secs(1));
+    let start = time::add(time::now(), lead.spread);
     let step_us = over.as_micros() as f64 / spread.max(1) as f64;
     let times: Vec<Millis> = (0..spread)
         .map(|i| start + (i as f64 * step_us / 1_000.0) as Millis)
@@ -252,8 +329,7 @@ pub async fn lateness(
         early: values.iter().filter(|&&l| l < 0.0).count(),
     };
 
-    // Enough lead to enqueue the burst at a pessimistic 10,000 jobs/s.
-    let lead = Duration::from_secs(1) + Duration::from_micros(100) * burst as u32;
+    let lead = Duration::from_secs(1) + lead.burst_per_job * burst as u32;
     let due = time::add(time::now(), lead);
     enqueue_at(&mut conn, spread, &vec![due; burst], due).await?;
     wait_for(&arrivals, spread..spread + burst, time::add(due, settle)).await?;
@@ -265,7 +341,7 @@ pub async fn lateness(
 
     let unexpected = arrivals.unexpected.load(Ordering::Relaxed);
     drop(conn);
-    running.stop().await?;
+    stop(running).await?;
     simulator
         .stop()
         .await

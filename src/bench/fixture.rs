@@ -61,6 +61,14 @@ pub fn windows_calendar() -> anyhow::Result<crate::window::Calendar> {
 
 /// The daemon's config; with `windowed`, under [`WINDOWS`].
 pub fn config_text(base_url: &str, windowed: bool) -> String {
+    config_text_on(base_url, windowed, SQLITE_STORE)
+}
+
+/// The `[store]` keys of a daemon on SQLite.
+const SQLITE_STORE: &str = "path = \"queue.db\"\n";
+
+/// The daemon's config with `store` as the body of its `[store]` section.
+fn config_text_on(base_url: &str, windowed: bool, store: &str) -> String {
     let (dispatch, windows) = if windowed {
         (WINDOWS_DISPATCH, WINDOWS)
     } else {
@@ -73,8 +81,7 @@ base_url = "{base_url}"
 request_timeout = "10s"
 
 [store]
-path = "queue.db"
-
+{store}
 [socket]
 path = "coax.sock"
 max_connections = 256
@@ -92,6 +99,61 @@ level = "warn"
 
 fn key_env(name: &str) -> Option<String> {
     (name == API_KEY_ENV).then(|| BENCH_KEY.to_owned())
+}
+
+/// The environment of a daemon on PostgreSQL: the bench's API key, and the
+/// database password from where the daemon itself would take it
+/// (`COAX_SCHEDULER_DB_PASSWORD` or the systemd credential).
+fn postgres_env(name: &str) -> Option<String> {
+    key_env(name).or_else(|| std::env::var(name).ok())
+}
+
+/// How many connections each daemon on PostgreSQL may hold: enough for the
+/// 16 enqueue connections to commit at once.
+pub const POOL_SIZE: usize = 16;
+
+/// The `[store]` keys of a daemon on the PostgreSQL database at `url`.
+fn postgres_section(url: &str) -> String {
+    let url = toml::Value::String(url.to_owned());
+    format!("backend = \"postgres\"\nurl = {url}\npool_size = {POOL_SIZE}\n")
+}
+
+/// The config of node `node` in `dir`, on the PostgreSQL database at `url`.
+pub fn postgres_config(
+    dir: &Path,
+    base_url: &str,
+    url: &str,
+    node: &str,
+) -> anyhow::Result<Config> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let text = format!(
+        "{}\n[node]\nname = \"{node}\"\n",
+        config_text_on(base_url, false, &postgres_section(url))
+    );
+    Config::from_toml(&text, &dir.join("config.toml"), &postgres_env)
+        .context("the benchmark's daemon config for PostgreSQL is invalid")
+}
+
+/// The store config for the database at `url`, with the password the
+/// daemon would use: what the bench connects with outside the daemons.
+pub fn postgres_store(url: &str) -> anyhow::Result<crate::config::PostgresConfig> {
+    let dir = std::env::temp_dir();
+    let config = Config::from_toml(
+        &config_text_on("http://127.0.0.1:9", false, &postgres_section(url)),
+        &dir.join("config.toml"),
+        &postgres_env,
+    )
+    .map_err(|e| match e {
+        // There is no config file to name: the URL came from the command line.
+        crate::config::ConfigError::Invalid { key, message, .. } => {
+            anyhow::anyhow!("{key} {message}")
+        }
+        other => other.into(),
+    })?;
+    config
+        .store
+        .postgres
+        .context("a config with backend = \"postgres\" has no PostgreSQL settings")
 }
 
 /// The config of a phase in `dir`, as if read from `dir/config.toml`.
@@ -401,5 +463,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), "http://127.0.0.1:9").unwrap();
         assert_eq!(config.dispatch.concurrency, CONCURRENCY);
+    }
+
+    #[test]
+    fn a_node_on_postgres_gets_the_url_its_name_and_a_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "postgres://coax_bench@127.0.0.1:5999/coax_bench_1_enqueue?sslmode=disable";
+        let config = postgres_config(dir.path(), "http://127.0.0.1:9", url, "bench-2").unwrap();
+        assert_eq!(config.node.name, "bench-2");
+        let store = config.store.postgres.expect("a PostgreSQL store");
+        assert_eq!(store.pool_size, POOL_SIZE);
+        assert_eq!(store.connect.get_dbname(), Some("coax_bench_1_enqueue"));
+        assert_eq!(store.connect.get_ports(), [5999]);
+        assert_eq!(config.socket.path, dir.path().join("coax.sock"));
+        let text = config_text("http://127.0.0.1:9", false);
+        assert!(
+            text.contains("[store]\npath = \"queue.db\"\n\n[socket]"),
+            "{text}"
+        );
     }
 }

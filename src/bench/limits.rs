@@ -8,11 +8,17 @@
 //! - Loopback HTTP: PUTs to the simulator's send route from 64 tasks on
 //!   one pooled reqwest client, the body the daemon would send.
 //!
+//! - PostgreSQL's single-row commits (with `--backend postgres`):
+//!   autocommit INSERTs from one connection, then from
+//!   [`PG_CONNECTIONS`] at once, whose total over the single rate is how
+//!   many commits the server groups into one flush.
+//!
 //! The SQLite table has the shape that matters for cost (a rowid, a unique
 //! text key, an indexed time and a payload of the size of a job's) but is
 //! not the daemon's schema; SQL for the queue itself stays in
 //! [`crate::store`].
 
+use crate::config::PostgresConfig;
 use crate::simulate::{SimOptions, Simulator};
 use anyhow::Context as _;
 use rusqlite::{Connection, params};
@@ -155,4 +161,77 @@ pub async fn http(window: Duration) -> anyhow::Result<f64> {
         return Err(e.context("a loopback PUT failed"));
     }
     Ok(done.load(Ordering::Relaxed) as f64 / seconds)
+}
+
+/// Concurrent connections in PostgreSQL's grouped commit rate, as many as
+/// the enqueue figure uses.
+pub const PG_CONNECTIONS: usize = 16;
+
+/// PostgreSQL's single-row commits per second: from one connection, then
+/// in total from [`PG_CONNECTIONS`] connections at once, each for `window`,
+/// in a scratch table of the database `store` names.
+pub async fn postgres(store: &PostgresConfig, window: Duration) -> anyhow::Result<(f64, f64)> {
+    let setup = crate::store::postgres::connect(store)
+        .await
+        .context("cannot connect to PostgreSQL for its commit rate")?;
+    setup
+        .batch_execute(
+            "CREATE TABLE rows (
+                 id      BIGSERIAL PRIMARY KEY,
+                 key     TEXT UNIQUE,
+                 at      BIGINT NOT NULL,
+                 payload TEXT NOT NULL
+             );
+             CREATE INDEX rows_by_at ON rows (at, id);",
+        )
+        .await
+        .context("cannot create PostgreSQL's scratch table")?;
+    let next = Arc::new(AtomicU64::new(0));
+    let single = pg_commits(store, 1, window, &next)
+        .await
+        .context("the PostgreSQL single-row commit measurement failed")?;
+    let grouped = pg_commits(store, PG_CONNECTIONS, window, &next)
+        .await
+        .context("the PostgreSQL grouped commit measurement failed")?;
+    Ok((single, grouped))
+}
+
+/// Autocommit single-row INSERTs from `connections` connections for
+/// `window`, after every one is open; commits per second in total.
+async fn pg_commits(
+    store: &PostgresConfig,
+    connections: usize,
+    window: Duration,
+    next: &Arc<AtomicU64>,
+) -> anyhow::Result<f64> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let client = crate::store::postgres::connect(store).await?;
+        let insert = client
+            .prepare("INSERT INTO rows (key, at, payload) VALUES ($1, $2, $3)")
+            .await?;
+        clients.push((client, insert));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let stop_at = started + window;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, insert) in clients {
+        let (done, next) = (done.clone(), next.clone());
+        tasks.spawn(async move {
+            while Instant::now() < stop_at {
+                let n = next.fetch_add(1, Ordering::Relaxed) + 1;
+                let at = i64::try_from(n).unwrap_or(i64::MAX);
+                client
+                    .execute(&insert, &[&format!("limit-{n:09}"), &at, &PAYLOAD])
+                    .await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a commit task failed")??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }

@@ -79,9 +79,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
 /// the queue, before its job is given back (see [`crate::store::Store::share_pause`]).
 async fn share(ctx: &Context, changed: Option<Mode>) {
     let (kind, until, reason) = match changed {
-        Some(Mode::PausedRateLimit { until }) => {
-            (PauseKind::RateLimit, until, "Coax answered 429")
-        }
+        Some(Mode::PausedRateLimit { until }) => (PauseKind::RateLimit, until, "Coax answered 429"),
         Some(Mode::PausedAuth { until }) => (PauseKind::Auth, until, "Coax rejected the API key"),
         _ => return,
     };

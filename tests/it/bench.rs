@@ -93,3 +93,47 @@ async fn the_small_benchmark_prints_every_figure() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_postgres_url_needs_the_postgres_backend() {
+    let output = Command::new(env!("CARGO_BIN_EXE_coax-scheduler"))
+        .args(["bench", "--scale", "small", "--postgres-url"])
+        .arg("postgres://coax@127.0.0.1:9/coax")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--postgres-url needs --backend postgres"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing is measured");
+}
+
+#[tokio::test]
+async fn a_postgres_url_the_daemon_would_refuse_is_refused_before_measuring() {
+    // A password in the URL: the daemon refuses it, and so does the bench,
+    // at once rather than after SQLite's phases.
+    let output = Command::new(env!("CARGO_BIN_EXE_coax-scheduler"))
+        .args(["bench", "--scale", "small", "--backend", "postgres"])
+        .args(["--postgres-url", "postgres://coax:hunter2@127.0.0.1:9/coax"])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("refused at once")
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--postgres-url will not do"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is not repeated: {stderr}"
+    );
+    assert!(
+        !stderr.contains("measuring"),
+        "nothing is measured: {stderr}"
+    );
+}

@@ -1467,19 +1467,25 @@ fn a_shared_429_pause_pauses_this_gate_for_what_is_left_capped_at_max_pause() {
     let mut g = gate();
     assert_eq!(
         g.shared_pause(T0, false, 10 * SEC),
-        Some(Mode::PausedRateLimit { until: T0 + 10 * SEC })
+        Some(Mode::PausedRateLimit {
+            until: T0 + 10 * SEC
+        })
     );
     // A shorter one changes nothing; a longer one extends it.
     assert_eq!(g.shared_pause(T0, false, 5 * SEC), None);
     assert_eq!(
         g.shared_pause(T0, false, 20 * SEC),
-        Some(Mode::PausedRateLimit { until: T0 + 20 * SEC })
+        Some(Mode::PausedRateLimit {
+            until: T0 + 20 * SEC
+        })
     );
     // A bad clock on the node that shared it cannot pause this one beyond max_pause.
     let mut g = gate();
     assert_eq!(
         g.shared_pause(T0, false, MAX_PAUSE * 10),
-        Some(Mode::PausedRateLimit { until: T0 + MAX_PAUSE })
+        Some(Mode::PausedRateLimit {
+            until: T0 + MAX_PAUSE
+        })
     );
     assert_eq!(g.admit(T0 + SEC, 4).count, 0);
     assert_eq!(g.tick(T0 + MAX_PAUSE), Some(Mode::Running));
@@ -1491,8 +1497,15 @@ fn a_shared_key_rejection_outranks_a_429_pause_and_not_the_other_way() {
     g.shared_pause(T0, false, 10 * SEC);
     assert_eq!(
         g.shared_pause(T0, true, 5 * SEC),
-        Some(Mode::PausedAuth { until: T0 + 5 * SEC })
+        Some(Mode::PausedAuth {
+            until: T0 + 5 * SEC
+        })
     );
     assert_eq!(g.shared_pause(T0, false, 60 * SEC), None);
-    assert_eq!(g.mode(), Mode::PausedAuth { until: T0 + 5 * SEC });
+    assert_eq!(
+        g.mode(),
+        Mode::PausedAuth {
+            until: T0 + 5 * SEC
+        }
+    );
 }
