@@ -44,6 +44,7 @@ pub mod schema;
 mod tls;
 pub mod transfer;
 mod upkeep;
+mod view;
 
 use super::StoreError;
 use crate::config::PostgresConfig;

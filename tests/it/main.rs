@@ -23,6 +23,7 @@ mod nodes;
 mod outage;
 mod outcomes;
 mod paging;
+mod pg_jobs;
 mod postgres;
 mod prometheus;
 mod protocol;
