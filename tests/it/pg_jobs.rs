@@ -196,3 +196,151 @@ async fn a_follow_up_of_a_parent_sent_on_another_node_is_scheduled_its_delay_aft
     assert_eq!(parent_view.children, vec![answer.id]);
     assert_eq!(parent_view.history.len(), 1);
 }
+
+#[tokio::test]
+async fn reschedule_by_tag_on_postgres_moves_expires_and_refuses_past_9999() {
+    let cluster = PgCluster::start().await;
+    let a = node(&cluster, "a").await;
+    let tagged = |key: &str, ttl: Option<&str>| {
+        let mut job = sms(key, "1h");
+        job["tags"] = json!(["visit:1"]);
+        if let Some(ttl) = ttl {
+            job["ttl"] = json!(ttl);
+        }
+        job
+    };
+    let ids = [
+        enqueue_one(&a, tagged("t1", None)).await,
+        enqueue_one(&a, tagged("t2", None)).await,
+    ];
+    let expiring = enqueue_one(&a, tagged("t3", Some("90m"))).await;
+    let untagged = enqueue_one(&a, sms("other", "1h")).await;
+    let at = |view: &coax_scheduler::protocol::JobView| {
+        time::parse_rfc3339(&view.scheduled_at).expect("a time")
+    };
+    let mut before = Vec::new();
+    for id in ids {
+        before.push(at(&a.get(Lookup::Id(id)).await.expect("get").expect("job")));
+    }
+
+    let moved = a
+        .reschedule_tag("visit:1".into(), -30 * 60_000)
+        .await
+        .expect("reschedule")
+        .expect("not past 9999");
+    assert_eq!((moved.rescheduled, moved.expired), (3, 0));
+    for (id, was) in ids.iter().zip(&before) {
+        let view = a.get(Lookup::Id(*id)).await.expect("get").expect("job");
+        assert_eq!(at(&view), was - 30 * 60_000);
+        assert_eq!(view.due_at.as_deref(), Some(view.scheduled_at.as_str()));
+    }
+    let other = a
+        .get(Lookup::Id(untagged))
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(
+        other.updated_at, other.created_at,
+        "an untagged job is left alone"
+    );
+
+    let moved = a
+        .reschedule_tag("visit:1".into(), 2 * 3_600_000)
+        .await
+        .expect("reschedule")
+        .expect("not past 9999");
+    assert_eq!((moved.rescheduled, moved.expired), (2, 1));
+    let gone = a
+        .get(Lookup::Id(expiring))
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(gone.state, State::Expired);
+    assert!(
+        gone.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("expired: moved by tag to")),
+        "{:?}",
+        gone.last_error
+    );
+
+    let refused = a
+        .reschedule_tag("visit:1".into(), 9_000 * 365 * 86_400_000)
+        .await
+        .expect("reschedule");
+    assert!(
+        matches!(refused, Err(id) if ids.contains(&id)),
+        "{refused:?}"
+    );
+    for id in ids {
+        let view = a.get(Lookup::Id(id)).await.expect("get").expect("job");
+        assert!(
+            at(&view) < time::now() + 4 * 3_600_000,
+            "nothing moved: {view:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_payload_too_large_for_one_answer_line_is_left_out_of_get_and_list_on_postgres() {
+    let cluster = PgCluster::start().await;
+    let a = node(&cluster, "a").await;
+    let id = enqueue_one(&a, sms("huge", "1h")).await;
+    let small = enqueue_one(&a, sms("small", "2h")).await;
+    // Only a row written before payloads were capped, or a hand edit, can
+    // hold one this large.
+    let admin = cluster.superuser(DATABASE).await;
+    admin
+        .execute(
+            "UPDATE jobs SET payload = '{\"message\":\"' || repeat('x', 9 * 1024 * 1024) || '\"}'
+             WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("inflate the payload");
+
+    let view = a.get(Lookup::Id(id)).await.expect("get").expect("job");
+    assert_eq!(view.payload.get(), "null");
+    assert!(view.payload_omitted.is_some_and(|n| n > 9 * 1024 * 1024));
+
+    let page = a
+        .list(None, 10, Default::default(), None, None, None)
+        .await
+        .expect("list");
+    let ids: Vec<i64> = page.jobs.iter().map(|j| j.id).collect();
+    assert_eq!(ids, vec![id, small], "the list goes on past it");
+    assert!(page.jobs[0].payload_omitted.is_some());
+    assert!(page.jobs[1].payload_omitted.is_none());
+    assert!(page.next.is_none());
+}
+
+#[tokio::test]
+async fn a_state_a_hand_edit_made_unknown_is_set_aside_on_postgres() {
+    let cluster = PgCluster::start().await;
+    let a = node(&cluster, "a").await;
+    let parent = enqueue_one(&a, sms("edited", "1h")).await;
+    let mut follow = sms("follower", "0s");
+    follow["after"] = json!({"id": parent});
+    let child = enqueue_one(&a, follow).await;
+    let admin = cluster.superuser(DATABASE).await;
+    admin
+        .execute("UPDATE jobs SET state = 'bogus' WHERE id = $1", &[&parent])
+        .await
+        .expect("edit the state");
+
+    let view = a.get(Lookup::Id(parent)).await.expect("get").expect("job");
+    assert_eq!(view.state, State::Failed);
+    assert!(
+        view.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("state \"bogus\" is not a job state")),
+        "{:?}",
+        view.last_error
+    );
+    let follower = a.get(Lookup::Id(child)).await.expect("get").expect("job");
+    assert_eq!(
+        follower.state,
+        State::Cancelled,
+        "its follower goes with it"
+    );
+}
