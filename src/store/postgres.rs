@@ -53,6 +53,7 @@ mod shared;
 mod tls;
 pub mod transfer;
 mod upkeep;
+mod view;
 
 use super::StoreError;
 use crate::config::PostgresConfig;

@@ -248,7 +248,7 @@ pub fn get(
 /// Puts the zone and window that govern the job in its view: what it
 /// named, or the config's defaults. A name the config no longer has is
 /// shown as stored.
-fn show_rule(view: &mut JobView, calendar: &Calendar) {
+pub(super) fn show_rule(view: &mut JobView, calendar: &Calendar) {
     let Some(kind) = Kind::parse(&view.kind) else {
         return;
     };

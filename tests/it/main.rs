@@ -25,6 +25,7 @@ mod outage;
 mod outcomes;
 mod paging;
 mod pg_delivery;
+mod pg_jobs;
 mod pg_schedules;
 mod postgres;
 mod prometheus;

@@ -1,14 +1,28 @@
 //! Jobs in: enqueue, get, cancel, reschedule and requeue on PostgreSQL,
 //! each one transaction, as [`super::super::queries`] and
-//! [`super::super::changes`] are on SQLite.
+//! [`super::super::changes`] are on SQLite, with the same answers,
+//! refusals and log lines.
+//!
+//! Several nodes may change one job at once: every change reads the job
+//! `FOR UPDATE` before it checks its state, so of a cancel, a reschedule
+//! and a claim, each sees what the one before it committed, and none is
+//! lost. A key two nodes enqueue at once is stored once: the second
+//! insert waits for the first to commit, finds the key taken, and answers
+//! the stored job as a duplicate.
 
-use super::queue::{Queue, not_built};
-use crate::job::NewJob;
+use super::chain::{self, current_state};
+use super::deferral::{settle, settle_row};
+use super::queue::{Queue, notify_due};
+use super::{pg_error, view};
+use crate::job::{NewJob, State};
 use crate::protocol::{Enqueued, JobView};
+use crate::store::deferral::{Report, Settled, Timing};
 use crate::store::{Lookup, Refusal, StoreError, UnknownParent};
-use crate::time::Millis;
-use crate::window::Calendar;
+use crate::time::{self, Millis};
+use crate::window::{Calendar, Plan};
+use serde_json::Value;
 use tokio_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 impl Queue {
     /// Stores new jobs; with `check_parents`, first checks that each
@@ -21,8 +35,15 @@ impl Queue {
         check_parents: bool,
         now: Millis,
     ) -> Result<Result<Vec<Enqueued>, UnknownParent>, StoreError> {
-        let _ = (calendar, jobs, check_parents, now);
-        Err(not_built("enqueueing"))
+        let during = "enqueueing";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        if check_parents && let Some(unknown) = chain::unknown_parent(&tx, &jobs).await? {
+            return Ok(Err(unknown));
+        }
+        let stored = enqueue_in(&tx, calendar, &jobs, now).await?;
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok(Ok(stored))
     }
 
     pub async fn get(
@@ -31,8 +52,12 @@ impl Queue {
         lookup: Lookup,
         now: Millis,
     ) -> Result<Option<JobView>, StoreError> {
-        let _ = (calendar, lookup, now);
-        Err(not_built("reading a job"))
+        let during = "reading a job";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let view = view::get(&tx, calendar, &lookup, now).await?;
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok(view)
     }
 
     /// Cancels job `id` and its waiting followers: the job, and how many
@@ -43,10 +68,34 @@ impl Queue {
         id: i64,
         now: Millis,
     ) -> Result<Result<(JobView, u64), Refusal>, StoreError> {
-        let _ = (calendar, id, now);
-        Err(not_built("cancelling a job"))
+        let during = "cancelling a job";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let view = change(
+            &tx,
+            calendar,
+            id,
+            &[State::Scheduled, State::Held, State::Waiting],
+            "UPDATE jobs SET state = 'cancelled', updated_at = $2 WHERE id = $1",
+            &[&id, &now],
+            now,
+        )
+        .await?;
+        let answer = match view {
+            Ok(view) => {
+                let children =
+                    chain::parent_ended(&tx, calendar, id, State::Cancelled, now, now).await?;
+                Ok((view, children))
+            }
+            Err(refusal) => Err(refusal),
+        };
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok(answer)
     }
 
+    /// Moves scheduled job `id` to `at`. Refused when `at`, or the opening
+    /// of the job's window after it, is at or after the job's expiry: the
+    /// move would only expire it.
     pub async fn reschedule(
         &self,
         calendar: &Calendar,
@@ -54,30 +103,278 @@ impl Queue {
         at: Millis,
         now: Millis,
     ) -> Result<Result<JobView, Refusal>, StoreError> {
-        let _ = (calendar, id, at, now);
-        Err(not_built("rescheduling a job"))
+        let during = "rescheduling a job";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let row = tx
+            .query_opt(
+                "SELECT expires_at, kind, timezone, send_window FROM jobs WHERE id = $1
+                 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error(during))?;
+        if let Some(row) = row {
+            let read = || -> Result<_, tokio_postgres::Error> {
+                Ok((
+                    row.try_get::<_, Option<i64>>(0)?,
+                    row.try_get::<_, String>(1)?,
+                    row.try_get::<_, Option<String>>(2)?,
+                    row.try_get::<_, Option<String>>(3)?,
+                ))
+            };
+            let (expires_at, kind, zone, window) = read().map_err(pg_error(during))?;
+            if let Some(expiry) = expires_at {
+                if at >= expiry {
+                    return Ok(Err(Refusal::PastExpiry { expires_at: expiry }));
+                }
+                let rule = crate::job::Kind::parse(&kind)
+                    .and_then(|kind| calendar.rule(zone.as_deref(), window.as_deref(), kind).ok());
+                if let Some(rule) = rule
+                    && let Plan::Deferred { opening, .. } = rule.plan(id, at, now)
+                    && opening >= expiry
+                {
+                    return Ok(Err(Refusal::ShutUntilExpiry {
+                        opening,
+                        expires_at: expiry,
+                    }));
+                }
+            }
+        }
+        let view = change(
+            &tx,
+            calendar,
+            id,
+            &[State::Scheduled],
+            "UPDATE jobs SET scheduled_at = $3, updated_at = $2 WHERE id = $1",
+            &[&id, &now, &at],
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok(view)
     }
 
+    /// Back to `scheduled`, due now (or at its window's next opening),
+    /// with a fresh set of attempts; the history stays.
     pub async fn requeue(
         &self,
         calendar: &Calendar,
         id: i64,
         now: Millis,
     ) -> Result<Result<JobView, Refusal>, StoreError> {
-        let _ = (calendar, id, now);
-        Err(not_built("requeueing a job"))
+        let during = "requeueing a job";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let view = change(
+            &tx,
+            calendar,
+            id,
+            &[State::Failed, State::Held],
+            "UPDATE jobs SET state = 'scheduled', scheduled_at = $2, attempts = 0,
+                    updated_at = $2
+             WHERE id = $1",
+            &[&id, &now],
+            now,
+        )
+        .await?;
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok(view)
+    }
+}
+
+/// Applies `sql` (with `params`) if job `id`, read `FOR UPDATE`, is in
+/// one of `from`; settles its due time when the change leaves it
+/// `scheduled` (and wakes the nodes); then returns the job as it now is.
+/// As SQLite's `changes::change`.
+async fn change(
+    tx: &Transaction<'_>,
+    calendar: &Calendar,
+    id: i64,
+    from: &[State],
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    now: Millis,
+) -> Result<Result<JobView, Refusal>, StoreError> {
+    let Some(state) = current_state(tx, id, "FOR UPDATE", now).await? else {
+        return Ok(Err(Refusal::NotFound));
+    };
+    if !from.contains(&state) {
+        return Ok(Err(Refusal::Conflict { state }));
+    }
+    tx.execute(sql, params)
+        .await
+        .map_err(pg_error("changing a job"))?;
+    if let Some(Settled::Due | Settled::Deferred(_)) =
+        settle_row(tx, calendar, id, None, now).await?
+    {
+        notify_due(tx).await?;
+    }
+    match view::get(tx, calendar, &Lookup::Id(id), now).await? {
+        Some(view) => Ok(Ok(view)),
+        None => Ok(Err(Refusal::NotFound)),
     }
 }
 
 /// Stores `jobs` inside `tx` (the schedule task's occurrences use it in
 /// the transaction that moves their schedule on); as [`Queue::enqueue`]
-/// without the parent check.
+/// without the parent check, and as SQLite's `queries::enqueue`: each new
+/// job `scheduled` with its due time settled against its window (so it
+/// may be `expired` or `held` at once), or `waiting` on the job it
+/// follows; a job whose key is taken is not stored, and its answer
+/// describes the job that holds the key.
 pub(super) async fn enqueue_in(
     tx: &Transaction<'_>,
     calendar: &Calendar,
     jobs: &[NewJob],
     now: Millis,
 ) -> Result<Vec<Enqueued>, StoreError> {
-    let _ = (tx, calendar, jobs, now);
-    Err(not_built("enqueueing"))
+    let during = "enqueueing";
+    let insert = tx
+        .prepare(
+            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
+                               updated_at, payload, expires_at, due_at, timezone, send_window, tags)
+             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $6, $7, $8, $5, $9, $10, $11)
+             ON CONFLICT (key) DO NOTHING
+             RETURNING id",
+        )
+        .await
+        .map_err(pg_error(during))?;
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut scheduled = false;
+    for job in jobs {
+        let payload = Value::Object(job.payload.clone()).to_string();
+        let tags = (!job.tags.is_empty()).then(|| {
+            Value::from(job.tags.iter().map(String::as_str).collect::<Vec<_>>()).to_string()
+        });
+        let id: Option<i64> = tx
+            .query_opt(
+                &insert,
+                &[
+                    &job.key,
+                    &job.kind.as_str(),
+                    &job.channel,
+                    &job.enquiry_id,
+                    &job.scheduled_at,
+                    &now,
+                    &payload,
+                    &job.expires_at,
+                    &job.timezone,
+                    &job.window,
+                    &tags,
+                ],
+            )
+            .await
+            .and_then(|row| row.map(|r| r.try_get(0)).transpose())
+            .map_err(pg_error(during))?;
+        let answer = match (id, &job.key) {
+            (Some(id), _) => {
+                for tag in &job.tags {
+                    tx.execute(
+                        "INSERT INTO job_tags (tag, job_id) VALUES ($1, $2)
+                         ON CONFLICT DO NOTHING",
+                        &[tag, &id],
+                    )
+                    .await
+                    .map_err(pg_error("tagging a job"))?;
+                }
+                if let Some(after) = &job.after {
+                    let state = chain::attach(tx, calendar, id, after, now).await?;
+                    scheduled |= state == State::Scheduled;
+                    out.push(follow_up_answer(tx, id, state).await?);
+                    continue;
+                }
+                let timing = Timing {
+                    id,
+                    kind: job.kind,
+                    timezone: job.timezone.as_deref(),
+                    window: job.window.as_deref(),
+                    scheduled_at: job.scheduled_at,
+                    expires_at: job.expires_at,
+                    due_at: job.scheduled_at,
+                };
+                let settled = settle(tx, calendar, &timing, now, Report::Each).await?;
+                let (state, due_at) = match settled {
+                    Settled::Due => (State::Scheduled, Some(job.scheduled_at)),
+                    Settled::Deferred(at) => (State::Scheduled, Some(at)),
+                    Settled::Expired => (State::Expired, None),
+                    Settled::Held => (State::Held, None),
+                };
+                scheduled |= state == State::Scheduled;
+                Enqueued {
+                    id,
+                    state,
+                    scheduled_at: time::format(job.scheduled_at),
+                    due_at: due_at.map(time::format),
+                    duplicate: false,
+                }
+            }
+            (None, Some(key)) => duplicate(tx, key, now).await?,
+            (None, None) => {
+                // Only a key can conflict.
+                return Err(StoreError::Postgres {
+                    during,
+                    detail: "a job without a key was not stored".to_owned(),
+                });
+            }
+        };
+        out.push(answer);
+    }
+    if scheduled {
+        notify_due(tx).await?;
+    }
+    Ok(out)
+}
+
+/// The answer for a job whose key `key` is taken: the job that holds it.
+async fn duplicate(tx: &Transaction<'_>, key: &str, now: Millis) -> Result<Enqueued, StoreError> {
+    let during = "looking up a duplicate key";
+    let row = tx
+        .query_one(
+            "SELECT id, scheduled_at, due_at FROM jobs WHERE key = $1",
+            &[&key],
+        )
+        .await
+        .map_err(pg_error(during))?;
+    let read = || -> Result<(i64, i64, i64), tokio_postgres::Error> {
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    };
+    let (id, scheduled_at, due_at) = read().map_err(pg_error(during))?;
+    let state = current_state(tx, id, "", now)
+        .await?
+        .unwrap_or(State::Failed);
+    Ok(Enqueued {
+        id,
+        state,
+        scheduled_at: time::format(scheduled_at),
+        due_at: (state == State::Scheduled).then(|| time::format(due_at)),
+        duplicate: true,
+    })
+}
+
+/// The answer for follow-up `id`, just stored in `state`: its times as
+/// its parent's end set them (while `waiting`, the earliest it could be).
+async fn follow_up_answer(
+    tx: &Transaction<'_>,
+    id: i64,
+    state: State,
+) -> Result<Enqueued, StoreError> {
+    let during = "enqueueing a follow-up";
+    let row = tx
+        .query_one(
+            "SELECT scheduled_at, due_at FROM jobs WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(pg_error(during))?;
+    let read =
+        || -> Result<(i64, i64), tokio_postgres::Error> { Ok((row.try_get(0)?, row.try_get(1)?)) };
+    let (scheduled_at, due_at) = read().map_err(pg_error(during))?;
+    Ok(Enqueued {
+        id,
+        state,
+        scheduled_at: time::format(scheduled_at),
+        due_at: (state == State::Scheduled).then(|| time::format(due_at)),
+        duplicate: false,
+    })
 }
