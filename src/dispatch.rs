@@ -279,12 +279,13 @@ impl Dispatcher {
         // While the claim reads the queue, any enqueue must wake the loop:
         // the claim may not see it.
         self.handle.next_due.store(i64::MAX, Ordering::SeqCst);
-        let now = self.ctx.clock().wall();
-        let count = match self.allowance(turn, settings, admission.count, now).await {
+        let count = match self.allowance(turn, settings, admission.count).await {
             Ok(count) => count,
             Err(retry) => return wait.min(retry),
         };
+        let now = self.ctx.clock().wall();
         let claimed = match self.ctx.store.claim(now, count).await {
+
             Ok(claimed) => claimed,
             Err(e) => {
                 self.claim_failed(turn, &e);
@@ -348,14 +349,8 @@ impl Dispatcher {
         turn: &mut Turn,
         settings: &Settings,
         wanted: usize,
-        now: crate::time::Millis,
     ) -> Result<usize, Duration> {
-        let allowance = match self
-            .ctx
-            .store
-            .allowance(wanted, settings.rate_limit, now)
-            .await
-        {
+        let allowance = match self.ctx.store.allowance(wanted, settings.rate_limit).await {
             Ok(allowance) => allowance,
             Err(e) => {
                 self.claim_failed(turn, &e);
@@ -363,7 +358,7 @@ impl Dispatcher {
             }
         };
         if let Some(pause) = allowance.pause {
-            let left = Duration::from_millis(u64::try_from(pause.until - now).unwrap_or(0));
+            let left = pause.left;
             let auth = pause.kind == crate::store::PauseKind::Auth;
             let mono = self.ctx.clock().mono();
             if self

@@ -57,7 +57,7 @@ pub use delivery::{Claimed, ClaimedJob, Finish};
 pub use queries::{Lookup, NodeStatus, Pruned, Recount, Refusal, Summary};
 pub use schedules::Firing;
 pub use schema::SCHEMA_VERSION;
-pub use sharing::{Allowance, PauseKind, SharedPause};
+pub use sharing::{Allowance, PauseKind, PauseShare, SharedPause};
 pub use tags::Moved;
 
 use crate::config::OnAmbiguous;
@@ -640,7 +640,7 @@ impl Store {
         let _timed = crate::metrics::store_call("finish");
         let calendar = self.calendar.clone();
         if let Backend::Postgres(q) = &self.backend {
-            return self.observed(q.finish(&calendar.get(), &finish).await);
+            return self.observed(q.finish(&calendar.get(), &finish, None).await);
         }
         self.call(move |c| delivery::finish(c, &calendar.get(), &finish))
             .await

@@ -4,7 +4,7 @@
 use super::Context;
 use super::gate::{self, Mode};
 use crate::policy::{self, Answer, Decision};
-use crate::store::{ClaimedJob, Finish, PauseKind, Store};
+use crate::store::{ClaimedJob, Finish, PauseKind, PauseShare, Store};
 use crate::time;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -70,23 +70,24 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: ClaimedJob) -> Report {
     // back for a rejected key or a 429 is due at once, and a claim that
     // ran between the two would send it again into the pause.
     let changed = ctx.transition(|g| g.record(read_at, signal));
-    share(&ctx, changed).await;
-    record(&ctx.store, finish).await;
+    record(&ctx.store, finish, shared(changed)).await;
     Report { decision: label }
 }
 
-/// Puts a pause this attempt's answer set in force for every node sharing
-/// the queue, before its job is given back (see [`crate::store::Store::share_pause`]).
-async fn share(ctx: &Context, changed: Option<Mode>) {
-    let (kind, until, reason) = match changed {
-        Some(Mode::PausedRateLimit { until }) => (PauseKind::RateLimit, until, "Coax answered 429"),
-        Some(Mode::PausedAuth { until }) => (PauseKind::Auth, until, "Coax rejected the API key"),
-        _ => return,
+/// The pause this attempt's answer put the gate in, to be put in force
+/// for every node sharing the queue in the transaction that gives the job
+/// back (see [`crate::store::Store::finish_sharing`]).
+fn shared(changed: Option<Mode>) -> Option<PauseShare> {
+    let (kind, until, reason) = match changed? {
+        Mode::PausedRateLimit { until } => (PauseKind::RateLimit, until, "Coax answered 429"),
+        Mode::PausedAuth { until } => (PauseKind::Auth, until, "Coax rejected the API key"),
+        _ => return None,
     };
-    let clock = ctx.clock();
-    let left = clock.mono().until(until);
-    let until = clock.wall() + i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 2);
-    ctx.store.share_pause(kind, until, reason).await;
+    Some(PauseShare {
+        kind,
+        until,
+        reason,
+    })
 }
 
 fn status_of(answer: &Answer) -> Option<u16> {
@@ -110,11 +111,11 @@ fn result_of(answer: &Answer) -> Option<Value> {
 
 /// Keeps trying to record an outcome: until it is written, the job stays in
 /// `sending` and a restart would send it again.
-async fn record(store: &Store, finish: Finish) {
+async fn record(store: &Store, finish: Finish, share: Option<PauseShare>) {
     let mut delay = Duration::from_millis(100);
     let mut logged = false;
     loop {
-        match store.finish(finish.clone()).await {
+        match store.finish_sharing(finish.clone(), share).await {
             Ok(()) => {
                 if logged {
                     tracing::debug!(

@@ -34,10 +34,6 @@
 //! The password is handed to the client library and nowhere else: no error
 //! or log line here formats the config, only [`PostgresConfig::describe`].
 
-// The daemon's operations on PostgreSQL are being filled in: until every
-// stub is, some of their shared pieces have no caller.
-#![allow(dead_code)]
-
 mod chain;
 mod counts;
 mod deferral;

@@ -6,7 +6,7 @@
 
 use super::{Backend, Store, StoreError};
 use crate::config::RateLimit;
-use crate::time::Millis;
+use crate::time::Mono;
 use std::time::Duration;
 
 /// Which pause a node shares.
@@ -22,10 +22,22 @@ pub enum PauseKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedPause {
     pub kind: PauseKind,
-    /// When it ends, by the wall clock of the node that set it.
-    pub until: Millis,
+    /// How long it has left, by the database's clock.
+    pub left: Duration,
     /// The node that set it.
     pub node: String,
+}
+
+/// A pause this node's gate entered on an attempt's answer, to be put in
+/// force for every node in the transaction that records the attempt (see
+/// [`Store::finish_sharing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseShare {
+    pub kind: PauseKind,
+    /// When it ends, on this node's monotonic clock.
+    pub until: Mono,
+    /// Why, for an operator reading the table.
+    pub reason: &'static str,
 }
 
 /// What [`Store::allowance`] allows.
@@ -51,40 +63,39 @@ impl Allowance {
 }
 
 impl Store {
-    /// Up to `wanted` sends that the queue as a whole allows at `now`
-    /// under `rate`: all of them on SQLite.
+    /// Up to `wanted` sends that the queue as a whole allows now under
+    /// `rate`: all of them on SQLite.
     pub async fn allowance(
         &self,
         wanted: usize,
         rate: Option<RateLimit>,
-        now: Millis,
     ) -> Result<Allowance, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(Allowance::all(wanted)),
             Backend::Postgres(q) => {
                 let _timed = crate::metrics::store_call("allowance");
-                self.observed(q.allowance(wanted, rate, now).await)
+                self.observed(q.allowance(wanted, rate).await)
             }
         }
     }
 
-    /// Puts a pause this node's gate entered in force for every node
-    /// (nothing on SQLite). `reason` says why, for the operator reading
-    /// the table.
-    pub async fn share_pause(&self, kind: PauseKind, until: Millis, reason: &str) {
-        let Backend::Postgres(q) = &self.backend else {
-            return;
-        };
-        let pause = SharedPause {
-            kind,
-            until,
-            node: self.node.to_string(),
-        };
-        if let Err(e) = self.observed(q.share_pause(&pause, reason).await) {
-            tracing::warn!(
-                error = %e,
-                "cannot share this pause with the other nodes; they find out from Coax"
-            );
+    /// Records how an attempt ended, as [`Store::finish`] does, and in
+    /// the same transaction puts `share` in force for every node sharing
+    /// the queue (nothing more on SQLite): no node can claim the job given
+    /// back before it hears of the pause.
+    pub async fn finish_sharing(
+        &self,
+        finish: super::Finish,
+        share: Option<PauseShare>,
+    ) -> Result<(), StoreError> {
+        match (&self.backend, share) {
+            (Backend::Postgres(q), Some(share)) => {
+                let _timed = crate::metrics::store_call("finish");
+                let left = self.clock.mono().until(share.until);
+                let pause = (share.kind, left, share.reason);
+                self.observed(q.finish(&self.calendar.get(), &finish, Some(pause)).await)
+            }
+            _ => self.finish(finish).await,
         }
     }
 

@@ -42,7 +42,6 @@ fn ids(answer: &Value) -> Vec<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's operations and shared pauses (issue #12)"]
 async fn a_429_answered_to_one_node_pauses_every_node_for_its_retry_after() {
     let coax = CoaxStub::start().await;
     coax.push(Reply::status(429).with_header("Retry-After", "3"));
@@ -95,7 +94,6 @@ async fn a_429_answered_to_one_node_pauses_every_node_for_its_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's operations and the shared rate limit (issue #12)"]
 async fn a_rate_limit_holds_for_the_sum_of_every_nodes_sends() {
     const RATE: f64 = 50.0;
     const JOBS: usize = 300;
@@ -151,7 +149,6 @@ async fn a_rate_limit_holds_for_the_sum_of_every_nodes_sends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's operations (issue #12)"]
 async fn a_job_enqueued_on_a_busy_node_is_sent_by_another_before_its_poll() {
     let coax = CoaxStub::start().await;
     // The first request (node-a's only slot) is answered 10 s late.
@@ -188,7 +185,6 @@ async fn a_job_enqueued_on_a_busy_node_is_sent_by_another_before_its_poll() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's operations (issue #12)"]
 async fn a_schedule_on_three_nodes_creates_each_occurrence_once() {
     let coax = CoaxStub::start().await;
     let nodes = start_nodes(3, |name| node_config(&coax.base_url(), name, "")).await;
@@ -297,7 +293,6 @@ fn chaos_config(coax_url: &str, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's operations (issue #12)"]
 async fn chaos_three_nodes_a_kill_a_restart_and_lost_connections_lose_nothing() {
     let seed = std::env::var("COAX_CHAOS_SEED")
         .ok()

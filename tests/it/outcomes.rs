@@ -388,8 +388,13 @@ async fn key_rejection_pauses_sending(code: u16) {
     .await;
     let until_ms = ms(&until);
 
-    // The outcome is recorded before the pause starts.
-    let view = daemon.get(first).await;
+    // The gate pauses as the answer is read, and the job is given back
+    // in the store call that follows.
+    let view = wait_until("the job to be given back", PATIENCE, || async {
+        let view = daemon.get(first).await;
+        (view["state"] != "sending").then_some(view)
+    })
+    .await;
     assert_eq!(view["state"], "scheduled", "{view}");
     assert_eq!(view["attempts"], 0, "no attempt used: {view}");
     let h = history(&view);

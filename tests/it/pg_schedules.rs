@@ -55,7 +55,6 @@ fn firing(s: &Schedule, revision: i64, was: Millis) -> Firing {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's recovery and enqueue (issue #12)"]
 async fn two_nodes_firing_one_schedule_at_once_create_its_occurrence_once() {
     let cluster = PgCluster::start().await;
     let (a, b) = (open(&cluster, "a").await, open(&cluster, "b").await);
@@ -96,7 +95,6 @@ async fn two_nodes_firing_one_schedule_at_once_create_its_occurrence_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the PostgreSQL store's recovery (issue #12)"]
 async fn a_schedule_edited_into_nonsense_is_shown_and_set_aside_once() {
     let cluster = PgCluster::start().await;
     let queue = open(&cluster, "a").await;

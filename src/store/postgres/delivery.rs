@@ -18,7 +18,8 @@ use crate::job::State;
 use crate::policy::Decision;
 use crate::store::deferral::{Report, Settled};
 use crate::store::delivery::{MAX_OVERDUE_COUNT, reason_for, state_after};
-use crate::store::{Claimed, ClaimedJob, Finish, Recovered, StoreError, view};
+use crate::store::{Claimed, ClaimedJob, Finish, PauseKind, Recovered, StoreError, view};
+use std::time::Duration;
 use crate::time::Millis;
 use crate::window::Calendar;
 use tokio_postgres::Transaction;
@@ -128,10 +129,20 @@ impl Queue {
 
     /// Records how an attempt ended and moves its job on, if the job is
     /// still this node's claim.
-    pub async fn finish(&self, calendar: &Calendar, f: &Finish) -> Result<(), StoreError> {
+    /// With `share`, puts that pause in force for every node in the same
+    /// transaction (see `super::shared`).
+    pub async fn finish(
+        &self,
+        calendar: &Calendar,
+        f: &Finish,
+        share: Option<(PauseKind, Duration, &str)>,
+    ) -> Result<(), StoreError> {
         let during = "recording an attempt";
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
+        if let Some(share) = share {
+            super::shared::put_pause(&tx, share, &self.node).await?;
+        }
         let seq = i64::from(f.seq);
         // Locked first, so that a recovery by another node cannot move the
         // job between this check and the writes below.

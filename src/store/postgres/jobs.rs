@@ -54,7 +54,16 @@ impl Queue {
     ) -> Result<Option<JobView>, StoreError> {
         let during = "reading a job";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        // One snapshot for the job, its history and its children: at READ
+        // COMMITTED each statement would see the commits made before it,
+        // and a finish committed between them would show a `sending` job
+        // whose attempt has ended.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(pg_error(during))?;
         let view = view::get(&tx, calendar, &lookup, now).await?;
         tx.commit().await.map_err(pg_error(during))?;
         Ok(view)

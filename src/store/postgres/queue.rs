@@ -59,14 +59,6 @@ pub struct Queue {
     listener: Arc<tokio::sync::Mutex<Option<Listener>>>,
 }
 
-/// The error of an operation not built on PostgreSQL yet.
-pub(super) fn not_built(during: &'static str) -> StoreError {
-    StoreError::Postgres {
-        during,
-        detail: "not supported on PostgreSQL yet".to_owned(),
-    }
-}
-
 impl Queue {
     /// Connects, migrates, registers this node and recovers claims that no
     /// node holds any more.

@@ -2,13 +2,13 @@
 //! node honours, and `dispatch.rate_limit` as a limit on their sum.
 //!
 //! A 429 or a rejected key seen by one node is written to `pauses` (kind
-//! `rate_limit` or `auth`, until when, by which node), before that node
-//! gives its job back, so that no node claims it into the pause. Each node
+//! `rate_limit` or `auth`, until when, by which node) in the transaction
+//! that gives its job back ([`put_pause`], called by the finish), so that no node claims it into the pause. Each node
 //! reads `pauses` before it claims ([`Queue::allowance`]) and pauses its
-//! own gate for what is left. The times are wall-clock milliseconds of the
-//! node that wrote them: nodes whose clocks disagree disagree by as much
-//! on the pause's end, and a reader never pauses longer than its own
-//! `dispatch.max_pause`.
+//! own gate for what is left, never longer than its own
+//! `dispatch.max_pause`. The pause's end is written and read by the
+//! database's clock, so the nodes' own clocks (which may disagree, or
+//! step) play no part.
 //!
 //! The rate limit is one token bucket in `meta` (`rate_tokens_milli`,
 //! `rate_at`), timed by the database's clock and taken under an advisory
@@ -19,11 +19,38 @@ use super::queue::Queue;
 use super::{StoreError, pg_error};
 use crate::config::RateLimit;
 use crate::store::{Allowance, PauseKind, SharedPause};
-use crate::time::Millis;
 use std::time::Duration;
+use tokio_postgres::Transaction;
 
 /// The advisory lock key taken while the shared bucket is read and spent.
 const RATE_LOCK: i64 = 0x436f_6178_0000_0005;
+
+/// The database's clock in milliseconds since the epoch: every node reads
+/// a shared pause's end and the bucket's time by it, so neither a node's
+/// clock step nor clocks that disagree stretch or cut a pause.
+const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// Puts a pause of `kind` lasting `left` in force for every node, in `tx`,
+/// unless one of its kind ends later already.
+pub(super) async fn put_pause(
+    tx: &Transaction<'_>,
+    (kind, left, reason): (PauseKind, Duration, &str),
+    node: &str,
+) -> Result<(), StoreError> {
+    let left = i64::try_from(left.as_millis()).unwrap_or(i64::MAX / 4);
+    tx.execute(
+        &format!(
+            "INSERT INTO pauses (kind, until_at, reason, node) VALUES ($1, {DB_NOW} + $2, $3, $4)
+             ON CONFLICT (kind) DO UPDATE
+             SET until_at = excluded.until_at, reason = excluded.reason, node = excluded.node
+             WHERE pauses.until_at < excluded.until_at"
+        ),
+        &[&kind.as_str(), &left, &reason, &node],
+    )
+    .await
+    .map_err(pg_error("sharing a pause with the other nodes"))?;
+    Ok(())
+}
 
 impl PauseKind {
     fn as_str(self) -> &'static str {
@@ -42,16 +69,18 @@ impl Queue {
         &self,
         wanted: usize,
         rate: Option<RateLimit>,
-        now: Millis,
     ) -> Result<Allowance, StoreError> {
         let during = "reading the shared pauses and rate limit";
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
         let paused = tx
             .query_opt(
-                "SELECT kind, until_at, coalesce(node, '') FROM pauses WHERE until_at > $1
-                 ORDER BY kind = 'auth' DESC, until_at DESC LIMIT 1",
-                &[&now],
+                &format!(
+                    "SELECT kind, until_at - {DB_NOW}, coalesce(node, '') FROM pauses
+                     WHERE until_at > {DB_NOW}
+                     ORDER BY kind = 'auth' DESC, until_at DESC LIMIT 1"
+                ),
+                &[],
             )
             .await
             .map_err(pg_error(during))?;
@@ -62,11 +91,12 @@ impl Queue {
             } else {
                 PauseKind::RateLimit
             };
+            let left: i64 = row.get(1);
             return Ok(Allowance {
                 count: 0,
                 pause: Some(SharedPause {
                     kind,
-                    until: row.get(1),
+                    left: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
                     node: row.get(2),
                 }),
                 retry_in: None,
@@ -80,9 +110,11 @@ impl Queue {
             .map_err(pg_error(during))?;
         let row = tx
             .query_one(
-                "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                &format!(
+                    "SELECT {DB_NOW},
                         (SELECT value FROM meta WHERE name = 'rate_tokens_milli'),
-                        (SELECT value FROM meta WHERE name = 'rate_at')",
+                        (SELECT value FROM meta WHERE name = 'rate_at')"
+                ),
                 &[],
             )
             .await
@@ -117,23 +149,6 @@ impl Queue {
             pause: None,
             retry_in,
         })
-    }
-
-    /// Puts `pause` in force for every node, unless one of its kind ends
-    /// later already.
-    pub async fn share_pause(&self, pause: &SharedPause, reason: &str) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO pauses (kind, until_at, reason, node) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (kind) DO UPDATE
-                 SET until_at = excluded.until_at, reason = excluded.reason, node = excluded.node
-                 WHERE pauses.until_at < excluded.until_at",
-                &[&pause.kind.as_str(), &pause.until, &reason, &pause.node],
-            )
-            .await
-            .map_err(pg_error("sharing a pause with the other nodes"))?;
-        Ok(())
     }
 
     /// Ends the shared pauses of `kinds` for every node.

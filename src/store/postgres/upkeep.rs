@@ -41,7 +41,14 @@ impl Queue {
         let during = "counting jobs";
         let (kept, nodes, next_due) = {
             let mut client = self.pool.get().await?;
-            let tx = client.transaction().await.map_err(pg_error(during))?;
+            // One snapshot: the counts and the next due time agree.
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(pg_error(during))?;
             let kept = counts::read(&tx).await?;
             let rows = tx
                 .query(
