@@ -63,8 +63,10 @@ impl PauseKind {
 
 impl Queue {
     /// Up to `wanted` sends that the queue as a whole allows now: none
-    /// while a shared pause is in force (which is returned), else as many
-    /// as the shared bucket holds under `rate`.
+    /// while a pause another node shared is in force (which is returned),
+    /// else as many as the shared bucket holds under `rate`. This node's
+    /// own pauses are its gate's to keep: a `resume` here ends them even
+    /// if the finish that shared one commits after it.
     pub async fn allowance(
         &self,
         wanted: usize,
@@ -77,10 +79,10 @@ impl Queue {
             .query_opt(
                 &format!(
                     "SELECT kind, until_at - {DB_NOW}, coalesce(node, '') FROM pauses
-                     WHERE until_at > {DB_NOW}
+                     WHERE until_at > {DB_NOW} AND node IS DISTINCT FROM $1
                      ORDER BY kind = 'auth' DESC, until_at DESC LIMIT 1"
                 ),
-                &[],
+                &[&&*self.node],
             )
             .await
             .map_err(pg_error(during))?;
