@@ -344,3 +344,75 @@ async fn a_state_a_hand_edit_made_unknown_is_set_aside_on_postgres() {
         "its follower goes with it"
     );
 }
+
+#[tokio::test]
+async fn a_follower_attached_while_its_parent_is_sent_on_another_node_is_not_left_waiting() {
+    let cluster = PgCluster::start().await;
+    let b = node(&cluster, "b").await;
+    let parent = enqueue_one(&b, sms("in-flight", "0s")).await;
+    let watcher = cluster.superuser(DATABASE).await;
+    watcher
+        .execute(
+            "UPDATE jobs SET state = 'sending' WHERE id = $1",
+            &[&parent],
+        )
+        .await
+        .expect("the parent is claimed");
+    // Another node records the send: it holds the parent's row until it
+    // commits, and its release of the followers cannot see one enqueued
+    // meanwhile.
+    let mut other = cluster.superuser(DATABASE).await;
+    let finish = other.transaction().await.expect("begin");
+    let sent = time::now() - 1_000;
+    finish
+        .execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&parent])
+        .await
+        .expect("lock the parent");
+    finish
+        .execute(
+            "UPDATE jobs SET state = 'sent', attempts = 1, updated_at = $2 WHERE id = $1",
+            &[&parent, &sent],
+        )
+        .await
+        .expect("mark it sent");
+    finish
+        .execute(
+            "INSERT INTO attempts (job_id, seq, started_at, finished_at, status, decision, node)
+             VALUES ($1, 1, $2, $2, 200, 'sent', 'c')",
+            &[&parent, &sent],
+        )
+        .await
+        .expect("record its attempt");
+
+    let mut follow = sms("follower", "0s");
+    follow["after"] = json!({"id": parent});
+    follow["delay"] = json!("1h");
+    let enqueue = tokio::spawn({
+        let b = b.clone();
+        async move { b.enqueue(vec![new_job(follow)]).await }
+    });
+    // Until the enqueue waits for the parent's row, or (were it not to
+    // wait) has answered.
+    wait_until(
+        "the enqueue waits for the parent's row",
+        PATIENCE,
+        || async {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE usename = 'coax' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            (waiting > 0 || enqueue.is_finished()).then_some(())
+        },
+    )
+    .await;
+    finish.commit().await.expect("commit the send");
+
+    let answer = enqueue.await.expect("task").expect("enqueue")[0].clone();
+    assert_eq!(answer.state, State::Scheduled, "{answer:?}");
+    assert_eq!(answer.scheduled_at, time::format(sent + 3_600_000));
+}
