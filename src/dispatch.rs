@@ -285,7 +285,6 @@ impl Dispatcher {
         };
         let now = self.ctx.clock().wall();
         let claimed = match self.ctx.store.claim(now, count).await {
-
             Ok(claimed) => claimed,
             Err(e) => {
                 self.claim_failed(turn, &e);

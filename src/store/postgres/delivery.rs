@@ -19,9 +19,9 @@ use crate::policy::Decision;
 use crate::store::deferral::{Report, Settled};
 use crate::store::delivery::{MAX_OVERDUE_COUNT, reason_for, state_after};
 use crate::store::{Claimed, ClaimedJob, Finish, PauseKind, Recovered, StoreError, view};
-use std::time::Duration;
 use crate::time::Millis;
 use crate::window::Calendar;
+use std::time::Duration;
 use tokio_postgres::Transaction;
 
 impl Queue {

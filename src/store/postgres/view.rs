@@ -31,7 +31,7 @@ pub(super) const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, schedu
 /// state is not a job state.
 enum Read {
     View(Box<JobView>),
-    BadState(i64, String),
+    BadState(i64),
 }
 
 /// Job `lookup` as a view, with its history and children and the zone
@@ -44,13 +44,13 @@ pub(super) async fn get(
     now: Millis,
 ) -> Result<Option<JobView>, StoreError> {
     let mut row = read_one(tx, lookup).await?;
-    if let Some(Read::BadState(id, _)) = &row {
+    if let Some(Read::BadState(id)) = &row {
         // Sets it aside, as the state read anywhere else would.
         current_state(tx, *id, "", now).await?;
         row = read_one(tx, lookup).await?;
     }
     match row {
-        None | Some(Read::BadState(..)) => Ok(None),
+        None | Some(Read::BadState(_)) => Ok(None),
         Some(Read::View(view)) => {
             let mut view = *view;
             show_rule(&mut view, calendar);
@@ -113,7 +113,7 @@ fn read(r: &Row) -> Result<Read, tokio_postgres::Error> {
     let id: i64 = r.try_get(0)?;
     let stored: String = r.try_get(6)?;
     let Some(state) = State::parse(&stored) else {
-        return Ok(Read::BadState(id, bounded(stored, MAX_TEXT_BYTES)));
+        return Ok(Read::BadState(id));
     };
     let result = json(r.try_get(11)?).map(|raw| {
         let raw = raw.get().to_owned();
