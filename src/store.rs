@@ -1,4 +1,8 @@
-//! The durable queue. This module is the only one that touches SQLite.
+//! The durable queue. This module is the only one that touches the
+//! database: [`Store`] is one interface over two backends, SQLite (one
+//! daemon, described here) and PostgreSQL (several nodes sharing one queue,
+//! see [`postgres`]). The dispatcher, the server and the policy call the
+//! same methods on either and do not learn which it is.
 //!
 //! rusqlite is blocking, so one dedicated thread owns the connection and
 //! everything else talks to it through [`Store`], an async handle. Each call
