@@ -72,12 +72,13 @@ fn large_batch_line(valid: bool) -> String {
 async fn concurrent_1_mib_enqueues_peak_under_256_mib_and_memory_is_given_back() {
     let stub = CoaxStub::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    // Memory is the point here, not the line deadline: with the suite's
-    // other tests sharing two cores, 256 clients' 1 MiB lines can take
-    // longer than the default 10 s to arrive whole.
+    // Memory is the point here, not the deadlines: with the suite's other
+    // tests sharing two cores, 256 clients' 1 MiB lines can take longer
+    // than the default 10 s to arrive whole, and the last of them can wait
+    // longer than the default idle 60 s for a permit and its answer.
     let config = socket_config(
         &stub.base_url(),
-        "max_connections = 300\nline_timeout = \"120s\"",
+        "max_connections = 300\nline_timeout = \"120s\"\nidle_timeout = \"600s\"",
         "level = \"info\"",
     );
     let mut daemon = DaemonProcess::start(dir.path(), &config).await;
