@@ -4,13 +4,15 @@
 //! Each test named after a defect failed before its fix; the others pin
 //! behaviour that an attack did not break.
 
-use crate::helpers::backend::new_database;
+use crate::helpers::backend::{adopt, new_database, on_postgres};
+use crate::helpers::daemon::{TestDaemon, config_text};
 use crate::helpers::postgres::PASSWORD;
 use coax_scheduler::config::{Config, OnAmbiguous, PostgresConfig, RateLimit};
 use coax_scheduler::job::State;
 use coax_scheduler::store::Options;
 use coax_scheduler::store::postgres::{Queue, connect};
 use coax_scheduler::window::Calendar;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -222,4 +224,52 @@ async fn pg_hand_edited_job_counts_are_recounted_at_start_up() {
         assert_eq!(summary.counts[&State::Sent], 0);
         assert_eq!(summary.deferred, 0);
     }
+}
+
+mod differential;
+
+/// Enqueueing a key that is taken (alone, or twice in one batch) uses up
+/// no id on PostgreSQL, as on SQLite: the next new job's id follows on.
+#[tokio::test]
+async fn pg_duplicate_key_does_not_use_up_an_id() {
+    let (_password, config) = on_postgres_config().await;
+    let daemon = TestDaemon::start_with(&config).await;
+    let job = |key: &str| {
+        json!({"kind": "message", "channel": "sms", "scheduled_at": "2099-06-01T12:00:00Z",
+               "key": key, "payload": {"message": "hi", "phone": "+15550100"}})
+    };
+    let first = daemon
+        .request(json!({"op": "enqueue", "job": job("k")}))
+        .await;
+    assert_eq!(first["id"], 1, "{first}");
+    for _ in 0..3 {
+        let again = daemon
+            .request(json!({"op": "enqueue", "job": job("k")}))
+            .await;
+        assert_eq!(again["duplicate"], true, "{again}");
+    }
+    let batch = daemon
+        .request(json!({"op": "enqueue", "jobs": [job("k"), job("m"), job("m")]}))
+        .await;
+    let ids: Vec<&Value> = batch["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| &r["id"])
+        .collect();
+    assert_eq!(ids, [&json!(1), &json!(2), &json!(2)], "{batch}");
+    let next = daemon
+        .request(json!({"op": "enqueue", "job": job("n")}))
+        .await;
+    assert_eq!(next["id"], 3, "{next}");
+}
+
+/// The test daemon's config on a new PostgreSQL database, whichever
+/// backend this test process runs on, and the dir holding its password
+/// file (keep it while the daemon runs).
+async fn on_postgres_config() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    adopt(dir.path(), &new_database().await);
+    let text = on_postgres(&config_text("http://127.0.0.1:9", "", ""), dir.path());
+    (dir, text)
 }

@@ -239,11 +239,15 @@ pub(super) async fn enqueue_in(
     now: Millis,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let during = "enqueueing";
+    // A key already taken is looked for first: ON CONFLICT alone would
+    // use up an id from the sequence for each duplicate, so that ids
+    // would skip where SQLite's do not. It still settles a race.
     let insert = tx
         .prepare(
             "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
                                updated_at, payload, expires_at, due_at, timezone, send_window, tags)
-             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $6, $7, $8, $5, $9, $10, $11)
+             SELECT $1, $2, $3, $4, $5, 'scheduled', $6, $6, $7, $8, $5, $9, $10, $11
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE key = $1)
              ON CONFLICT (key) DO NOTHING
              RETURNING id",
         )
