@@ -6,9 +6,10 @@
 //! index) and merges the states, as SQLite does; it reads in one
 //! snapshot (`REPEATABLE READ`), so a job is shown as it was where its
 //! position was read. Columns are typed, so every row has a position and
-//! none needs SQLite's repair of times. The jobs of a tag are locked in
-//! id order before they change, so two tag operations on one tag (on two
-//! nodes) wait for each other rather than deadlock.
+//! none needs SQLite's repair of times. The jobs of a tag, and their
+//! waiting followers, are locked in id order before they change, so two
+//! tag operations (on two nodes) wait for each other rather than
+//! deadlock.
 
 use super::deferral::{DUE_COLUMNS, expire, read_due, set_aside, settle};
 use super::queue::{Queue, notify_due};
@@ -149,6 +150,7 @@ impl Queue {
         let during = "cancelling jobs by tag";
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
+        lock_with_followers(&tx, &tag, &["scheduled", "held", "waiting"], during).await?;
         let rows = tx
             .query(
                 "UPDATE jobs SET state = 'cancelled', updated_at = $2
@@ -186,6 +188,8 @@ impl Queue {
         let during = "rescheduling jobs by tag";
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
+        // A job moved past its expiry cancels its followers.
+        lock_with_followers(&tx, &tag, &["scheduled"], during).await?;
         let rows = tx
             .query(
                 &format!(
@@ -247,6 +251,34 @@ impl Queue {
         tx.commit().await.map_err(pg_error(during))?;
         Ok(Ok(moved))
     }
+}
+
+/// Locks, in id order, the jobs with `tag` in one of `states` and every
+/// waiting job that follows them, however deep: all that a tag operation
+/// may change. Locked as they were met (the tagged jobs, then each one's
+/// followers), two tag operations whose jobs meet through a follower
+/// could each hold a job the other waits for, and one would fail as a
+/// deadlock's victim; in id order, as every other change that locks
+/// several jobs, one waits for the other.
+async fn lock_with_followers(
+    tx: &tokio_postgres::Transaction<'_>,
+    tag: &str,
+    states: &[&str],
+    during: &'static str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH RECURSIVE tree (id) AS (
+             SELECT j.id FROM job_tags t JOIN jobs j ON j.id = t.job_id
+             WHERE t.tag = $1 AND j.state = ANY($2)
+           UNION
+             SELECT c.id FROM tree JOIN jobs c ON c.parent_id = tree.id
+             WHERE c.state = 'waiting')
+         SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM tree) ORDER BY j.id FOR UPDATE",
+        &[&tag, &states],
+    )
+    .await
+    .map_err(pg_error(during))?;
+    Ok(())
 }
 
 /// The states whose indexes a list walks: one, or every state; only
