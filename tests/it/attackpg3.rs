@@ -366,3 +366,54 @@ async fn pg_cancel_by_tags_overlapping_through_a_follower_do_not_deadlock() {
         .get(0);
     assert_eq!(cancelled, 3);
 }
+
+/// Two batches naming the same keys in opposite orders, enqueued at once,
+/// both succeed, as on SQLite: neither is a deadlock's victim answered
+/// `internal`. An outside insert of key x, not yet committed, lines them
+/// up the way that deadlocked: [a, x, b] stored a and waited for x,
+/// [b, a] stored b and waited for a; once x was free, the first waited
+/// for b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_batches_with_keys_in_opposite_orders_do_not_deadlock() {
+    let (password, config) = on_postgres_config().await;
+    let url = std::fs::read_to_string(password.path().join("postgres-url")).expect("url");
+    let daemon = TestDaemon::start_with(&config).await;
+    let dba = outside(&url).await;
+    let mut holder = outside(&url).await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.execute(
+        "INSERT INTO jobs (key, kind, channel, scheduled_at, state, created_at, updated_at,
+                           payload, due_at)
+         VALUES ('x', 'message', 'sms', $1, 'scheduled', $1, $1, '{}', $1)",
+        &[&T],
+    )
+    .await
+    .expect("hold key x");
+    let job = |key: &str| {
+        json!({"kind": "message", "channel": "sms", "scheduled_at": "2099-06-01T12:00:00Z",
+               "key": key, "payload": {"message": "hi", "phone": "+15550100"}})
+    };
+    let send = |keys: &[&str]| {
+        let request =
+            json!({"op": "enqueue", "jobs": keys.iter().map(|k| job(k)).collect::<Vec<_>>()});
+        let socket = daemon.socket.clone();
+        tokio::spawn(async move { crate::helpers::daemon::request_at(&socket, request).await })
+    };
+    let first = send(&["a", "x", "b"]);
+    lock_waiters(&dba, 1).await;
+    let second = send(&["b", "a"]);
+    lock_waiters(&dba, 2).await;
+    hold.rollback().await.expect("let x go");
+    let (first, second) = (first.await.expect("first"), second.await.expect("second"));
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(second["ok"], true, "{second}");
+    let keys: i64 = dba
+        .query_one(
+            "SELECT count(*) FROM jobs WHERE key IN ('a', 'b', 'x')",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(keys, 3);
+}

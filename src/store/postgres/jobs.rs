@@ -225,6 +225,11 @@ async fn change(
     }
 }
 
+/// The advisory lock class of idempotency keys being enqueued
+/// (`pg_advisory_xact_lock(class, hashtext(key))`): "Coay" in ASCII as an
+/// int4, beside the class of node names.
+const KEY_LOCK_CLASS: i32 = 0x436f_6179;
+
 /// Stores `jobs` inside `tx` (the schedule task's occurrences use it in
 /// the transaction that moves their schedule on); as [`Queue::enqueue`]
 /// without the parent check, and as SQLite's `queries::enqueue`: each new
@@ -239,6 +244,19 @@ pub(super) async fn enqueue_in(
     now: Millis,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let during = "enqueueing";
+    // Two batches naming the same keys in other orders would each wait at
+    // the unique index for a key the other inserted first, and one would
+    // fail as a deadlock's victim: the keys are locked first, in one order.
+    let keys: Vec<&str> = jobs.iter().filter_map(|j| j.key.as_deref()).collect();
+    if !keys.is_empty() {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($2, h)
+             FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s",
+            &[&keys, &KEY_LOCK_CLASS],
+        )
+        .await
+        .map_err(pg_error(during))?;
+    }
     // A key already taken is looked for first: ON CONFLICT alone would
     // use up an id from the sequence for each duplicate, so that ids
     // would skip where SQLite's do not. It still settles a race.
