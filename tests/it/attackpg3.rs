@@ -417,3 +417,93 @@ async fn pg_batches_with_keys_in_opposite_orders_do_not_deadlock() {
         .get(0);
     assert_eq!(keys, 3);
 }
+
+/// Rows a DBA wrote by hand, each bad in its own way, neither panic the
+/// daemon nor stop it: `get`, `list` and `stats` answer, the rows that
+/// cannot be sent are set aside, and a good job enqueued beside them is
+/// sent.
+#[tokio::test]
+async fn pg_hand_written_bad_rows_stop_nothing() {
+    let coax = crate::helpers::coax::CoaxStub::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = new_database().await;
+    adopt(dir.path(), &url);
+    let config = on_postgres(&config_text(&coax.base_url(), "", ""), dir.path());
+    let daemon = TestDaemon::start_with(&config).await;
+    let dba = outside(&url).await;
+    let huge = "e".repeat(5 << 20);
+    let rows: [(&str, &str, i64, Option<&str>, &str); 6] = [
+        ("message", "scheduled", 0, None, "not json"),
+        ("message", "scheduled", 0, None, "[1,2]"),
+        (
+            "message",
+            "bogus",
+            0,
+            None,
+            "{\"message\":\"hi\",\"phone\":\"+15550100\"}",
+        ),
+        (
+            "message",
+            "scheduled",
+            -5,
+            None,
+            "{\"message\":\"hi\",\"phone\":\"+15550100\"}",
+        ),
+        (
+            "zzz",
+            "scheduled",
+            0,
+            None,
+            "{\"message\":\"hi\",\"phone\":\"+15550100\"}",
+        ),
+        (
+            "message",
+            "failed",
+            3,
+            Some(&huge),
+            "{\"message\":\"hi\",\"phone\":\"+15550100\"}",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (kind, state, attempts, last_error, payload) in rows {
+        let id: i64 = dba
+            .query_one(
+                "INSERT INTO jobs (kind, channel, scheduled_at, state, attempts, created_at,
+                                   updated_at, payload, due_at, last_error, timezone,
+                                   send_window, result)
+                 VALUES ($1, 'sms', 0, $2, $3, 0, 0, $4, 0, $5, 'Mars/Olympus', 'nope',
+                         'not json either')
+                 RETURNING id",
+                &[&kind, &state, &attempts, &payload, &last_error],
+            )
+            .await
+            .expect("insert a bad row")
+            .get(0);
+        ids.push(id);
+    }
+    let good = daemon
+        .enqueue(json!({"kind": "message", "channel": "sms",
+                        "payload": {"message": "hi", "phone": "+15550100"}}))
+        .await;
+    daemon.wait_for_state(good, "sent").await;
+    for id in &ids {
+        let answer = daemon.request(json!({"op": "get", "id": id})).await;
+        assert_eq!(answer["ok"], true, "{id}: {}", answer.to_string().len());
+        assert!(
+            answer.to_string().len() < 1 << 20,
+            "{id}: a view is bounded"
+        );
+    }
+    for order in ["due", "recent"] {
+        let answer = daemon
+            .request(json!({"op": "list", "order": order, "limit": 10000}))
+            .await;
+        assert_eq!(answer["ok"], true, "{order}");
+        assert_eq!(answer["jobs"].as_array().map(Vec::len), Some(ids.len() + 1));
+    }
+    let stats = daemon.request(json!({"op": "stats"})).await;
+    assert_eq!(stats["ok"], true, "{stats}");
+    assert_eq!(stats["counts"]["sent"], 1, "{stats}");
+    let requeue = daemon.request(json!({"op": "requeue", "id": ids[5]})).await;
+    assert_eq!(requeue["ok"], true, "{}", requeue.to_string().len());
+}

@@ -143,7 +143,7 @@ impl Queue {
     /// waiting followers of each; how many of each.
     pub async fn cancel_tag(
         &self,
-        calendar: &Calendar,
+        _calendar: &Calendar,
         tag: String,
         now: Millis,
     ) -> Result<(u64, u64), StoreError> {
@@ -163,12 +163,14 @@ impl Queue {
             )
             .await
             .map_err(pg_error(during))?;
-        let mut children = 0;
-        for row in &rows {
-            let id: i64 = row.try_get(0).map_err(pg_error(during))?;
-            children +=
-                super::chain::parent_ended(&tx, calendar, id, State::Cancelled, now, now).await?;
-        }
+        let ids = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(pg_error(during))?;
+        // As `chain::parent_ended` for each, in one statement per
+        // generation of followers.
+        let children = super::chain::cancel_descendants_of(&tx, ids, State::Cancelled, now).await?;
         tx.commit().await.map_err(pg_error(during))?;
         Ok((rows.len() as u64, children))
     }
