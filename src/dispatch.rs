@@ -349,7 +349,15 @@ impl Dispatcher {
         settings: &Settings,
         wanted: usize,
     ) -> Result<usize, Duration> {
-        let allowance = match self.ctx.store.allowance(wanted, settings.rate_limit).await {
+        // No node writes a pause longer than this; a longer one is a hand
+        // edit or a clock far off.
+        let longest = settings.max_pause.max(settings.auth_pause);
+        let allowance = match self
+            .ctx
+            .store
+            .allowance(wanted, settings.rate_limit, longest)
+            .await
+        {
             Ok(allowance) => allowance,
             Err(e) => {
                 self.claim_failed(turn, &e);

@@ -64,17 +64,19 @@ impl Allowance {
 
 impl Store {
     /// Up to `wanted` sends that the queue as a whole allows now under
-    /// `rate`: all of them on SQLite.
+    /// `rate`: all of them on SQLite. A shared pause lasts at most
+    /// `longest`.
     pub async fn allowance(
         &self,
         wanted: usize,
         rate: Option<RateLimit>,
+        longest: Duration,
     ) -> Result<Allowance, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(Allowance::all(wanted)),
             Backend::Postgres(q) => {
                 let _timed = crate::metrics::store_call("allowance");
-                self.observed(q.allowance(wanted, rate).await)
+                self.observed(q.allowance(wanted, rate, longest).await)
             }
         }
     }

@@ -8,11 +8,15 @@
 //! replaces them by one row per (state, deferred), so the sum stays short.
 //! A job is deferred while it is `scheduled` with `due_at > scheduled_at`
 //! (waiting for its window), as SQLite's count of deferred jobs.
+//!
+//! A hand edit can still make the rows lie (an edit of `job_counts`, a
+//! `TRUNCATE`, a trigger disabled); each node's start-up recounts, as
+//! SQLite's does ([`Queue::reconcile_counts`]).
 
 use super::pg_error;
 use super::queue::Queue;
 use crate::job::State;
-use crate::store::StoreError;
+use crate::store::{Recount, StoreError};
 use std::collections::BTreeMap;
 use tokio_postgres::GenericClient;
 
@@ -90,5 +94,71 @@ impl Queue {
             .get::<_, i64>(0);
         tx.commit().await.map_err(pg_error(during))?;
         Ok(u64::try_from(folded).unwrap_or(0))
+    }
+
+    /// Counts the jobs per state and, where `job_counts` adds up to
+    /// something else, rewrites it; returns each state whose count was
+    /// wrong, and the deferred jobs (kept, counted) if they were. Runs at
+    /// start-up, as on SQLite.
+    pub(super) async fn reconcile_counts(
+        &self,
+    ) -> Result<(Vec<Recount>, Option<(i64, i64)>), StoreError> {
+        let during = "recounting jobs";
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.map_err(pg_error(during))?;
+        // Every change of a job's state appends here, so other nodes'
+        // changes wait (and none is half counted) until the recount commits.
+        tx.batch_execute("LOCK TABLE job_counts IN EXCLUSIVE MODE")
+            .await
+            .map_err(pg_error(during))?;
+        let kept = read(&tx).await?;
+        let rows = tx
+            .query(
+                "SELECT state, state = 'scheduled' AND due_at > scheduled_at, count(*)
+                 FROM jobs GROUP BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(pg_error(during))?;
+        let mut counted: BTreeMap<String, i64> = BTreeMap::new();
+        let mut deferred = 0;
+        for row in &rows {
+            let state: String = row.try_get(0).map_err(pg_error(during))?;
+            let is_deferred: bool = row.try_get(1).map_err(pg_error(during))?;
+            let n: i64 = row.try_get(2).map_err(pg_error(during))?;
+            if is_deferred {
+                deferred += n;
+            }
+            *counted.entry(state).or_default() += n;
+        }
+        let mut states: Vec<&String> = kept.per_state.keys().chain(counted.keys()).collect();
+        states.sort();
+        states.dedup();
+        let recounted: Vec<Recount> = states
+            .into_iter()
+            .filter_map(|state| {
+                let kept = kept.per_state.get(state).copied().unwrap_or(0);
+                let counted = counted.get(state).copied().unwrap_or(0);
+                (kept != counted).then(|| Recount {
+                    state: state.clone(),
+                    kept,
+                    counted,
+                })
+            })
+            .collect();
+        let deferred = (kept.deferred != deferred).then_some((kept.deferred, deferred));
+        if recounted.is_empty() && deferred.is_none() {
+            return Ok((recounted, deferred));
+        }
+        tx.batch_execute(
+            "DELETE FROM job_counts;
+             INSERT INTO job_counts (state, deferred, n)
+                 SELECT state, state = 'scheduled' AND due_at > scheduled_at, count(*)
+                 FROM jobs GROUP BY 1, 2;",
+        )
+        .await
+        .map_err(pg_error(during))?;
+        tx.commit().await.map_err(pg_error(during))?;
+        Ok((recounted, deferred))
     }
 }

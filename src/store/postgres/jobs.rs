@@ -225,6 +225,11 @@ async fn change(
     }
 }
 
+/// The advisory lock class of idempotency keys being enqueued
+/// (`pg_advisory_xact_lock(class, hashtext(key))`): "Coay" in ASCII as an
+/// int4, beside the class of node names.
+const KEY_LOCK_CLASS: i32 = 0x436f_6179;
+
 /// Stores `jobs` inside `tx` (the schedule task's occurrences use it in
 /// the transaction that moves their schedule on); as [`Queue::enqueue`]
 /// without the parent check, and as SQLite's `queries::enqueue`: each new
@@ -239,11 +244,28 @@ pub(super) async fn enqueue_in(
     now: Millis,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let during = "enqueueing";
+    // Two batches naming the same keys in other orders would each wait at
+    // the unique index for a key the other inserted first, and one would
+    // fail as a deadlock's victim: the keys are locked first, in one order.
+    let keys: Vec<&str> = jobs.iter().filter_map(|j| j.key.as_deref()).collect();
+    if !keys.is_empty() {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($2, h)
+             FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s",
+            &[&keys, &KEY_LOCK_CLASS],
+        )
+        .await
+        .map_err(pg_error(during))?;
+    }
+    // A key already taken is looked for first: ON CONFLICT alone would
+    // use up an id from the sequence for each duplicate, so that ids
+    // would skip where SQLite's do not. It still settles a race.
     let insert = tx
         .prepare(
             "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
                                updated_at, payload, expires_at, due_at, timezone, send_window, tags)
-             VALUES ($1, $2, $3, $4, $5, 'scheduled', $6, $6, $7, $8, $5, $9, $10, $11)
+             SELECT $1, $2, $3, $4, $5, 'scheduled', $6, $6, $7, $8, $5, $9, $10, $11
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE key = $1)
              ON CONFLICT (key) DO NOTHING
              RETURNING id",
         )

@@ -6,9 +6,10 @@
 //! index) and merges the states, as SQLite does; it reads in one
 //! snapshot (`REPEATABLE READ`), so a job is shown as it was where its
 //! position was read. Columns are typed, so every row has a position and
-//! none needs SQLite's repair of times. The jobs of a tag are locked in
-//! id order before they change, so two tag operations on one tag (on two
-//! nodes) wait for each other rather than deadlock.
+//! none needs SQLite's repair of times. The jobs of a tag, and their
+//! waiting followers, are locked in id order before they change, so two
+//! tag operations (on two nodes) wait for each other rather than
+//! deadlock.
 
 use super::deferral::{DUE_COLUMNS, expire, read_due, set_aside, settle};
 use super::queue::{Queue, notify_due};
@@ -142,13 +143,14 @@ impl Queue {
     /// waiting followers of each; how many of each.
     pub async fn cancel_tag(
         &self,
-        calendar: &Calendar,
+        _calendar: &Calendar,
         tag: String,
         now: Millis,
     ) -> Result<(u64, u64), StoreError> {
         let during = "cancelling jobs by tag";
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
+        lock_with_followers(&tx, &tag, &["scheduled", "held", "waiting"], during).await?;
         let rows = tx
             .query(
                 "UPDATE jobs SET state = 'cancelled', updated_at = $2
@@ -161,12 +163,14 @@ impl Queue {
             )
             .await
             .map_err(pg_error(during))?;
-        let mut children = 0;
-        for row in &rows {
-            let id: i64 = row.try_get(0).map_err(pg_error(during))?;
-            children +=
-                super::chain::parent_ended(&tx, calendar, id, State::Cancelled, now, now).await?;
-        }
+        let ids = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<i64>, _>>()
+            .map_err(pg_error(during))?;
+        // As `chain::parent_ended` for each, in one statement per
+        // generation of followers.
+        let children = super::chain::cancel_descendants_of(&tx, ids, State::Cancelled, now).await?;
         tx.commit().await.map_err(pg_error(during))?;
         Ok((rows.len() as u64, children))
     }
@@ -186,6 +190,8 @@ impl Queue {
         let during = "rescheduling jobs by tag";
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
+        // A job moved past its expiry cancels its followers.
+        lock_with_followers(&tx, &tag, &["scheduled"], during).await?;
         let rows = tx
             .query(
                 &format!(
@@ -247,6 +253,34 @@ impl Queue {
         tx.commit().await.map_err(pg_error(during))?;
         Ok(Ok(moved))
     }
+}
+
+/// Locks, in id order, the jobs with `tag` in one of `states` and every
+/// waiting job that follows them, however deep: all that a tag operation
+/// may change. Locked as they were met (the tagged jobs, then each one's
+/// followers), two tag operations whose jobs meet through a follower
+/// could each hold a job the other waits for, and one would fail as a
+/// deadlock's victim; in id order, as every other change that locks
+/// several jobs, one waits for the other.
+async fn lock_with_followers(
+    tx: &tokio_postgres::Transaction<'_>,
+    tag: &str,
+    states: &[&str],
+    during: &'static str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH RECURSIVE tree (id) AS (
+             SELECT j.id FROM job_tags t JOIN jobs j ON j.id = t.job_id
+             WHERE t.tag = $1 AND j.state = ANY($2)
+           UNION
+             SELECT c.id FROM tree JOIN jobs c ON c.parent_id = tree.id
+             WHERE c.state = 'waiting')
+         SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM tree) ORDER BY j.id FOR UPDATE",
+        &[&tag, &states],
+    )
+    .await
+    .map_err(pg_error(during))?;
+    Ok(())
 }
 
 /// The states whose indexes a list walks: one, or every state; only

@@ -89,11 +89,27 @@ impl Queue {
         *queue.listener.lock().await = Some(listener);
         queue.beat(now).await?;
         let recovered = queue.recover(&options.calendar, now, true).await?;
+        let (recounted, deferred) = queue.reconcile_counts().await?;
+        for r in &recounted {
+            tracing::warn!(
+                state = r.state,
+                kept = r.kept,
+                counted = r.counted,
+                "the count of jobs in a state disagreed with the jobs (was the database edited by hand?); corrected"
+            );
+        }
+        if let Some((kept, counted)) = deferred {
+            tracing::warn!(
+                kept,
+                counted,
+                "the count of deferred jobs disagreed with the jobs (was the database edited by hand?); corrected"
+            );
+        }
         Ok((
             queue,
             Opened {
                 recovered,
-                recounted: Vec::new(),
+                recounted,
             },
         ))
     }

@@ -67,10 +67,15 @@ impl Queue {
     /// else as many as the shared bucket holds under `rate`. This node's
     /// own pauses are its gate's to keep: a `resume` here ends them even
     /// if the finish that shared one commits after it.
+    ///
+    /// A pause lasting longer than `longest` (more than any node writes: a
+    /// hand edit, or a clock far off) is cut to end `longest` from now, in
+    /// the table, so that it cannot pause the nodes again and again.
     pub async fn allowance(
         &self,
         wanted: usize,
         rate: Option<RateLimit>,
+        longest: Duration,
     ) -> Result<Allowance, StoreError> {
         let during = "reading the shared pauses and rate limit";
         let mut client = self.pool.get().await?;
@@ -88,16 +93,34 @@ impl Queue {
             .map_err(pg_error(during))?;
         if let Some(row) = paused {
             let kind: String = row.get(0);
-            let kind = if kind == "auth" {
+            let shared = if kind == "auth" {
                 PauseKind::Auth
             } else {
                 PauseKind::RateLimit
             };
-            let left: i64 = row.get(1);
+            let mut left: i64 = row.get(1);
+            let most = i64::try_from(longest.as_millis()).unwrap_or(i64::MAX / 4);
+            if left > most {
+                tx.execute(
+                    &format!(
+                        "UPDATE pauses SET until_at = {DB_NOW} + $2
+                         WHERE kind = $1 AND until_at > {DB_NOW} + $2"
+                    ),
+                    &[&kind, &most],
+                )
+                .await
+                .map_err(pg_error(during))?;
+                tx.commit().await.map_err(pg_error(during))?;
+                tracing::warn!(
+                    kind = %kind,
+                    "a shared pause ended beyond dispatch.max_pause; it now ends at it"
+                );
+                left = most;
+            }
             return Ok(Allowance {
                 count: 0,
                 pause: Some(SharedPause {
-                    kind,
+                    kind: shared,
                     left: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
                     node: row.get(2),
                 }),
@@ -128,7 +151,9 @@ impl Queue {
         let tokens = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
             (Some(milli), Some(at)) => {
                 let elapsed = db_now.saturating_sub(at).max(0) as f64;
-                (milli as f64 / 1000.0 + elapsed * per_ms).min(capacity)
+                // The bucket never holds less than nothing: a negative
+                // value is a hand edit, which must not stop every node.
+                ((milli as f64 / 1000.0).max(0.0) + elapsed * per_ms).min(capacity)
             }
             _ => capacity,
         };
