@@ -22,6 +22,7 @@
 //!   dies lets both go with its connection.
 
 use super::pool::Pool;
+use super::shared::DB_NOW;
 use super::{StoreError, pg_error, schema};
 use crate::config::{OnAmbiguous, PostgresConfig};
 use crate::store::{Opened, Options, Recovered};
@@ -87,7 +88,7 @@ impl Queue {
         // before it touches the queue.
         let listener = queue.listen().await?;
         *queue.listener.lock().await = Some(listener);
-        queue.beat(now).await?;
+        queue.beat().await?;
         let recovered = queue.recover(&options.calendar, now, true).await?;
         Ok((
             queue,
@@ -108,18 +109,23 @@ impl Queue {
         self.woken.notified().await
     }
 
-    /// Writes this node's heartbeat and count of requests in flight.
-    async fn beat(&self, now: Millis) -> Result<(), StoreError> {
+    /// Writes this node's heartbeat and count of requests in flight. The
+    /// heartbeat is the database's time, which every node (and `import`)
+    /// judges it by, so a node whose clock is off is neither dropped from
+    /// `stats` nor kept in it too long.
+    async fn beat(&self) -> Result<(), StoreError> {
         let during = "writing this node's heartbeat";
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO nodes (name, started_at, last_heartbeat, in_flight)
-                 VALUES ($1, $2, $2,
-                         (SELECT count(*) FROM jobs WHERE state = 'sending' AND node = $1))
-                 ON CONFLICT (name) DO UPDATE
-                 SET last_heartbeat = excluded.last_heartbeat, in_flight = excluded.in_flight",
-                &[&&*self.node, &now],
+                &format!(
+                    "INSERT INTO nodes (name, started_at, last_heartbeat, in_flight)
+                     VALUES ($1, {DB_NOW}, {DB_NOW},
+                             (SELECT count(*) FROM jobs WHERE state = 'sending' AND node = $1))
+                     ON CONFLICT (name) DO UPDATE
+                     SET last_heartbeat = excluded.last_heartbeat, in_flight = excluded.in_flight"
+                ),
+                &[&&*self.node],
             )
             .await
             .map_err(pg_error(during))?;
@@ -148,8 +154,8 @@ impl Queue {
                 }
                 let now = clock.wall();
                 let result = async {
-                    self.beat(now).await?;
-                    self.renew(now).await?;
+                    self.beat().await?;
+                    self.renew().await?;
                     let recovered = self.recover(&calendar(), now, false).await?;
                     log_recovered(&recovered, "its node's lease ran out");
                     if !recovered.is_empty() {
