@@ -43,6 +43,10 @@ const BEAT: Duration = Duration::from_secs(1);
 /// hashtext(name))`): "Coax" in ASCII as an int4.
 const NODE_LOCK_CLASS: i32 = 0x436f_6178;
 
+/// How long a daemon starting under a name that beat lately watches for
+/// another beat under it before it takes the name: over two [`BEAT`]s.
+const NAME_WATCH: Duration = Duration::from_millis(2_500);
+
 /// The queue on PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -87,6 +91,7 @@ impl Queue {
         // First, so that a second daemon under this node's name is refused
         // before it touches the queue.
         let listener = queue.listen().await?;
+        queue.name_unused().await?;
         *queue.listener.lock().await = Some(listener);
         queue.beat().await?;
         let recovered = queue.recover(&options.calendar, now, true).await?;
@@ -97,6 +102,49 @@ impl Queue {
                 recounted: Vec::new(),
             },
         ))
+    }
+
+    /// Refuses this node's name while another daemon still beats under it.
+    ///
+    /// The name's advisory lock lives on the listening connection, and a
+    /// running node loses it for a moment whenever that connection drops
+    /// (a server restart, `pg_terminate_backend`): a daemon started under
+    /// the same name just then gets the lock. A live node beats each
+    /// [`BEAT`] on its other connections, so a heartbeat that moves while
+    /// this one watches is another daemon's. A crashed node's heartbeat
+    /// stands still: its restart waits at most [`NAME_WATCH`].
+    async fn name_unused(&self) -> Result<(), StoreError> {
+        let during = "checking that no other daemon runs as this node";
+        let beat = || async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT last_heartbeat, {DB_NOW} - last_heartbeat
+                         FROM nodes WHERE name = $1"
+                    ),
+                    &[&&*self.node],
+                )
+                .await
+                .map_err(pg_error(during))?;
+            Ok::<_, StoreError>(row.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))))
+        };
+        let watch = Millis::try_from(NAME_WATCH.as_millis()).unwrap_or(Millis::MAX);
+        // No row (a clean stop removes it) or a beat long past: no node.
+        let Some((first, age)) = beat().await? else {
+            return Ok(());
+        };
+        if age > watch {
+            return Ok(());
+        }
+        let until = tokio::time::Instant::now() + NAME_WATCH;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(BEAT / 5).await;
+            if beat().await?.is_some_and(|(last, _)| last != first) {
+                return Err(name_taken(&self.node));
+            }
+        }
+        Ok(())
     }
 
     /// This node's name.
@@ -227,14 +275,7 @@ impl Queue {
             .map_err(pg_error(during))?
             .get(0);
         if !taken {
-            return Err(StoreError::Postgres {
-                during,
-                detail: format!(
-                    "another daemon is running as node {:?} on this database; give each node \
-                     its own node.name",
-                    &*self.node
-                ),
-            });
+            return Err(name_taken(&self.node));
         }
         client
             .execute(
@@ -251,6 +292,17 @@ impl Queue {
             _client: client,
             notices,
         })
+    }
+}
+
+/// The refusal of a name another daemon runs under.
+fn name_taken(node: &str) -> StoreError {
+    StoreError::Postgres {
+        during: "listening for due jobs",
+        detail: format!(
+            "another daemon is running as node {node:?} on this database; give each node its \
+             own node.name"
+        ),
     }
 }
 
