@@ -463,3 +463,56 @@ async fn a_name_is_not_given_to_a_second_daemon_while_its_node_reconnects() {
     assert_eq!(coax.requests().len(), 1, "sent once: {job}");
     a.stop().await;
 }
+
+/// The least time left on node `name`'s lease of job `id`, by the
+/// database's clock, seen while polling until the job leaves `sending`.
+async fn least_lease_left(cluster: &PgCluster, id: i64) -> Option<i64> {
+    let client = cluster.superuser("coax").await;
+    let mut least: Option<i64> = None;
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT lease_until - (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+                 FROM jobs WHERE id = $1 AND state = 'sending'",
+                &[&id],
+            )
+            .await
+            .expect("read the lease");
+        let Some(row) = row else {
+            return least;
+        };
+        let left: i64 = row.get(0);
+        least = Some(least.map_or(left, |l| l.min(left)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// With `lease = "1s"` (the least allowed) the lease was renewed once a
+/// second, so it ran out for a moment before each renewal, and any other
+/// node's recovery in that moment took the job and sent it again. It must
+/// keep a third of the lease at least while the request is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_of_one_second_never_runs_out_while_its_request_is_in_flight() {
+    let coax = CoaxStub::start().await;
+    coax.push(Reply::sent().with_delay(Duration::from_secs(4)));
+    let cluster = PgCluster::start().await;
+    let url = queue_url(Some(&cluster)).await;
+    let config = node_config(
+        &coax.base_url(),
+        "node-a",
+        "[coax]\nrequest_timeout = \"30s\"\n[store]\nlease = \"1s\"\n",
+    );
+    let a = start_node(&url, "node-a", &config).await;
+    let id = a.enqueue(sms_job("one-second", "0s")).await;
+    coax.wait_for_requests(1, PATIENCE).await;
+    let least = least_lease_left(&cluster, id)
+        .await
+        .expect("seen in sending");
+    assert!(
+        least > 333,
+        "the lease came within {least} ms of running out"
+    );
+    let job = a.wait_for_state(id, "sent").await;
+    assert_eq!(attempt_nodes(&job), vec!["node-a".to_owned()], "{job}");
+    a.stop().await;
+}

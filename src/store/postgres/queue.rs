@@ -7,7 +7,8 @@
 //! PostgreSQL groups concurrent commits itself, so there is no store
 //! thread here.
 //!
-//! [`Queue::keep`] runs beside the daemon's other tasks, once a second:
+//! [`Queue::keep`] runs beside the daemon's other tasks, once a second (a
+//! third of `store.lease` when that is shorter):
 //! - it writes this node's heartbeat and the count of its jobs in flight;
 //! - it renews the lease on this node's `sending` jobs, so that a request
 //!   in flight longer than `store.lease` stays this node's;
@@ -193,7 +194,11 @@ impl Queue {
     ) {
         let beating = async {
             let mut stop = stop.clone();
-            let mut ticks = tokio::time::interval(BEAT);
+            // A lease is renewed well before it runs out, however short:
+            // renewed only once per lease, it would run out for a moment
+            // before each renewal, and another node could take the job.
+            let period = BEAT.min(Duration::from_millis(self.lease_ms.max(3) as u64 / 3));
+            let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !*stop.borrow() {
                 tokio::select! {
