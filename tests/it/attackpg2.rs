@@ -516,3 +516,40 @@ async fn a_lease_of_one_second_never_runs_out_while_its_request_is_in_flight() {
     assert_eq!(attempt_nodes(&job), vec!["node-a".to_owned()], "{job}");
     a.stop().await;
 }
+
+/// Coax answers node-a's request while PostgreSQL is down for twice the
+/// lease. When the server is back, node-a still holds the answer and
+/// renews within a beat; node-b, back at the same moment, must not take
+/// the claim before node-a has had its chance: every node's lease looks
+/// run out after an outage, though their nodes live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_held_through_an_outage_is_recorded_not_sent_again() {
+    let coax = CoaxStub::start().await;
+    coax.push(Reply::sent().with_delay(Duration::from_millis(1500)));
+    let mut cluster = PgCluster::start().await;
+    let url = queue_url(Some(&cluster)).await;
+    let a = start_node(&url, "node-a", &slow_config(&coax.base_url(), "node-a")).await;
+    let id = a.enqueue(sms_job("answered-in-outage", "0s")).await;
+    coax.wait_for_requests(1, PATIENCE).await;
+    // Started after the claim, so that the job is node-a's.
+    let b = start_node(&url, "node-b", &slow_config(&coax.base_url(), "node-b")).await;
+    // Past its start-up reads, which a start that loses the server fails.
+    stats(&b.socket).await;
+
+    tokio::task::block_in_place(|| cluster.stop());
+    // The outage is the attack: it outlasts the lease (2 s) and Coax's
+    // answer (1.5 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::task::block_in_place(|| cluster.restart());
+
+    let job = a.wait_for_state(id, "sent").await;
+    assert_eq!(
+        attempt_nodes(&job),
+        vec!["node-a".to_owned()],
+        "node-a recorded the answer it held: {job}"
+    );
+    assert_eq!(job["history"][0]["ambiguous"], false, "{job}");
+    assert_eq!(coax.requests().len(), 1, "sent once: {job}");
+    b.stop().await;
+    a.stop().await;
+}
