@@ -190,6 +190,7 @@ async fn a_node_killed_mid_send_restarts_at_once_under_its_name_and_recovers_its
 /// flight: enqueue answers `internal` with the reason, the node logs one
 /// ERROR for the outage and `storage recovered` after it, the job is sent
 /// once (its outcome recorded by one node), and both nodes listen again.
+/// Node-a logs at `trace`: the password is in none of its lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_gone_longer_than_the_lease_loses_nothing_and_logs_one_error() {
     let coax = CoaxStub::start().await;
@@ -199,7 +200,7 @@ async fn postgres_gone_longer_than_the_lease_loses_nothing_and_logs_one_error() 
     let (_dir_a, a) = start_process(
         &url,
         "node-a",
-        &process_config(&coax.base_url(), "node-a", "info"),
+        &process_config(&coax.base_url(), "node-a", "trace"),
     )
     .await;
     let (_dir_b, b) = start_process(
@@ -277,7 +278,10 @@ async fn postgres_gone_longer_than_the_lease_loses_nothing_and_logs_one_error() 
         node.wait_for_log_line("storage recovered", |l| l.contains("storage recovered"))
             .await;
         let logs = node.logs();
-        let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+        let errors: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
+            .collect();
         assert!(
             !errors.is_empty() && errors.len() <= 2,
             "one ERROR for the outage (two at most: the dispatcher's and the store's), not a flood:\n{logs}"
@@ -551,5 +555,92 @@ async fn an_answer_held_through_an_outage_is_recorded_not_sent_again() {
     assert_eq!(job["history"][0]["ambiguous"], false, "{job}");
     assert_eq!(coax.requests().len(), 1, "sent once: {job}");
     b.stop().await;
+    a.stop().await;
+}
+
+/// The entry of `name` in `stats`'s `nodes`, if listed.
+fn node_entry(stats: &Value, name: &str) -> Option<Value> {
+    stats["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == name)
+        .cloned()
+}
+
+/// A node killed with requests in flight stays in `stats`'s `nodes`, with
+/// its requests `in_flight`, until its lease passes; then it is gone, and
+/// its claims are back in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_nodes_drops_a_killed_node_once_its_lease_passes() {
+    let coax = CoaxStub::start().await;
+    coax.set_default(Reply::sent().with_delay(Duration::from_secs(60)));
+    let url = queue_url(None).await;
+    let (_dir, mut k) = start_process(
+        &url,
+        "node-k",
+        &process_config(&coax.base_url(), "node-k", "info"),
+    )
+    .await;
+    let jobs: Vec<Value> = (0..5).map(|i| sms_job(&format!("d-{i}"), "0s")).collect();
+    let answer = k.request(json!({"op": "enqueue", "jobs": jobs})).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    coax.wait_for_requests(5, PATIENCE).await;
+    coax.set_default(Reply::sent());
+    let b = start_node(&url, "node-b", &slow_config(&coax.base_url(), "node-b")).await;
+    let listed = node_entry(&stats(&b.socket).await, "node-k").expect("node-k is live");
+    assert_eq!(listed["in_flight"], 5, "{listed}");
+
+    k.signal("KILL");
+    assert_eq!(k.wait_exit(PATIENCE).await, None, "killed by SIGKILL");
+    wait_until("node-k to leave stats", PATIENCE, || async {
+        node_entry(&stats(&b.socket).await, "node-k")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    wait_until("node-k's claims to be sent", PATIENCE, || async {
+        let s = stats(&b.socket).await;
+        (s["counts"]["sent"] == 5).then_some(())
+    })
+    .await;
+    let s = stats(&b.socket).await;
+    assert_eq!(node_names(&s), vec!["node-b".to_owned()], "{s}");
+    assert_eq!(s["nodes"][0]["in_flight"], 0, "{s}");
+    b.stop().await;
+}
+
+/// Every connection of one node is terminated while it has a request in
+/// flight: the node reconnects, listens again, records its answer once,
+/// and serves its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_connections_are_all_terminated_carries_on() {
+    let coax = CoaxStub::start().await;
+    coax.push(Reply::sent().with_delay(Duration::from_secs(3)));
+    let cluster = PgCluster::start().await;
+    let url = queue_url(Some(&cluster)).await;
+    let a = start_node(&url, "node-a", &slow_config(&coax.base_url(), "node-a")).await;
+    let id = a.enqueue(sms_job("cut-off", "0s")).await;
+    coax.wait_for_requests(1, PATIENCE).await;
+    let terminated = count(
+        &cluster.superuser("postgres").await,
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'node-a') t",
+    )
+    .await;
+    assert!(
+        terminated >= 2,
+        "the pool's and the listener's: {terminated}"
+    );
+    wait_until("node-a to listen again", PATIENCE, || async {
+        (backends(&cluster, "node-a", "LISTEN").await == 1).then_some(())
+    })
+    .await;
+    let job = a.wait_for_state(id, "sent").await;
+    assert_eq!(attempt_nodes(&job), vec!["node-a".to_owned()], "{job}");
+    assert_eq!(job["history"][0]["ambiguous"], false, "{job}");
+    let next = a.enqueue(sms_job("after", "0s")).await;
+    a.wait_for_state(next, "sent").await;
+    assert_eq!(coax.requests().len(), 2);
     a.stop().await;
 }
