@@ -373,12 +373,10 @@ async fn two_daemons_started_at_once_under_one_name_run_one() {
         "{}",
         loser.logs()
     );
-    let ping = wait_until("the other twin to answer", PATIENCE, || async {
-        let socket = winner.socket.clone();
-        socket.exists().then_some(())
+    wait_until("the other twin's socket", PATIENCE, || async {
+        winner.socket.exists().then_some(())
     })
     .await;
-    let _ = ping;
     let pong = winner.request(json!({"op": "ping"})).await;
     assert_eq!(pong["ok"], true, "{pong}\n{}", winner.logs());
     assert!(
