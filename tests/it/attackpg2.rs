@@ -229,6 +229,12 @@ async fn postgres_gone_longer_than_the_lease_loses_nothing_and_logs_one_error() 
             .is_some_and(|m| m.len() > 20),
         "the reason is given: {refused}"
     );
+    assert!(
+        !refused
+            .to_string()
+            .contains(crate::helpers::postgres::PASSWORD),
+        "{refused}"
+    );
     // The outage is the attack: it must outlast the lease (2 s).
     tokio::time::sleep(Duration::from_secs(4)).await;
     tokio::task::block_in_place(|| cluster.restart());
@@ -640,5 +646,53 @@ async fn a_node_whose_connections_are_all_terminated_carries_on() {
     let next = a.enqueue(sms_job("after", "0s")).await;
     a.wait_for_state(next, "sent").await;
     assert_eq!(coax.requests().len(), 2);
+    a.stop().await;
+}
+
+/// A 429 with Retry-After 4 s answered to node-a; then node-a's wall clock
+/// steps an hour forward and node-b's runs an hour behind. The shared
+/// pause is neither cut short by the step forward nor stretched by the
+/// clock behind: every job waits it out, and is sent once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pause_is_neither_cut_nor_stretched_by_stepped_clocks() {
+    let coax = CoaxStub::start().await;
+    coax.push(Reply::status(429).with_header("Retry-After", "4"));
+    let url = queue_url(None).await;
+    let a_clock = TestClock::at(time::now());
+    let a = start_clocked(
+        &url,
+        "node-a",
+        &slow_config(&coax.base_url(), "node-a"),
+        a_clock.clone(),
+    )
+    .await;
+    let throttled = a.enqueue(sms_job("throttled", "0s")).await;
+    let told = coax.wait_for_requests(1, PATIENCE).await[0].received_at;
+    wait_until("the 429 to be recorded", PATIENCE, || async {
+        let job = a.get(throttled).await;
+        job["history"][0]["finished_at"].is_string().then_some(())
+    })
+    .await;
+    a_clock.step(3_600_000);
+    let b = start_clocked(
+        &url,
+        "node-b",
+        &slow_config(&coax.base_url(), "node-b"),
+        TestClock::at(time::now() - 3_600_000),
+    )
+    .await;
+    let later_a = a.enqueue(sms_job("later-a", "0s")).await;
+    let later_b = b.enqueue(sms_job("later-b", "0s")).await;
+    a.wait_for_state(later_a, "sent").await;
+    b.wait_for_state(later_b, "sent").await;
+    a.wait_for_state(throttled, "sent").await;
+    for request in coax.requests().iter().skip(1) {
+        let waited = (request.received_at - told).num_milliseconds();
+        assert!(
+            waited >= 3_500,
+            "a request went out {waited} ms after the 429"
+        );
+    }
+    b.stop().await;
     a.stop().await;
 }
