@@ -14,7 +14,8 @@
 //!   in flight longer than `store.lease` stays this node's;
 //! - it recovers any `sending` job whose lease has run out (its node died
 //!   or lost PostgreSQL for longer than the lease), within a second of the
-//!   lease's end;
+//!   lease's end, once this node has reached PostgreSQL for a whole lease
+//!   (after an outage every lease looks run out, though its node lives);
 //! - it keeps one connection open that listens for `coax_due`, which an
 //!   enqueue or a reschedule on any node sends when a job falls due soon,
 //!   and wakes this node's dispatcher on it. The same connection holds the
@@ -200,6 +201,9 @@ impl Queue {
             let period = BEAT.min(Duration::from_millis(self.lease_ms.max(3) as u64 / 3));
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+            // Since when this upkeep has reached PostgreSQL without a break.
+            let mut reached_since = Some(tokio::time::Instant::now());
             while !*stop.borrow() {
                 tokio::select! {
                     _ = stop.changed() => continue,
@@ -209,6 +213,14 @@ impl Queue {
                 let result = async {
                     self.beat().await?;
                     self.renew().await?;
+                    // After an outage every claim's lease looks run out,
+                    // yet the nodes holding them live, and renew within a
+                    // beat of the server's return: others' claims are taken
+                    // only once this node has reached it for a whole lease.
+                    let since = *reached_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < lease {
+                        return Ok(());
+                    }
                     let recovered = self.recover(&calendar(), now, false).await?;
                     log_recovered(&recovered, "its node's lease ran out");
                     if !recovered.is_empty() {
@@ -217,6 +229,9 @@ impl Queue {
                     Ok(())
                 }
                 .await;
+                if result.is_err() {
+                    reached_since = None;
+                }
                 report(result);
             }
         };
