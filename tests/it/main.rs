@@ -8,6 +8,7 @@ mod attack11;
 mod attack12;
 mod attack_windows;
 mod attackpg;
+mod attackpg2;
 mod attackpg3;
 mod bench;
 mod chaos;

@@ -13,6 +13,7 @@ use super::deferral::settle;
 use super::delivery_rows::{DUE_COLUMNS, followers_move_on, quarantine, read_due};
 use super::pg_error;
 use super::queue::{Queue, notify_due};
+use super::shared::DB_NOW;
 use crate::config::OnAmbiguous;
 use crate::job::State;
 use crate::policy::Decision;
@@ -91,12 +92,15 @@ impl Queue {
         let mut jobs = sendable;
         if !jobs.is_empty() {
             let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-            let lease_until = now.saturating_add(self.lease_ms);
+            // The lease runs by the database's clock, as every node reads
+            // it: a node whose clock is off neither shortens nor stretches it.
             tx.execute(
-                "UPDATE jobs SET state = 'sending', attempts = attempts + 1, updated_at = $2,
-                        node = $3, lease_until = $4
-                 WHERE id = ANY($1)",
-                &[&ids, &now, &&*self.node, &lease_until],
+                &format!(
+                    "UPDATE jobs SET state = 'sending', attempts = attempts + 1, updated_at = $2,
+                            node = $3, lease_until = {DB_NOW} + $4
+                     WHERE id = ANY($1)"
+                ),
+                &[&ids, &now, &&*self.node, &self.lease_ms],
             )
             .await
             .map_err(pg_error(during))?;
@@ -235,13 +239,17 @@ impl Queue {
         tx.commit().await.map_err(pg_error(during))
     }
 
-    /// Extends the lease of every job this node has in `sending`; how many.
-    pub async fn renew(&self, now: Millis) -> Result<u64, StoreError> {
+    /// Extends the lease of every job this node has in `sending`, by the
+    /// database's clock; how many.
+    pub async fn renew(&self) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE jobs SET lease_until = $2 WHERE state = 'sending' AND node = $1",
-                &[&&*self.node, &now.saturating_add(self.lease_ms)],
+                &format!(
+                    "UPDATE jobs SET lease_until = {DB_NOW} + $2
+                     WHERE state = 'sending' AND node = $1"
+                ),
+                &[&&*self.node, &self.lease_ms],
             )
             .await
             .map_err(pg_error("renewing leases"))
@@ -273,16 +281,17 @@ impl Queue {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.map_err(pg_error(during))?;
         // A claim with no lease (a job imported in `sending`) holds none.
+        // Leases run by the database's clock (see `claim`).
         let rows = tx
             .query(
                 &format!(
                     "SELECT {DUE_COLUMNS} FROM jobs
                      WHERE state = 'sending'
-                       AND (lease_until IS NULL OR lease_until < $1 OR ($2 AND node = $3))
+                       AND (lease_until IS NULL OR lease_until < {DB_NOW} OR ($1 AND node = $2))
                      ORDER BY id
                      FOR UPDATE SKIP LOCKED"
                 ),
-                &[&now, &own, &&*self.node],
+                &[&own, &&*self.node],
             )
             .await
             .map_err(pg_error(during))?;

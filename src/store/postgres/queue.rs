@@ -7,13 +7,15 @@
 //! PostgreSQL groups concurrent commits itself, so there is no store
 //! thread here.
 //!
-//! [`Queue::keep`] runs beside the daemon's other tasks, once a second:
+//! [`Queue::keep`] runs beside the daemon's other tasks, once a second (a
+//! third of `store.lease` when that is shorter):
 //! - it writes this node's heartbeat and the count of its jobs in flight;
 //! - it renews the lease on this node's `sending` jobs, so that a request
 //!   in flight longer than `store.lease` stays this node's;
 //! - it recovers any `sending` job whose lease has run out (its node died
 //!   or lost PostgreSQL for longer than the lease), within a second of the
-//!   lease's end;
+//!   lease's end, once this node has reached PostgreSQL for a whole lease
+//!   (after an outage every lease looks run out, though its node lives);
 //! - it keeps one connection open that listens for `coax_due`, which an
 //!   enqueue or a reschedule on any node sends when a job falls due soon,
 //!   and wakes this node's dispatcher on it. The same connection holds the
@@ -22,6 +24,7 @@
 //!   dies lets both go with its connection.
 
 use super::pool::Pool;
+use super::shared::DB_NOW;
 use super::{StoreError, pg_error, schema};
 use crate::config::{OnAmbiguous, PostgresConfig};
 use crate::store::{Opened, Options, Recovered};
@@ -41,6 +44,10 @@ const BEAT: Duration = Duration::from_secs(1);
 /// The advisory lock class of node names (`pg_try_advisory_lock(class,
 /// hashtext(name))`): "Coax" in ASCII as an int4.
 const NODE_LOCK_CLASS: i32 = 0x436f_6178;
+
+/// How long a daemon starting under a name that beat lately watches for
+/// another beat under it before it takes the name: over two [`BEAT`]s.
+const NAME_WATCH: Duration = Duration::from_millis(2_500);
 
 /// The queue on PostgreSQL. Cheap to clone.
 #[derive(Clone)]
@@ -86,8 +93,9 @@ impl Queue {
         // First, so that a second daemon under this node's name is refused
         // before it touches the queue.
         let listener = queue.listen().await?;
+        queue.name_unused().await?;
         *queue.listener.lock().await = Some(listener);
-        queue.beat(now).await?;
+        queue.beat().await?;
         let recovered = queue.recover(&options.calendar, now, true).await?;
         let (recounted, deferred) = queue.reconcile_counts().await?;
         for r in &recounted {
@@ -114,6 +122,49 @@ impl Queue {
         ))
     }
 
+    /// Refuses this node's name while another daemon still beats under it.
+    ///
+    /// The name's advisory lock lives on the listening connection, and a
+    /// running node loses it for a moment whenever that connection drops
+    /// (a server restart, `pg_terminate_backend`): a daemon started under
+    /// the same name just then gets the lock. A live node beats each
+    /// [`BEAT`] on its other connections, so a heartbeat that moves while
+    /// this one watches is another daemon's. A crashed node's heartbeat
+    /// stands still: its restart waits at most [`NAME_WATCH`].
+    async fn name_unused(&self) -> Result<(), StoreError> {
+        let during = "checking that no other daemon runs as this node";
+        let beat = || async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT last_heartbeat, {DB_NOW} - last_heartbeat
+                         FROM nodes WHERE name = $1"
+                    ),
+                    &[&&*self.node],
+                )
+                .await
+                .map_err(pg_error(during))?;
+            Ok::<_, StoreError>(row.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))))
+        };
+        let watch = Millis::try_from(NAME_WATCH.as_millis()).unwrap_or(Millis::MAX);
+        // No row (a clean stop removes it) or a beat long past: no node.
+        let Some((first, age)) = beat().await? else {
+            return Ok(());
+        };
+        if age > watch {
+            return Ok(());
+        }
+        let until = tokio::time::Instant::now() + NAME_WATCH;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(BEAT / 5).await;
+            if beat().await?.is_some_and(|(last, _)| last != first) {
+                return Err(name_taken(&self.node));
+            }
+        }
+        Ok(())
+    }
+
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
@@ -124,18 +175,23 @@ impl Queue {
         self.woken.notified().await
     }
 
-    /// Writes this node's heartbeat and count of requests in flight.
-    async fn beat(&self, now: Millis) -> Result<(), StoreError> {
+    /// Writes this node's heartbeat and count of requests in flight. The
+    /// heartbeat is the database's time, which every node (and `import`)
+    /// judges it by, so a node whose clock is off is neither dropped from
+    /// `stats` nor kept in it too long.
+    async fn beat(&self) -> Result<(), StoreError> {
         let during = "writing this node's heartbeat";
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO nodes (name, started_at, last_heartbeat, in_flight)
-                 VALUES ($1, $2, $2,
-                         (SELECT count(*) FROM jobs WHERE state = 'sending' AND node = $1))
-                 ON CONFLICT (name) DO UPDATE
-                 SET last_heartbeat = excluded.last_heartbeat, in_flight = excluded.in_flight",
-                &[&&*self.node, &now],
+                &format!(
+                    "INSERT INTO nodes (name, started_at, last_heartbeat, in_flight)
+                     VALUES ($1, {DB_NOW}, {DB_NOW},
+                             (SELECT count(*) FROM jobs WHERE state = 'sending' AND node = $1))
+                     ON CONFLICT (name) DO UPDATE
+                     SET last_heartbeat = excluded.last_heartbeat, in_flight = excluded.in_flight"
+                ),
+                &[&&*self.node],
             )
             .await
             .map_err(pg_error(during))?;
@@ -155,8 +211,15 @@ impl Queue {
     ) {
         let beating = async {
             let mut stop = stop.clone();
-            let mut ticks = tokio::time::interval(BEAT);
+            // A lease is renewed well before it runs out, however short:
+            // renewed only once per lease, it would run out for a moment
+            // before each renewal, and another node could take the job.
+            let period = BEAT.min(Duration::from_millis(self.lease_ms.max(3) as u64 / 3));
+            let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
+            // Since when this upkeep has reached PostgreSQL without a break.
+            let mut reached_since = Some(tokio::time::Instant::now());
             while !*stop.borrow() {
                 tokio::select! {
                     _ = stop.changed() => continue,
@@ -164,8 +227,16 @@ impl Queue {
                 }
                 let now = clock.wall();
                 let result = async {
-                    self.beat(now).await?;
-                    self.renew(now).await?;
+                    self.beat().await?;
+                    self.renew().await?;
+                    // After an outage every claim's lease looks run out,
+                    // yet the nodes holding them live, and renew within a
+                    // beat of the server's return: others' claims are taken
+                    // only once this node has reached it for a whole lease.
+                    let since = *reached_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < lease {
+                        return Ok(());
+                    }
                     let recovered = self.recover(&calendar(), now, false).await?;
                     log_recovered(&recovered, "its node's lease ran out");
                     if !recovered.is_empty() {
@@ -174,6 +245,9 @@ impl Queue {
                     Ok(())
                 }
                 .await;
+                if result.is_err() {
+                    reached_since = None;
+                }
                 report(result);
             }
         };
@@ -237,14 +311,7 @@ impl Queue {
             .map_err(pg_error(during))?
             .get(0);
         if !taken {
-            return Err(StoreError::Postgres {
-                during,
-                detail: format!(
-                    "another daemon is running as node {:?} on this database; give each node \
-                     its own node.name",
-                    &*self.node
-                ),
-            });
+            return Err(name_taken(&self.node));
         }
         client
             .execute(
@@ -261,6 +328,17 @@ impl Queue {
             _client: client,
             notices,
         })
+    }
+}
+
+/// The refusal of a name another daemon runs under.
+fn name_taken(node: &str) -> StoreError {
+    StoreError::Postgres {
+        during: "listening for due jobs",
+        detail: format!(
+            "another daemon is running as node {node:?} on this database; give each node its \
+             own node.name"
+        ),
     }
 }
 

@@ -28,7 +28,7 @@ const RATE_LOCK: i64 = 0x436f_6178_0000_0005;
 /// The database's clock in milliseconds since the epoch: every node reads
 /// a shared pause's end and the bucket's time by it, so neither a node's
 /// clock step nor clocks that disagree stretch or cut a pause.
-const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// Puts a pause of `kind` lasting `left` in force for every node, in `tx`,
 /// unless one of its kind ends later already.

@@ -13,6 +13,7 @@ use super::delivery::next_due_in;
 use super::delivery_rows::{DUE_COLUMNS, bad_state_reason, quarantine, read_due};
 use super::pg_error;
 use super::queue::Queue;
+use super::shared::DB_NOW;
 use crate::job::State;
 use crate::store::deferral::{Report, Settled};
 use crate::store::prune::FINISHED_STATES;
@@ -37,7 +38,7 @@ const SWEPT: [&str; 2] = ["scheduled", "held"];
 impl Queue {
     /// Counts per state, deferred jobs, the next due time, and the live
     /// nodes.
-    pub async fn summary(&self, now: Millis) -> Result<Summary, StoreError> {
+    pub async fn summary(&self, _now: Millis) -> Result<Summary, StoreError> {
         let during = "counting jobs";
         let (kept, nodes, next_due) = {
             let mut client = self.pool.get().await?;
@@ -50,12 +51,16 @@ impl Queue {
                 .await
                 .map_err(pg_error(during))?;
             let kept = counts::read(&tx).await?;
+            // Heartbeats are the database's time (see `Queue::beat`).
             let rows = tx
                 .query(
-                    "SELECT n.name, n.last_heartbeat,
-                            (SELECT count(*) FROM jobs WHERE state = 'sending' AND node = n.name)
-                     FROM nodes n WHERE n.last_heartbeat >= $1 ORDER BY n.name",
-                    &[&now.saturating_sub(self.lease_ms)],
+                    &format!(
+                        "SELECT n.name, n.last_heartbeat,
+                                (SELECT count(*) FROM jobs
+                                 WHERE state = 'sending' AND node = n.name)
+                         FROM nodes n WHERE n.last_heartbeat >= {DB_NOW} - $1 ORDER BY n.name"
+                    ),
+                    &[&self.lease_ms],
                 )
                 .await
                 .map_err(pg_error(during))?;
