@@ -9,6 +9,7 @@
 
 use super::deferral::{DUE_COLUMNS, read_due, set_aside, settle};
 use super::pg_error;
+use super::pool::Tx;
 use crate::job::{After, LATEST, NewJob, State};
 use crate::protocol::Lookup;
 use crate::store::StoreError;
@@ -16,14 +17,13 @@ use crate::store::chain::{MAX_CHILDREN, UnknownParent};
 use crate::store::deferral::Report;
 use crate::time::Millis;
 use crate::window::Calendar;
-use tokio_postgres::Transaction;
 
 /// The first job of `jobs` whose parent is neither stored nor, by key, a
 /// job earlier in the same batch (or whose parent has [`MAX_CHILDREN`]
 /// follow-ups already), as SQLite's `chain::unknown_parent`. Checked
 /// before anything is written, so a refused batch leaves nothing behind.
 pub(super) async fn unknown_parent(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     jobs: &[NewJob],
 ) -> Result<Option<UnknownParent>, StoreError> {
     for (index, job) in jobs.iter().enumerate() {
@@ -61,7 +61,7 @@ pub(super) async fn unknown_parent(
 }
 
 /// How many follow-ups job `id` has, waiting or not.
-async fn children(tx: &Transaction<'_>, id: i64) -> Result<i64, StoreError> {
+async fn children(tx: &Tx<'_>, id: i64) -> Result<i64, StoreError> {
     let during = "counting a parent's follow-ups";
     tx.query_one("SELECT count(*) FROM jobs WHERE parent_id = $1", &[&id])
         .await
@@ -70,7 +70,7 @@ async fn children(tx: &Transaction<'_>, id: i64) -> Result<i64, StoreError> {
 }
 
 /// The id of the job `lookup` names.
-async fn find(tx: &Transaction<'_>, lookup: &Lookup) -> Result<Option<i64>, StoreError> {
+async fn find(tx: &Tx<'_>, lookup: &Lookup) -> Result<Option<i64>, StoreError> {
     let during = "finding a follow-up's parent";
     let row = match lookup {
         Lookup::Id(id) => {
@@ -92,7 +92,7 @@ async fn find(tx: &Transaction<'_>, lookup: &Lookup) -> Result<Option<i64>, Stor
 /// nothing); a state that is not a state is set aside on the spot, as
 /// SQLite's quarantine does, so the job is then `failed`.
 pub(super) async fn current_state(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     lock: &str,
     now: Millis,
@@ -122,7 +122,7 @@ pub(super) async fn current_state(
 /// or at once what its parent's end implies when the parent has already
 /// ended. Returns its state then.
 pub(super) async fn attach(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,
     after: &After,
@@ -163,7 +163,7 @@ pub(super) async fn attach(
 
 /// When job `id` was sent: the end of its `sent` attempt (its last update
 /// if its history has none, after a hand edit).
-async fn sent_at(tx: &Transaction<'_>, id: i64) -> Result<Millis, StoreError> {
+async fn sent_at(tx: &Tx<'_>, id: i64) -> Result<Millis, StoreError> {
     let during = "reading when a parent was sent";
     let row = tx
         .query_one(
@@ -185,7 +185,7 @@ async fn sent_at(tx: &Transaction<'_>, id: i64) -> Result<Millis, StoreError> {
 /// `failed`, `expired` and `cancelled` cancel every waiting descendant;
 /// any other state leaves them waiting.
 pub(super) async fn parent_ended(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     parent: i64,
     state: State,
@@ -209,7 +209,7 @@ pub(super) async fn parent_ended(
 /// ended; how many. As SQLite's `chain::cancel_descendants`: a list, not
 /// recursion, so a chain of any depth costs no stack.
 pub(super) async fn cancel_descendants(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     parent: i64,
     how: State,
     now: Millis,
@@ -221,7 +221,7 @@ pub(super) async fn cancel_descendants(
 /// `how`: one statement per generation, however many parents (a cancel
 /// by tag of 20,000 jobs would otherwise make 20,000 round trips).
 pub(super) async fn cancel_descendants_of(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     parents: Vec<i64>,
     how: State,
     now: Millis,
@@ -258,7 +258,7 @@ pub(super) async fn cancel_descendants_of(
 /// row that cannot be read is set aside. Wakes the nodes when one is
 /// scheduled.
 async fn release(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     parent: i64,
     sent_at: Millis,

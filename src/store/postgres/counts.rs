@@ -69,7 +69,7 @@ impl Queue {
     pub async fn fold_counts(&self) -> Result<u64, StoreError> {
         let during = "folding the counts per state";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let ours: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&FOLD_LOCK])
             .await
@@ -105,13 +105,13 @@ impl Queue {
     ) -> Result<(Vec<Recount>, Option<(i64, i64)>), StoreError> {
         let during = "recounting jobs";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // Every change of a job's state appends here, so other nodes'
         // changes wait (and none is half counted) until the recount commits.
         tx.batch_execute("LOCK TABLE job_counts IN EXCLUSIVE MODE")
             .await
             .map_err(pg_error(during))?;
-        let kept = read(&tx).await?;
+        let kept = read(tx.inner()).await?;
         let rows = tx
             .query(
                 "SELECT state, state = 'scheduled' AND due_at > scheduled_at, count(*)

@@ -5,13 +5,14 @@
 //! quarantine does.
 
 use super::pg_error;
+use super::pool::Tx;
 use crate::job::{Kind, State, is_channel, is_enquiry_id};
 use crate::store::StoreError;
 use crate::store::deferral::{Report, Settled, Timing};
 use crate::store::view::{MAX_TEXT_BYTES, bounded};
 use crate::time::{self, Millis};
 use crate::window::{Calendar, HORIZON_DAYS, Plan};
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::Row;
 
 /// The search horizon for an opening, in milliseconds.
 const HORIZON_MS: Millis = HORIZON_DAYS * 86_400_000;
@@ -20,7 +21,7 @@ const HORIZON_MS: Millis = HORIZON_DAYS * 86_400_000;
 /// expires or holds it), as SQLite's `deferral::settle`: a deferral is
 /// logged once, when `due_at` moves.
 pub(super) async fn settle(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     t: &Timing<'_>,
     now: Millis,
@@ -122,7 +123,7 @@ pub(super) async fn settle(
     }
 }
 
-async fn set_due(tx: &Transaction<'_>, id: i64, due_at: Millis) -> Result<(), StoreError> {
+async fn set_due(tx: &Tx<'_>, id: i64, due_at: Millis) -> Result<(), StoreError> {
     tx.execute("UPDATE jobs SET due_at = $2 WHERE id = $1", &[&id, &due_at])
         .await
         .map_err(pg_error("setting a job's due time"))?;
@@ -132,7 +133,7 @@ async fn set_due(tx: &Transaction<'_>, id: i64, due_at: Millis) -> Result<(), St
 /// Moves job `id` to `expired` with `reason`, and cancels its waiting
 /// followers with it: every path that expires a job comes here.
 pub(super) async fn expire(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     reason: &str,
     now: Millis,
@@ -147,7 +148,7 @@ pub(super) async fn expire(
     Ok(())
 }
 
-async fn hold(tx: &Transaction<'_>, id: i64, reason: &str, now: Millis) -> Result<(), StoreError> {
+async fn hold(tx: &Tx<'_>, id: i64, reason: &str, now: Millis) -> Result<(), StoreError> {
     tracing::warn!(job_id = id, reason, "held a job its window cannot place");
     tx.execute(
         "UPDATE jobs SET state = 'held', last_error = $2, updated_at = $3 WHERE id = $1",
@@ -243,7 +244,7 @@ pub(super) fn read_due(r: &Row) -> Result<Result<Due, (i64, String)>, tokio_post
 /// Moves job `id` to `failed`, naming what is wrong with its row, and
 /// cancels its waiting followers, as SQLite's quarantine does.
 pub(super) async fn set_aside(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     reason: &str,
     now: Millis,
@@ -271,7 +272,7 @@ pub(super) async fn set_aside(
 /// taken as `at` when given (as SQLite's `delivery::settle_row`); `None`
 /// when it is not scheduled or was set aside.
 pub(super) async fn settle_row(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,
     at: Option<Millis>,

@@ -12,6 +12,7 @@
 use super::deferral::settle;
 use super::delivery_rows::{DUE_COLUMNS, followers_move_on, quarantine, read_due};
 use super::pg_error;
+use super::pool::Tx;
 use super::queue::{Queue, notify_due};
 use super::shared::DB_NOW;
 use crate::config::OnAmbiguous;
@@ -23,7 +24,6 @@ use crate::store::{Claimed, ClaimedJob, Finish, PauseKind, Recovered, StoreError
 use crate::time::Millis;
 use crate::window::Calendar;
 use std::time::Duration;
-use tokio_postgres::Transaction;
 
 impl Queue {
     /// Moves up to `limit` jobs due at `now` to `sending`, each this
@@ -37,7 +37,7 @@ impl Queue {
         let during = "claiming due jobs";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // Rows another node is claiming (or a cancel is changing) are
         // passed over, not waited for: each node takes its own.
         let rows = tx
@@ -143,7 +143,7 @@ impl Queue {
     ) -> Result<(), StoreError> {
         let during = "recording an attempt";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         if let Some(share) = share {
             super::shared::put_pause(&tx, share, &self.node).await?;
         }
@@ -279,7 +279,7 @@ impl Queue {
                        sent; no attempts left";
         let during = "recovering interrupted sends";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // A claim with no lease (a job imported in `sending`) holds none.
         // Leases run by the database's clock (see `claim`).
         let rows = tx
@@ -375,7 +375,7 @@ impl Queue {
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         let mut client = self.pool.get().await?;
         let during = "finding the next due job";
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let next = next_due_in(&tx).await?;
         tx.commit().await.map_err(pg_error(during))?;
         Ok(next)
@@ -383,7 +383,7 @@ impl Queue {
 }
 
 /// The earliest `due_at` among scheduled jobs, as `tx` sees them.
-pub(super) async fn next_due_in(tx: &Transaction<'_>) -> Result<Option<Millis>, StoreError> {
+pub(super) async fn next_due_in(tx: &Tx<'_>) -> Result<Option<Millis>, StoreError> {
     tx.query_one(
         "SELECT min(due_at) FROM jobs WHERE state = 'scheduled'",
         &[],
@@ -396,7 +396,7 @@ pub(super) async fn next_due_in(tx: &Transaction<'_>) -> Result<Option<Millis>, 
 /// Moves job `id` to `expired` with `reason`, and cancels its waiting
 /// followers with it, as SQLite's `deferral::expire`.
 async fn expire(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,
     reason: &str,
@@ -418,7 +418,7 @@ async fn expire(
 /// quarantined. `None` when the job is gone or not scheduled. As SQLite's
 /// `delivery::settle_row`, with `scheduled_at` already written.
 async fn settle_row(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,
     now: Millis,

@@ -7,13 +7,14 @@
 //! one, attempts out of range, or a payload that is not a JSON object.
 
 use super::pg_error;
+use super::pool::Tx;
 use crate::job::{Kind, State, is_channel, is_enquiry_id};
 use crate::store::delivery::ClaimedJob;
 use crate::store::{StoreError, view};
 use crate::time::Millis;
 use crate::window::Calendar;
 use serde_json::{Map, Value};
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::Row;
 
 /// The columns [`read_due`] expects, in order.
 pub(super) const DUE_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, attempts, \
@@ -84,7 +85,7 @@ fn payload(text: &str) -> Result<Map<String, Value>, String> {
 /// Moves job `id` to `failed`, naming what is wrong with its row, and
 /// cancels its waiting followers with it, as SQLite's quarantine does.
 pub(super) async fn quarantine(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     id: i64,
     reason: &str,
     now: Millis,
@@ -118,7 +119,7 @@ pub(super) fn bad_state_reason(stored: &str) -> String {
 }
 
 /// Whether job `id` has follow-ups (a seek on `jobs_by_parent`).
-async fn has_followers(tx: &Transaction<'_>, id: i64) -> Result<bool, StoreError> {
+async fn has_followers(tx: &Tx<'_>, id: i64) -> Result<bool, StoreError> {
     let row = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE parent_id = $1)",
@@ -134,7 +135,7 @@ async fn has_followers(tx: &Transaction<'_>, id: i64) -> Result<bool, StoreError
 /// (`scheduled` and `held` leave them waiting), and a job without any is
 /// passed over at the cost of one index seek.
 pub(super) async fn followers_move_on(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,
     state: State,

@@ -12,6 +12,7 @@
 
 use super::chain::{self, current_state};
 use super::deferral::{settle, settle_row};
+use super::pool::Tx;
 use super::queue::{Queue, notify_due};
 use super::{pg_error, view};
 use crate::job::{NewJob, State};
@@ -21,7 +22,6 @@ use crate::store::{Lookup, Refusal, StoreError, UnknownParent};
 use crate::time::{self, Millis};
 use crate::window::{Calendar, Plan};
 use serde_json::Value;
-use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 impl Queue {
@@ -37,7 +37,7 @@ impl Queue {
     ) -> Result<Result<Vec<Enqueued>, UnknownParent>, StoreError> {
         let during = "enqueueing";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         if check_parents && let Some(unknown) = chain::unknown_parent(&tx, &jobs).await? {
             return Ok(Err(unknown));
         }
@@ -59,9 +59,7 @@ impl Queue {
         // and a finish committed between them would show a `sending` job
         // whose attempt has ended.
         let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
+            .begin_with(tokio_postgres::IsolationLevel::RepeatableRead, false)
             .await
             .map_err(pg_error(during))?;
         let view = view::get(&tx, calendar, &lookup, now).await?;
@@ -79,7 +77,7 @@ impl Queue {
     ) -> Result<Result<(JobView, u64), Refusal>, StoreError> {
         let during = "cancelling a job";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let view = change(
             &tx,
             calendar,
@@ -114,7 +112,7 @@ impl Queue {
     ) -> Result<Result<JobView, Refusal>, StoreError> {
         let during = "rescheduling a job";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let row = tx
             .query_opt(
                 "SELECT expires_at, kind, timezone, send_window FROM jobs WHERE id = $1
@@ -174,7 +172,7 @@ impl Queue {
     ) -> Result<Result<JobView, Refusal>, StoreError> {
         let during = "requeueing a job";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let view = change(
             &tx,
             calendar,
@@ -197,7 +195,7 @@ impl Queue {
 /// `scheduled` (and wakes the nodes); then returns the job as it now is.
 /// As SQLite's `changes::change`.
 async fn change(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,
     from: &[State],
@@ -238,7 +236,7 @@ const KEY_LOCK_CLASS: i32 = 0x436f_6179;
 /// follows; a job whose key is taken is not stored, and its answer
 /// describes the job that holds the key.
 pub(super) async fn enqueue_in(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     jobs: &[NewJob],
     now: Millis,
@@ -260,17 +258,13 @@ pub(super) async fn enqueue_in(
     // A key already taken is looked for first: ON CONFLICT alone would
     // use up an id from the sequence for each duplicate, so that ids
     // would skip where SQLite's do not. It still settles a race.
-    let insert = tx
-        .prepare(
-            "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
+    let insert =
+        "INSERT INTO jobs (key, kind, channel, enquiry_id, scheduled_at, state, created_at,
                                updated_at, payload, expires_at, due_at, timezone, send_window, tags)
              SELECT $1, $2, $3, $4, $5, 'scheduled', $6, $6, $7, $8, $5, $9, $10, $11
              WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE key = $1)
              ON CONFLICT (key) DO NOTHING
-             RETURNING id",
-        )
-        .await
-        .map_err(pg_error(during))?;
+             RETURNING id";
     let mut out = Vec::with_capacity(jobs.len());
     let mut scheduled = false;
     for job in jobs {
@@ -280,7 +274,7 @@ pub(super) async fn enqueue_in(
         });
         let id: Option<i64> = tx
             .query_opt(
-                &insert,
+                insert,
                 &[
                     &job.key,
                     &job.kind.as_str(),
@@ -331,7 +325,7 @@ pub(super) async fn enqueue_in(
                     Settled::Expired => (State::Expired, None),
                     Settled::Held => (State::Held, None),
                 };
-                scheduled |= state == State::Scheduled;
+                scheduled |= due_at.is_some_and(|at| at <= now.saturating_add(WAKE_HORIZON_MS));
                 Enqueued {
                     id,
                     state,
@@ -357,8 +351,16 @@ pub(super) async fn enqueue_in(
     Ok(out)
 }
 
+/// How soon a new job must fall due for an enqueue to wake the other
+/// nodes. PostgreSQL takes one lock for every committing transaction that
+/// notifies, so notifying on each enqueue would commit enqueues one at a
+/// time; a job due later than this is found by every node's own polls
+/// (each sleeps at most `dispatch.poll_interval`), and the enqueuing
+/// node's dispatcher is woken without a notification anyway.
+const WAKE_HORIZON_MS: Millis = 60_000;
+
 /// The answer for a job whose key `key` is taken: the job that holds it.
-async fn duplicate(tx: &Transaction<'_>, key: &str, now: Millis) -> Result<Enqueued, StoreError> {
+async fn duplicate(tx: &Tx<'_>, key: &str, now: Millis) -> Result<Enqueued, StoreError> {
     let during = "looking up a duplicate key";
     let row = tx
         .query_one(
@@ -385,11 +387,7 @@ async fn duplicate(tx: &Transaction<'_>, key: &str, now: Millis) -> Result<Enque
 
 /// The answer for follow-up `id`, just stored in `state`: its times as
 /// its parent's end set them (while `waiting`, the earliest it could be).
-async fn follow_up_answer(
-    tx: &Transaction<'_>,
-    id: i64,
-    state: State,
-) -> Result<Enqueued, StoreError> {
+async fn follow_up_answer(tx: &Tx<'_>, id: i64, state: State) -> Result<Enqueued, StoreError> {
     let during = "enqueueing a follow-up";
     let row = tx
         .query_one(

@@ -12,6 +12,7 @@
 //! deadlock.
 
 use super::deferral::{DUE_COLUMNS, expire, read_due, set_aside, settle};
+use super::pool::Tx;
 use super::queue::{Queue, notify_due};
 use super::{pg_error, view};
 use crate::job::{LATEST, State};
@@ -62,9 +63,7 @@ impl Queue {
         let during = "listing jobs";
         let mut client = self.pool.get().await?;
         let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .start()
+            .begin_with(IsolationLevel::RepeatableRead, false)
             .await
             .map_err(pg_error(during))?;
         let order = match from.order {
@@ -149,7 +148,7 @@ impl Queue {
     ) -> Result<(u64, u64), StoreError> {
         let during = "cancelling jobs by tag";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         lock_with_followers(&tx, &tag, &["scheduled", "held", "waiting"], during).await?;
         let rows = tx
             .query(
@@ -189,7 +188,7 @@ impl Queue {
     ) -> Result<Result<Moved, i64>, StoreError> {
         let during = "rescheduling jobs by tag";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // A job moved past its expiry cancels its followers.
         lock_with_followers(&tx, &tag, &["scheduled"], during).await?;
         let rows = tx
@@ -263,7 +262,7 @@ impl Queue {
 /// deadlock's victim; in id order, as every other change that locks
 /// several jobs, one waits for the other.
 async fn lock_with_followers(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &Tx<'_>,
     tag: &str,
     states: &[&str],
     during: &'static str,

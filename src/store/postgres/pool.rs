@@ -15,24 +15,32 @@
 
 use super::{StoreError, connect};
 use crate::config::PostgresConfig;
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, IsolationLevel, Row, Statement, Transaction};
+
+/// A connection and the statements prepared on it, by their text.
+struct Conn {
+    client: Client,
+    prepared: Mutex<HashMap<String, Statement>>,
+}
 
 /// The pool. Cheap to clone.
 #[derive(Clone)]
 pub struct Pool {
     config: Arc<PostgresConfig>,
-    idle: Arc<Mutex<Vec<Client>>>,
+    idle: Arc<Mutex<Vec<Conn>>>,
     permits: Arc<Semaphore>,
 }
 
 /// A connection taken from the pool; it goes back when dropped, unless it
 /// has broken.
 pub struct Pooled {
-    client: Option<Client>,
-    idle: Arc<Mutex<Vec<Client>>>,
+    conn: Option<Conn>,
+    idle: Arc<Mutex<Vec<Conn>>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -65,16 +73,19 @@ impl Pool {
                 Err(poisoned) => poisoned.into_inner().pop(),
             };
             match next {
-                Some(client) if client.is_closed() => continue,
+                Some(conn) if conn.client.is_closed() => continue,
                 other => break other,
             }
         };
-        let client = match reused {
-            Some(client) => client,
-            None => connect(&self.config).await?,
+        let conn = match reused {
+            Some(conn) => conn,
+            None => Conn {
+                client: connect(&self.config).await?,
+                prepared: Mutex::new(HashMap::new()),
+            },
         };
         Ok(Pooled {
-            client: Some(client),
+            conn: Some(conn),
             idle: self.idle.clone(),
             _permit: permit,
         })
@@ -89,30 +100,145 @@ impl Pool {
     }
 }
 
+impl Pooled {
+    fn conn(&mut self) -> &mut Conn {
+        // Only Drop takes the connection out.
+        self.conn.as_mut().unwrap_or_else(|| unreachable!())
+    }
+
+    /// Starts a transaction at READ COMMITTED.
+    pub async fn begin(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
+        self.begin_with(IsolationLevel::ReadCommitted, false).await
+    }
+
+    /// Starts a transaction at `level`, read-only or not.
+    pub async fn begin_with(
+        &mut self,
+        level: IsolationLevel,
+        read_only: bool,
+    ) -> Result<Tx<'_>, tokio_postgres::Error> {
+        let Conn { client, prepared } = self.conn();
+        let tx = client
+            .build_transaction()
+            .isolation_level(level)
+            .read_only(read_only)
+            .start()
+            .await?;
+        Ok(Tx { tx, prepared })
+    }
+}
+
 impl Deref for Pooled {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        // Only Drop takes the client out.
-        self.client.as_ref().unwrap_or_else(|| unreachable!())
+        // Only Drop takes the connection out.
+        &self.conn.as_ref().unwrap_or_else(|| unreachable!()).client
     }
 }
 
 impl DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().unwrap_or_else(|| unreachable!())
+        &mut self.conn().client
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take()
-            && !client.is_closed()
+        if let Some(conn) = self.conn.take()
+            && !conn.client.is_closed()
         {
             match self.idle.lock() {
-                Ok(mut idle) => idle.push(client),
-                Err(poisoned) => poisoned.into_inner().push(client),
+                Ok(mut idle) => idle.push(conn),
+                Err(poisoned) => poisoned.into_inner().push(conn),
             }
         }
     }
 }
+
+/// A transaction whose statements are prepared once per connection: the
+/// server parses and plans each text once, and each later use is one
+/// round trip instead of two.
+pub struct Tx<'a> {
+    tx: Transaction<'a>,
+    prepared: &'a Mutex<HashMap<String, Statement>>,
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    /// `sql` prepared on this connection, from the cache or now.
+    async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cached = match self.prepared.lock() {
+            Ok(prepared) => prepared.get(sql).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(sql).cloned(),
+        };
+        if let Some(statement) = cached {
+            return Ok(statement);
+        }
+        let statement = self.tx.prepare(sql).await?;
+        let mut prepared = match self.prepared.lock() {
+            Ok(prepared) => prepared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Texts built with values in them would grow the cache without
+        // bound; the store's are a fixed few, so a full cache is a bug to
+        // survive, not to grow.
+        if prepared.len() < MAX_PREPARED {
+            prepared.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
+    }
+
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.tx.query(&statement, params).await
+    }
+
+    pub async fn query_one(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.tx.query_one(&statement, params).await
+    }
+
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.tx.query_opt(&statement, params).await
+    }
+
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql).await?;
+        self.tx.execute(&statement, params).await
+    }
+
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.tx.batch_execute(sql).await
+    }
+
+    pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.tx.commit().await
+    }
+
+    /// The transaction itself, for what takes any client.
+    pub fn inner(&self) -> &Transaction<'_> {
+        &self.tx
+    }
+}
+
+/// The most statements one connection keeps prepared.
+const MAX_PREPARED: usize = 512;

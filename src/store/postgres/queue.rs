@@ -23,7 +23,7 @@
 //!   name lock, so that two daemons cannot run under one name. A node that
 //!   dies lets both go with its connection.
 
-use super::pool::Pool;
+use super::pool::{Pool, Tx};
 use super::shared::DB_NOW;
 use super::{StoreError, pg_error, schema};
 use crate::config::{OnAmbiguous, PostgresConfig};
@@ -367,7 +367,7 @@ pub(crate) fn log_recovered(recovered: &[Recovered], why: &str) {
 /// due, at `tx`'s commit: call it in any transaction that makes a job
 /// `scheduled` or moves a scheduled job's due time earlier. PostgreSQL
 /// sends one notification per transaction however often it is called.
-pub(super) async fn notify_due(tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+pub(super) async fn notify_due(tx: &Tx<'_>) -> Result<(), StoreError> {
     tx.execute("SELECT pg_notify($1, '')", &[&DUE_CHANNEL])
         .await
         .map_err(pg_error("waking the other nodes"))?;

@@ -8,6 +8,7 @@
 //! read with SQLite's own [`parse`] and [`shown`], so it is shown, and set
 //! aside when met due, exactly as there.
 
+use super::pool::Tx;
 use super::queue::{Queue, notify_due};
 use super::{StoreError, pg_error};
 use crate::protocol::Enqueued;
@@ -19,7 +20,6 @@ use crate::time::Millis;
 use crate::transfer::Cell;
 use crate::window::Calendar;
 use serde_json::Value;
-use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 /// A row as read, with the values that identify it as stored, so that an
@@ -55,7 +55,7 @@ fn read(row: &tokio_postgres::Row) -> Result<Read, tokio_postgres::Error> {
 
 /// The rows `filter` picks, with `args`.
 async fn select(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     filter: &str,
     args: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Read>, StoreError> {
@@ -71,7 +71,7 @@ async fn select(
 
 /// A schedule's newest occurrences: its tag's newest jobs, newest first
 /// (occurrences are created in time order, so by id).
-async fn recent(tx: &Transaction<'_>, name: &str) -> Result<Vec<Occurrence>, StoreError> {
+async fn recent(tx: &Tx<'_>, name: &str) -> Result<Vec<Occurrence>, StoreError> {
     let during = "reading a schedule's occurrences";
     let rows = tx
         .query(
@@ -95,7 +95,7 @@ async fn recent(tx: &Transaction<'_>, name: &str) -> Result<Vec<Occurrence>, Sto
 
 /// Each row with its recent occurrences.
 async fn with_recent(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     rows: Vec<Read>,
 ) -> Result<Vec<(Row, Vec<Occurrence>)>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
@@ -108,7 +108,7 @@ async fn with_recent(
 
 /// Stops a row that cannot be read from being due again, unless a put or
 /// a delete changed it since it was read; logs it once.
-async fn set_aside(tx: &Transaction<'_>, read: &Read, why: &str) -> Result<(), StoreError> {
+async fn set_aside(tx: &Tx<'_>, read: &Read, why: &str) -> Result<(), StoreError> {
     let changed = tx
         .execute(
             "UPDATE schedules SET next_at = NULL
@@ -137,7 +137,7 @@ impl Queue {
     ) -> Result<bool, StoreError> {
         let during = "putting a schedule";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // `xmax = 0` only on a row this statement inserted: an update
         // stamps the old version's xmax. Of two puts of a new name at
         // once, exactly one is told it is new.
@@ -175,7 +175,7 @@ impl Queue {
     ) -> Result<Option<(Row, Vec<Occurrence>)>, StoreError> {
         let during = "reading a schedule";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let rows = select(&tx, "WHERE name = $1", &[&name]).await?;
         let found = with_recent(&tx, rows).await?.pop();
         tx.commit().await.map_err(pg_error(during))?;
@@ -191,7 +191,7 @@ impl Queue {
     ) -> Result<Vec<(Row, Vec<Occurrence>)>, StoreError> {
         let during = "listing schedules";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = select(
             &tx,
@@ -219,7 +219,7 @@ impl Queue {
     pub async fn due_schedules(&self, now: Millis) -> Result<Vec<Stored>, StoreError> {
         let during = "reading due schedules";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let rows = select(
             &tx,
             r#"WHERE next_at <= $1 ORDER BY next_at, name COLLATE "C""#,
@@ -262,7 +262,7 @@ impl Queue {
     ) -> Result<Option<Vec<Enqueued>>, StoreError> {
         let during = "moving a schedule on";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // A second node firing the same schedule waits here for the first
         // to commit, then reads the moved next_at and writes nothing.
         let current = tx

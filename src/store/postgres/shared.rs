@@ -15,12 +15,12 @@
 //! lock, so that the nodes' sends together keep to the limit plus its
 //! burst (one second's worth, as each node's own bucket).
 
+use super::pool::Tx;
 use super::queue::Queue;
 use super::{StoreError, pg_error};
 use crate::config::RateLimit;
 use crate::store::{Allowance, PauseKind, SharedPause};
 use std::time::Duration;
-use tokio_postgres::Transaction;
 
 /// The advisory lock key taken while the shared bucket is read and spent.
 const RATE_LOCK: i64 = 0x436f_6178_0000_0005;
@@ -33,7 +33,7 @@ pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000):
 /// Puts a pause of `kind` lasting `left` in force for every node, in `tx`,
 /// unless one of its kind ends later already.
 pub(super) async fn put_pause(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     (kind, left, reason): (PauseKind, Duration, &str),
     node: &str,
 ) -> Result<(), StoreError> {
@@ -79,7 +79,7 @@ impl Queue {
     ) -> Result<Allowance, StoreError> {
         let during = "reading the shared pauses and rate limit";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let paused = tx
             .query_opt(
                 &format!(

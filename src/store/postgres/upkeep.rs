@@ -44,13 +44,10 @@ impl Queue {
             let mut client = self.pool.get().await?;
             // One snapshot: the counts and the next due time agree.
             let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
+                .begin_with(tokio_postgres::IsolationLevel::RepeatableRead, true)
                 .await
                 .map_err(pg_error(during))?;
-            let kept = counts::read(&tx).await?;
+            let kept = counts::read(tx.inner()).await?;
             // Heartbeats are the database's time (see `Queue::beat`).
             let rows = tx
                 .query(
@@ -144,7 +141,7 @@ impl Queue {
     ) -> Result<Option<(Pruned, Option<(Millis, i64)>)>, StoreError> {
         let during = "pruning finished jobs";
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let ours: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
             .await
@@ -259,7 +256,7 @@ impl Queue {
             ""
         };
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         let rows = tx
             .query(
                 &format!(
@@ -318,7 +315,7 @@ impl Queue {
         let known: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
         let swept: Vec<&str> = SWEPT.to_vec();
         let mut client = self.pool.get().await?;
-        let tx = client.transaction().await.map_err(pg_error(during))?;
+        let tx = client.begin().await.map_err(pg_error(during))?;
         // A range of the primary key: its pages in order, at most `span`
         // rows, however the jobs' due times are spread. Jobs another call
         // holds are passed over: it is moving them on.

@@ -9,6 +9,7 @@
 
 use super::chain::current_state;
 use super::pg_error;
+use super::pool::Tx;
 use crate::job::{MAX_TAGS, State};
 use crate::protocol::{AttemptView, JobView, Lookup, MAX_CHILDREN_SHOWN};
 use crate::store::StoreError;
@@ -20,7 +21,7 @@ use crate::store::view::{
 use crate::time::{self, Millis};
 use crate::window::Calendar;
 use serde_json::value::RawValue;
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::Row;
 
 /// The columns [`read`] expects, in order (as SQLite's).
 pub(super) const JOB_COLUMNS: &str = "id, key, kind, channel, enquiry_id, scheduled_at, state, \
@@ -38,7 +39,7 @@ enum Read {
 /// and window that govern it; as SQLite's `queries::get`. A row whose
 /// state is not a state is set aside on the spot and shown as it then is.
 pub(super) async fn get(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     calendar: &Calendar,
     lookup: &Lookup,
     now: Millis,
@@ -64,7 +65,7 @@ pub(super) async fn get(
     }
 }
 
-async fn read_one(tx: &Transaction<'_>, lookup: &Lookup) -> Result<Option<Read>, StoreError> {
+async fn read_one(tx: &Tx<'_>, lookup: &Lookup) -> Result<Option<Read>, StoreError> {
     let during = "reading a job";
     let row = match lookup {
         Lookup::Id(id) => {
@@ -155,7 +156,7 @@ fn read(r: &Row) -> Result<Read, tokio_postgres::Error> {
 }
 
 /// The latest [`MAX_HISTORY`] tries of job `id`, oldest first.
-async fn history(tx: &Transaction<'_>, id: i64) -> Result<Vec<AttemptView>, StoreError> {
+async fn history(tx: &Tx<'_>, id: i64) -> Result<Vec<AttemptView>, StoreError> {
     let during = "reading attempt history";
     let rows = tx
         .query(
@@ -194,7 +195,7 @@ async fn history(tx: &Transaction<'_>, id: i64) -> Result<Vec<AttemptView>, Stor
 
 /// The ids of the jobs that follow job `id`, at most
 /// [`MAX_CHILDREN_SHOWN`], in the order enqueued.
-async fn children(tx: &Transaction<'_>, id: i64) -> Result<Vec<i64>, StoreError> {
+async fn children(tx: &Tx<'_>, id: i64) -> Result<Vec<i64>, StoreError> {
     let during = "reading a job's children";
     let rows = tx
         .query(
