@@ -59,28 +59,55 @@ pub(super) enum Report {
     Bulk,
 }
 
-/// Sets job `t.id`'s `due_at` from its window, judged at `now`, and logs a
-/// deferral once (when `due_at` moves). A job whose next opening is at or
+/// The change to a job's row that settling it comes to.
+pub(super) enum Change {
+    Keep,
+    SetDue(Millis),
+    /// To `expired`, with this reason.
+    Expire(String),
+    /// To `held`, with this reason.
+    Hold(String),
+}
+
+/// What settling a job against its window comes to, judged without the
+/// database, so that both stores settle alike: the verdict, the change to
+/// make, and the line to log once the change is made.
+pub(super) struct Verdict {
+    pub settled: Settled,
+    pub change: Change,
+    pub note: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Verdict {
+    fn new(settled: Settled, change: Change) -> Verdict {
+        Verdict {
+            settled,
+            change,
+            note: None,
+        }
+    }
+}
+
+/// Judges job `t`'s `due_at` against its window at `now`. A deferral is
+/// logged once (when `due_at` moves). A job whose next opening is at or
 /// after its expiry is expired; one whose zone or window the config no
 /// longer has, or whose window does not open again, is held. Settling
 /// anew in bulk leaves a job deferred to a point in its window's spread at
 /// that point while the window is open, so a reload inside an opening does
 /// not release the rest of its spread at once.
-pub(super) fn settle(
-    conn: &Connection,
-    calendar: &Calendar,
-    t: &Timing<'_>,
-    now: Millis,
-    report: Report,
-) -> Result<Settled, StoreError> {
+pub(super) fn judge(calendar: &Calendar, t: &Timing<'_>, now: Millis, report: Report) -> Verdict {
     let rule = match calendar.rule(t.timezone, t.window, t.kind) {
         Ok(rule) => rule,
         Err(e) => {
             let reason = format!("held: {e}; requeue it once the config has it, or cancel it");
-            hold(conn, t.id, &reason, now)?;
-            return Ok(Settled::Held);
+            return Verdict::new(Settled::Held, Change::Hold(reason));
         }
     };
+    let (id, zone, window) = (
+        t.id,
+        rule.zone_name().to_owned(),
+        rule.window_name().to_owned(),
+    );
     match rule.plan(t.id, t.scheduled_at, now) {
         Plan::Due
             if report == Report::Bulk
@@ -89,47 +116,49 @@ pub(super) fn settle(
                 && t.due_at - now <= rule.spread_ms()
                 && rule.is_open(t.due_at) =>
         {
-            Ok(Settled::Deferred(t.due_at))
+            Verdict::new(Settled::Deferred(t.due_at), Change::Keep)
         }
-        Plan::Due => {
-            if t.due_at != t.scheduled_at {
-                set_due(conn, t.id, t.scheduled_at)?;
-            }
-            Ok(Settled::Due)
+        Plan::Due if t.due_at != t.scheduled_at => {
+            Verdict::new(Settled::Due, Change::SetDue(t.scheduled_at))
         }
+        Plan::Due => Verdict::new(Settled::Due, Change::Keep),
         Plan::Deferred { opening, due_at } => {
             if let Some(expiry) = t.expires_at.filter(|e| opening >= *e) {
                 let reason = format!(
-                    "expired: window {} in {} next opens at {}, at or after its expiry {}",
-                    rule.window_name(),
-                    rule.zone_name(),
+                    "expired: window {window} in {zone} next opens at {}, at or after its expiry {}",
                     time::format(opening),
                     time::format(expiry)
                 );
-                expire(conn, t.id, &reason, now)?;
-                tracing::info!(
-                    job_id = t.id,
-                    timezone = rule.zone_name(),
-                    window = rule.window_name(),
-                    opening = %time::format(opening),
-                    expires_at = %time::format(expiry),
-                    "expired: its window opens only at or after its expiry"
-                );
-                return Ok(Settled::Expired);
+                let note = move || {
+                    tracing::info!(
+                        job_id = id,
+                        timezone = zone,
+                        window,
+                        opening = %time::format(opening),
+                        expires_at = %time::format(expiry),
+                        "expired: its window opens only at or after its expiry"
+                    )
+                };
+                return Verdict {
+                    note: Some(Box::new(note)),
+                    ..Verdict::new(Settled::Expired, Change::Expire(reason))
+                };
             }
             // The spread must not carry a job past its expiry.
             let due_at = match t.expires_at {
                 Some(expiry) if due_at >= expiry => opening,
                 _ => due_at,
             };
-            if due_at != t.due_at {
-                set_due(conn, t.id, due_at)?;
+            if due_at == t.due_at {
+                return Verdict::new(Settled::Deferred(due_at), Change::Keep);
+            }
+            let note = move || {
                 macro_rules! deferred {
                     ($level:ident) => {
                         tracing::$level!(
-                            job_id = t.id,
-                            timezone = rule.zone_name(),
-                            window = rule.window_name(),
+                            job_id = id,
+                            timezone = zone,
+                            window,
                             opening = %time::format(opening),
                             due_at = %time::format(due_at),
                             "deferred to its window's next opening"
@@ -140,8 +169,11 @@ pub(super) fn settle(
                     Report::Each => deferred!(info),
                     Report::Bulk => deferred!(debug),
                 }
+            };
+            Verdict {
+                note: Some(Box::new(note)),
+                ..Verdict::new(Settled::Deferred(due_at), Change::SetDue(due_at))
             }
-            Ok(Settled::Deferred(due_at))
         }
         Plan::Never => {
             // Not open within the horizon: surely not before an expiry
@@ -149,24 +181,40 @@ pub(super) fn settle(
             let horizon = t.scheduled_at.max(now).saturating_add(HORIZON_MS);
             if let Some(expiry) = t.expires_at.filter(|e| *e <= horizon) {
                 let reason = format!(
-                    "expired: window {} in {} does not open again before its expiry {}",
-                    rule.window_name(),
-                    rule.zone_name(),
+                    "expired: window {window} in {zone} does not open again before its expiry {}",
                     time::format(expiry)
                 );
-                expire(conn, t.id, &reason, now)?;
-                return Ok(Settled::Expired);
+                return Verdict::new(Settled::Expired, Change::Expire(reason));
             }
             let reason = format!(
-                "held: window {} in {} does not open again within ten years (its holidays \
-                 keep it shut); requeue it once it does, or cancel it",
-                rule.window_name(),
-                rule.zone_name()
+                "held: window {window} in {zone} does not open again within ten years (its \
+                 holidays keep it shut); requeue it once it does, or cancel it"
             );
-            hold(conn, t.id, &reason, now)?;
-            Ok(Settled::Held)
+            Verdict::new(Settled::Held, Change::Hold(reason))
         }
     }
+}
+
+/// Settles job `t.id`'s `due_at` against its window at `now` (see
+/// [`judge`]), or expires or holds it.
+pub(super) fn settle(
+    conn: &Connection,
+    calendar: &Calendar,
+    t: &Timing<'_>,
+    now: Millis,
+    report: Report,
+) -> Result<Settled, StoreError> {
+    let verdict = judge(calendar, t, now, report);
+    match &verdict.change {
+        Change::Keep => {}
+        Change::SetDue(due_at) => set_due(conn, t.id, *due_at)?,
+        Change::Expire(reason) => expire(conn, t.id, reason, now)?,
+        Change::Hold(reason) => hold(conn, t.id, reason, now)?,
+    }
+    if let Some(note) = verdict.note {
+        note();
+    }
+    Ok(verdict.settled)
 }
 
 fn set_due(conn: &Connection, id: i64, due_at: Millis) -> Result<(), StoreError> {

@@ -8,18 +8,14 @@ use super::pg_error;
 use super::pool::Tx;
 use crate::job::{Kind, State, is_channel, is_enquiry_id};
 use crate::store::StoreError;
-use crate::store::deferral::{Report, Settled, Timing};
+use crate::store::deferral::{Change, Report, Settled, Timing, judge};
 use crate::store::view::{MAX_TEXT_BYTES, bounded};
-use crate::time::{self, Millis};
-use crate::window::{Calendar, HORIZON_DAYS, Plan};
+use crate::time::Millis;
+use crate::window::Calendar;
 use tokio_postgres::Row;
 
-/// The search horizon for an opening, in milliseconds.
-const HORIZON_MS: Millis = HORIZON_DAYS * 86_400_000;
-
-/// Sets job `t.id`'s `due_at` from its window, judged at `now` (or
-/// expires or holds it), as SQLite's `deferral::settle`: a deferral is
-/// logged once, when `due_at` moves.
+/// Settles job `t.id`'s `due_at` against its window at `now`, or expires
+/// or holds it, as SQLite's `deferral::settle`: one [`judge`] for both.
 pub(super) async fn settle(
     tx: &Tx<'_>,
     calendar: &Calendar,
@@ -27,100 +23,17 @@ pub(super) async fn settle(
     now: Millis,
     report: Report,
 ) -> Result<Settled, StoreError> {
-    let rule = match calendar.rule(t.timezone, t.window, t.kind) {
-        Ok(rule) => rule,
-        Err(e) => {
-            let reason = format!("held: {e}; requeue it once the config has it, or cancel it");
-            hold(tx, t.id, &reason, now).await?;
-            return Ok(Settled::Held);
-        }
-    };
-    match rule.plan(t.id, t.scheduled_at, now) {
-        Plan::Due
-            if report == Report::Bulk
-                && t.due_at > t.scheduled_at
-                && t.due_at > now
-                && t.due_at - now <= rule.spread_ms()
-                && rule.is_open(t.due_at) =>
-        {
-            Ok(Settled::Deferred(t.due_at))
-        }
-        Plan::Due => {
-            if t.due_at != t.scheduled_at {
-                set_due(tx, t.id, t.scheduled_at).await?;
-            }
-            Ok(Settled::Due)
-        }
-        Plan::Deferred { opening, due_at } => {
-            if let Some(expiry) = t.expires_at.filter(|e| opening >= *e) {
-                let reason = format!(
-                    "expired: window {} in {} next opens at {}, at or after its expiry {}",
-                    rule.window_name(),
-                    rule.zone_name(),
-                    time::format(opening),
-                    time::format(expiry)
-                );
-                expire(tx, t.id, &reason, now).await?;
-                tracing::info!(
-                    job_id = t.id,
-                    timezone = rule.zone_name(),
-                    window = rule.window_name(),
-                    opening = %time::format(opening),
-                    expires_at = %time::format(expiry),
-                    "expired: its window opens only at or after its expiry"
-                );
-                return Ok(Settled::Expired);
-            }
-            // The spread must not carry a job past its expiry.
-            let due_at = match t.expires_at {
-                Some(expiry) if due_at >= expiry => opening,
-                _ => due_at,
-            };
-            if due_at != t.due_at {
-                set_due(tx, t.id, due_at).await?;
-                macro_rules! deferred {
-                    ($level:ident) => {
-                        tracing::$level!(
-                            job_id = t.id,
-                            timezone = rule.zone_name(),
-                            window = rule.window_name(),
-                            opening = %time::format(opening),
-                            due_at = %time::format(due_at),
-                            "deferred to its window's next opening"
-                        )
-                    };
-                }
-                match report {
-                    Report::Each => deferred!(info),
-                    Report::Bulk => deferred!(debug),
-                }
-            }
-            Ok(Settled::Deferred(due_at))
-        }
-        Plan::Never => {
-            // Not open within the horizon: surely not before an expiry
-            // that comes sooner.
-            let horizon = t.scheduled_at.max(now).saturating_add(HORIZON_MS);
-            if let Some(expiry) = t.expires_at.filter(|e| *e <= horizon) {
-                let reason = format!(
-                    "expired: window {} in {} does not open again before its expiry {}",
-                    rule.window_name(),
-                    rule.zone_name(),
-                    time::format(expiry)
-                );
-                expire(tx, t.id, &reason, now).await?;
-                return Ok(Settled::Expired);
-            }
-            let reason = format!(
-                "held: window {} in {} does not open again within ten years (its holidays \
-                 keep it shut); requeue it once it does, or cancel it",
-                rule.window_name(),
-                rule.zone_name()
-            );
-            hold(tx, t.id, &reason, now).await?;
-            Ok(Settled::Held)
-        }
+    let verdict = judge(calendar, t, now, report);
+    match &verdict.change {
+        Change::Keep => {}
+        Change::SetDue(due_at) => set_due(tx, t.id, *due_at).await?,
+        Change::Expire(reason) => expire(tx, t.id, reason, now).await?,
+        Change::Hold(reason) => hold(tx, t.id, reason, now).await?,
     }
+    if let Some(note) = verdict.note {
+        note();
+    }
+    Ok(verdict.settled)
 }
 
 async fn set_due(tx: &Tx<'_>, id: i64, due_at: Millis) -> Result<(), StoreError> {
