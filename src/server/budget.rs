@@ -44,8 +44,8 @@ pub const LARGE_LINES_READ_AT_ONCE: usize = 32;
 /// [`LARGE_LINE_RATE`] bytes it has sent since (and never longer than
 /// `socket.line_timeout`). A client writing a prepared line over a local
 /// socket takes milliseconds; one trickling bytes is closed after about
-/// this long. The time is checked only when the daemon finds no bytes
-/// waiting, so a busy daemon slow to read does not count against the
+/// this long. Only the time the daemon spends waiting on an empty socket
+/// counts, so a busy daemon slow to read does not count against the
 /// client.
 pub const LARGE_LINE_TIME: Duration = Duration::from_secs(5);
 

@@ -11,8 +11,10 @@
 //! - [`MAX_LINE_BYTES`]: the longest line.
 //! - The [`Budget`]: a line grows past [`SMALL_LINE_BYTES`] only in one of
 //!   32 daemon-wide turns to read a large line, and must then keep coming
-//!   (see [`LARGE_LINE_TIME`]); once complete it is parsed and handled
-//!   only while holding one of a few permits. A `list` or `get`
+//!   (see [`LARGE_LINE_TIME`](super::budget::LARGE_LINE_TIME); [`pace`]
+//!   says which time counts); once complete it is parsed and handled
+//!   only while holding one of a few permits, and off the runtime's worker
+//!   threads, so other connections are read meanwhile. A `list` or `get`
 //!   takes room for the largest answer before the store builds it, and a
 //!   large answer keeps its size until written. Small requests and answers
 //!   never wait for it; the time spent waiting for a turn does not
@@ -25,10 +27,14 @@
 //! closed             closed, with a bad_request line
 //! ```
 
+mod pace;
+
 use super::Service;
 use super::accept::RESERVED_OPS;
-use super::budget::{Budget, LARGE_LINE_RATE, LARGE_LINE_TIME, SMALL_LINE_BYTES};
+use super::budget::{Budget, LARGE_LINE_RATE, SMALL_LINE_BYTES};
 use crate::protocol::{ErrorBody, ErrorCode, MAX_LINE_BYTES, Request, parse_request};
+use pace::Pace;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -150,6 +156,7 @@ pub async fn run(
                     RESERVED_OPS.join(", ")
                 ),
             )),
+            _ if handling.is_some() => off_the_workers(async { parse_request(text) }).await,
             _ => parse_request(text),
         };
         // Parsed, a large line's bytes are not needed while it is handled,
@@ -168,6 +175,9 @@ pub async fn run(
                 let answer = service.handle(request, uid).await;
                 let kept = limits.budget.keep_for_answer(room, answer.len() + 1);
                 (answer, kept)
+            }
+            Ok(request) if handling.is_some() => {
+                (off_the_workers(service.handle(request, uid)).await, None)
             }
             Ok(request) => (service.handle(request, uid).await, None),
             Err(e) => {
@@ -189,6 +199,21 @@ pub async fn run(
             limits.budget.done_with(answer_bytes);
         }
         written.map_err(|_| ConnectionError::Stalled(limits.idle))??;
+    }
+}
+
+/// Runs `work` on a large line (parsing it, validating a batch: up to a
+/// second of CPU) where it does not hold up the runtime's other tasks: while
+/// a worker thread is busy it neither reads other connections nor looks
+/// for the sockets that have bytes waiting, and the lines being read would
+/// seem to stall. Inline on a single-threaded runtime, which cannot.
+async fn off_the_workers<F: std::future::Future>(work: F) -> F::Output {
+    let runtime = tokio::runtime::Handle::current();
+    match runtime.runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| runtime.block_on(work))
+        }
+        _ => work.await,
     }
 }
 
@@ -219,29 +244,42 @@ async fn read_line(
         SlotKind::Reserved => SMALL_LINE_BYTES,
     };
     let mut deadline = Instant::now() + limits.line;
-    // Once the line is past SMALL_LINE_BYTES: its turn, when it was given,
-    // and the line's length then.
-    let mut large: Option<(OwnedSemaphorePermit, Instant, usize)> = None;
+    // Once the line is past SMALL_LINE_BYTES: its turn, and how long the
+    // daemon has waited on the client since.
+    let mut large: Option<(OwnedSemaphorePermit, Pace)> = None;
     loop {
         let due = match &large {
             None => deadline,
-            Some((_, since, from)) => {
-                let sent = (line.len() - from) as f64 / LARGE_LINE_RATE as f64;
-                deadline.min(*since + LARGE_LINE_TIME + Duration::from_secs_f64(sent))
-            }
+            Some((_, pace)) => deadline.min(Instant::now() + pace.left(line.len())),
         };
         // Bytes already waiting are read even past `due`: timeout_at tries
         // the read first.
-        let read = tokio::time::timeout_at(due, reader.fill_buf()).await;
-        let buf = match read {
-            Ok(buf) => buf?,
-            Err(_) if due < deadline => {
-                return Err(ConnectionError::SlowLargeLine(LARGE_LINE_RATE));
+        let read = match &mut large {
+            None => tokio::time::timeout_at(due, reader.fill_buf())
+                .await
+                .map(|read| read.map(<[u8]>::len)),
+            Some((_, pace)) => {
+                let fill = std::future::poll_fn(|cx| pace.poll_fill(Pin::new(&mut *reader), cx));
+                let read = tokio::time::timeout_at(due, fill).await;
+                pace.settle();
+                read
             }
+        };
+        match read {
+            Ok(read) => read?,
+            // The client's time is up only once the daemon has waited on an
+            // empty socket that long; time busy elsewhere is not its doing.
+            Err(_) if due < deadline => match &large {
+                Some((_, pace)) if pace.left(line.len()).is_zero() => {
+                    return Err(ConnectionError::SlowLargeLine(LARGE_LINE_RATE));
+                }
+                _ => continue,
+            },
             Err(_) => return Err(ConnectionError::SlowLine(limits.line)),
         };
+        let buf = reader.buffer();
         if buf.is_empty() {
-            return Ok(Some(large.map(|(turn, ..)| turn)));
+            return Ok(Some(large.map(|(turn, _)| turn)));
         }
         let (take, complete) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
@@ -256,14 +294,14 @@ async fn read_line(
             let turn = limits.budget.read_large_line().await?;
             // The wait for a turn is not the client's doing.
             deadline += waiting.elapsed();
-            large = Some((turn, Instant::now(), line.len()));
+            large = Some((turn, Pace::new(line.len())));
             // The wait may have let more bytes in; read them afresh.
             continue;
         }
         line.extend_from_slice(&buf[..take]);
         reader.consume(take);
         if complete {
-            return Ok(Some(large.map(|(turn, ..)| turn)));
+            return Ok(Some(large.map(|(turn, _)| turn)));
         }
     }
 }
@@ -303,5 +341,81 @@ mod tests {
         assert!(!reserved_op(br#"{"op":"list"}"#));
         assert!(!reserved_op(b"not json"));
         assert!(!reserved_op(br#"{"op":7}"#));
+    }
+
+    /// A reader with the daemon-wide budget, and the client's end.
+    fn connected() -> (BufReader<OwnedReadHalf>, UnixStream, Limits) {
+        let (daemon, client) = UnixStream::pair().expect("socket pair");
+        let limits = Limits {
+            idle: Duration::from_secs(600),
+            line: Duration::from_secs(600),
+            budget: Budget::new(),
+        };
+        (BufReader::new(daemon.into_split().0), client, limits)
+    }
+
+    /// Whether `reading` is still waiting once it has read all that is there.
+    async fn still_reading<F: std::future::Future + Unpin>(reading: &mut F) -> bool {
+        tokio::time::timeout(Duration::from_millis(1), reading)
+            .await
+            .is_err()
+    }
+
+    /// 256 clients sent 1 MiB lines at once on two loaded cores: while the
+    /// daemon was busy with other lines it did not read one for seconds,
+    /// its client could only fill the socket's buffer meanwhile, and once
+    /// the daemon had drained that it found the socket empty past the
+    /// line's time since its turn, and closed it; the client, still
+    /// writing, got a broken pipe. Only time spent waiting on an empty
+    /// socket counts now.
+    #[tokio::test(start_paused = true)]
+    async fn large_line_is_not_closed_as_slow_for_time_the_daemon_was_busy() {
+        let (mut reader, mut client, limits) = connected();
+        let mut line = Vec::new();
+        let head = vec![b' '; 2 * SMALL_LINE_BYTES];
+        let more = vec![b' '; LARGE_LINE_RATE];
+        let turn = {
+            let mut reading =
+                std::pin::pin!(read_line(&mut reader, &mut line, &limits, SlotKind::Normal));
+            // Past SMALL_LINE_BYTES: the line has its turn and is read up
+            // to what the client has sent.
+            client.write_all(&head).await.expect("send");
+            assert!(still_reading(&mut reading).await);
+            // The client sends on at once; the daemon reads it only after
+            // far longer than the line's time, busy elsewhere.
+            client.write_all(&more).await.expect("send");
+            // The runtime sees the bytes arrive before the clock jumps.
+            tokio::task::yield_now().await;
+            tokio::time::advance(3 * super::super::budget::LARGE_LINE_TIME).await;
+            let read = tokio::time::timeout(Duration::from_millis(1), &mut reading).await;
+            assert!(read.is_err(), "closed for the daemon's delay: {read:?}");
+            client.write_all(b"{}\n").await.expect("send");
+            reading.await.expect("the line").expect("not the end")
+        };
+        assert!(turn.is_some(), "a large line comes with its turn");
+        assert_eq!(line.len(), head.len() + more.len() + 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn large_line_whose_client_stops_sending_is_closed_after_its_time() {
+        let (mut reader, mut client, limits) = connected();
+        let mut line = Vec::new();
+        let started = Instant::now();
+        let reading = read_line(&mut reader, &mut line, &limits, SlotKind::Normal);
+        let (read, ()) = tokio::join!(reading, async {
+            client
+                .write_all(&vec![b' '; 2 * SMALL_LINE_BYTES])
+                .await
+                .expect("send");
+        });
+        assert!(
+            matches!(read, Err(ConnectionError::SlowLargeLine(_))),
+            "{read:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= super::super::budget::LARGE_LINE_TIME && took < limits.line,
+            "{took:?}"
+        );
     }
 }

@@ -100,8 +100,15 @@ async fn concurrent_1_mib_enqueues_peak_under_256_mib_and_memory_is_given_back()
             std::thread::spawn(move || {
                 let (mut stream, mut reader) = connect(&socket);
                 start.wait();
-                stream.write_all(line.as_bytes()).expect("send");
-                stream.write_all(b"\n").expect("send");
+                let sent = stream
+                    .write_all(line.as_bytes())
+                    .and_then(|()| stream.write_all(b"\n"));
+                if let Err(e) = sent {
+                    // Closed mid-line: the answer the daemon left says why.
+                    let mut why = String::new();
+                    let _ = reader.read_line(&mut why);
+                    panic!("client {c}: sending failed ({e}); the daemon answered {why:?}");
+                }
                 read_answer(&mut reader)
             })
         })
