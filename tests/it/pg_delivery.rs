@@ -361,7 +361,7 @@ async fn pg_a_finish_after_the_lease_was_lost_records_nothing() {
     assert_eq!((second.len(), second[0].seq), (1, 2));
 
     // Node a's answer for attempt 1 comes back late.
-    a.finish(&calendar, &sent(id, 1, later + 2), None)
+    a.finish(calendar.clone().into(), &sent(id, 1, later + 2), None)
         .await
         .expect("a late finish is not an error");
     assert_eq!(
@@ -381,7 +381,7 @@ async fn pg_a_finish_after_the_lease_was_lost_records_nothing() {
     );
 
     // Node b's own answer is recorded.
-    b.finish(&calendar, &sent(id, 2, later + 3), None)
+    b.finish(calendar.clone().into(), &sent(id, 2, later + 3), None)
         .await
         .expect("finish");
     assert_eq!(job(&client, id).await.0, "sent");
@@ -445,7 +445,9 @@ async fn pg_counts_stay_right_through_enqueue_claim_finish_and_prune() {
                 reason: "refused".into(),
             };
         }
-        a.finish(&calendar, &finish, None).await.expect("finish");
+        a.finish(calendar.clone().into(), &finish, None)
+            .await
+            .expect("finish");
     }
     assert_counts_right(&a, &client, "after finishing").await;
     let summary = a.summary(T).await.expect("summary");

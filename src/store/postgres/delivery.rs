@@ -11,6 +11,7 @@
 
 use super::deferral::settle;
 use super::delivery_rows::{DUE_COLUMNS, followers_move_on, quarantine, read_due};
+use super::group_finish::{Finished, lost_claim};
 use super::pg_error;
 use super::pool::Tx;
 use super::queue::{Queue, notify_due};
@@ -23,6 +24,7 @@ use crate::store::delivery::{MAX_OVERDUE_COUNT, reason_for, state_after};
 use crate::store::{Claimed, ClaimedJob, Finish, PauseKind, Recovered, StoreError, view};
 use crate::time::Millis;
 use crate::window::Calendar;
+use std::sync::Arc;
 use std::time::Duration;
 
 impl Queue {
@@ -132,21 +134,27 @@ impl Queue {
     }
 
     /// Records how an attempt ended and moves its job on, if the job is
-    /// still this node's claim.
-    /// With `share`, puts that pause in force for every node in the same
-    /// transaction (see `super::shared`).
+    /// still this node's claim: with others, in a group
+    /// ([`super::group_finish`]).
+    /// With `share`, alone, and puts that pause in force for every node in
+    /// the same transaction (see `super::shared`).
     pub async fn finish(
         &self,
-        calendar: &Calendar,
+        calendar: Arc<Calendar>,
         f: &Finish,
         share: Option<(PauseKind, Duration, &str)>,
     ) -> Result<(), StoreError> {
+        let Some(share) = share else {
+            let finished = Finished {
+                finish: f.clone(),
+                calendar,
+            };
+            return self.finishes.store(finished).await;
+        };
         let during = "recording an attempt";
         let mut client = self.pool.get().await?;
         let tx = client.begin().await.map_err(pg_error(during))?;
-        if let Some(share) = share {
-            super::shared::put_pause(&tx, share, &self.node).await?;
-        }
+        super::shared::put_pause(&tx, share, &self.node).await?;
         let seq = i64::from(f.seq);
         // Locked first, so that a recovery by another node cannot move the
         // job between this check and the writes below.
@@ -163,15 +171,9 @@ impl Queue {
             .map_err(pg_error(during))?
             .is_some_and(|r| r.get(0));
         if !ours {
-            let decision = f.decision.label();
-            tracing::warn!(
-                job_id = f.id,
-                attempt = f.seq,
-                decision,
-                "this node lost its claim on job {} (its lease ran out); the outcome of attempt {} ({decision}) is not recorded",
-                f.id,
-                f.seq
-            );
+            // The pause stands: Coax said it, whoever's claim the job is.
+            tx.commit().await.map_err(pg_error(during))?;
+            lost_claim(f);
             return Ok(());
         }
         // Coax's words are stored bounded, so no answer can grow a row (and
@@ -228,14 +230,14 @@ impl Queue {
         // it is due again.
         if (retry_at.is_some() || give_back)
             && let Some(Settled::Due | Settled::Deferred(_)) =
-                settle_row(&tx, calendar, f.id, f.finished_at).await?
+                settle_row(&tx, &calendar, f.id, f.finished_at).await?
         {
             notify_due(&tx).await?;
         }
         // Its followers move on in this same transaction; a send's time is
         // the end of the attempt that sent it.
         let at = f.finished_at;
-        followers_move_on(&tx, calendar, f.id, state, at, at).await?;
+        followers_move_on(&tx, &calendar, f.id, state, at, at).await?;
         tx.commit().await.map_err(pg_error(during))
     }
 
@@ -417,7 +419,7 @@ async fn expire(
 /// reading the row as the claim does; a row that cannot be read is
 /// quarantined. `None` when the job is gone or not scheduled. As SQLite's
 /// `delivery::settle_row`, with `scheduled_at` already written.
-async fn settle_row(
+pub(super) async fn settle_row(
     tx: &Tx<'_>,
     calendar: &Calendar,
     id: i64,

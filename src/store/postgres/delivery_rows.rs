@@ -142,11 +142,7 @@ pub(super) async fn followers_move_on(
     at: Millis,
     now: Millis,
 ) -> Result<(), StoreError> {
-    let moves_them = matches!(
-        state,
-        State::Sent | State::Skipped | State::Failed | State::Expired | State::Cancelled
-    );
-    if moves_them && has_followers(tx, id).await? {
+    if super::group_finish::moves_followers(state) && has_followers(tx, id).await? {
         super::chain::parent_ended(tx, calendar, id, state, at, now).await?;
     }
     Ok(())

@@ -12,12 +12,13 @@
 
 use super::chain::{self, current_state};
 use super::deferral::{settle, settle_row};
+use super::group::NewOne;
 use super::pool::Tx;
 use super::queue::{Queue, notify_due};
 use super::{pg_error, view};
 use crate::job::{NewJob, State};
 use crate::protocol::{Enqueued, JobView};
-use crate::store::deferral::{Report, Settled, Timing};
+use crate::store::deferral::{Change, Report, Settled, Timing, judge};
 use crate::store::{Lookup, Refusal, StoreError, UnknownParent};
 use crate::time::{self, Millis};
 use crate::window::{Calendar, Plan};
@@ -36,6 +37,16 @@ impl Queue {
         now: Millis,
     ) -> Result<Result<Vec<Enqueued>, UnknownParent>, StoreError> {
         let during = "enqueueing";
+        if let [job] = jobs.as_slice()
+            && job.after.is_none()
+            && due_as_asked(calendar, job, now)
+        {
+            let one = NewOne {
+                job: job.clone(),
+                now,
+            };
+            return Ok(Ok(vec![self.enqueues.store(one).await?]));
+        }
         let mut client = self.pool.get().await?;
         let tx = client.begin().await.map_err(pg_error(during))?;
         if check_parents && let Some(unknown) = chain::unknown_parent(&tx, &jobs).await? {
@@ -226,7 +237,20 @@ async fn change(
 /// The advisory lock class of idempotency keys being enqueued
 /// (`pg_advisory_xact_lock(class, hashtext(key))`): "Coay" in ASCII as an
 /// int4, beside the class of node names.
-const KEY_LOCK_CLASS: i32 = 0x436f_6179;
+pub(super) const KEY_LOCK_CLASS: i32 = 0x436f_6179;
+
+/// Locks the idempotency keys `$1` (class `$2`) for the rest of the
+/// transaction, in one order.
+pub(super) const LOCK_KEYS: &str = "SELECT pg_advisory_xact_lock($2, h)
+     FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s";
+
+/// Locks idempotency keys `keys` for the rest of `tx`, in one order.
+pub(super) async fn lock_keys(tx: &Tx<'_>, keys: &[&str]) -> Result<(), StoreError> {
+    tx.execute(LOCK_KEYS, &[&keys, &KEY_LOCK_CLASS])
+        .await
+        .map_err(pg_error("locking idempotency keys"))?;
+    Ok(())
+}
 
 /// Stores `jobs` inside `tx` (the schedule task's occurrences use it in
 /// the transaction that moves their schedule on); as [`Queue::enqueue`]
@@ -247,13 +271,7 @@ pub(super) async fn enqueue_in(
     // fail as a deadlock's victim: the keys are locked first, in one order.
     let keys: Vec<&str> = jobs.iter().filter_map(|j| j.key.as_deref()).collect();
     if !keys.is_empty() {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($2, h)
-             FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY 1) AS s",
-            &[&keys, &KEY_LOCK_CLASS],
-        )
-        .await
-        .map_err(pg_error(during))?;
+        lock_keys(tx, &keys).await?;
     }
     // A key already taken is looked for first: ON CONFLICT alone would
     // use up an id from the sequence for each duplicate, so that ids
@@ -351,16 +369,37 @@ pub(super) async fn enqueue_in(
     Ok(out)
 }
 
+/// Whether `job`, stored at `now`, would be due at its own `scheduled_at`
+/// (its window, if it has one, open then): so that storing it is its row
+/// and its tags, and nothing else. Judged before the job has an id, which
+/// only a deferral's point in the window's spread depends on.
+fn due_as_asked(calendar: &Calendar, job: &NewJob, now: Millis) -> bool {
+    let timing = Timing {
+        id: 0,
+        kind: job.kind,
+        timezone: job.timezone.as_deref(),
+        window: job.window.as_deref(),
+        scheduled_at: job.scheduled_at,
+        expires_at: job.expires_at,
+        due_at: job.scheduled_at,
+    };
+    let verdict = judge(calendar, &timing, now, Report::Each);
+    matches!(
+        (verdict.settled, verdict.change),
+        (Settled::Due, Change::Keep)
+    )
+}
+
 /// How soon a new job must fall due for an enqueue to wake the other
 /// nodes. PostgreSQL takes one lock for every committing transaction that
 /// notifies, so notifying on each enqueue would commit enqueues one at a
 /// time; a job due later than this is found by every node's own polls
 /// (each sleeps at most `dispatch.poll_interval`), and the enqueuing
 /// node's dispatcher is woken without a notification anyway.
-const WAKE_HORIZON_MS: Millis = 60_000;
+pub(super) const WAKE_HORIZON_MS: Millis = 60_000;
 
 /// The answer for a job whose key `key` is taken: the job that holds it.
-async fn duplicate(tx: &Tx<'_>, key: &str, now: Millis) -> Result<Enqueued, StoreError> {
+pub(super) async fn duplicate(tx: &Tx<'_>, key: &str, now: Millis) -> Result<Enqueued, StoreError> {
     let during = "looking up a duplicate key";
     let row = tx
         .query_one(

@@ -20,7 +20,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, IsolationLevel, Row, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, IsolationLevel, Row, Statement, Transaction};
 
 /// A connection and the statements prepared on it, by their text.
 struct Conn {
@@ -106,6 +106,13 @@ impl Pooled {
         self.conn.as_mut().unwrap_or_else(|| unreachable!())
     }
 
+    /// `sql` prepared on this connection, once: for statements sent in a
+    /// pipeline, outside a [`Tx`].
+    pub async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let conn = self.conn.as_ref().unwrap_or_else(|| unreachable!());
+        self::prepared(&conn.prepared, &conn.client, sql).await
+    }
+
     /// Starts a transaction at READ COMMITTED.
     pub async fn begin(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
         self.begin_with(IsolationLevel::ReadCommitted, false).await
@@ -167,27 +174,8 @@ pub struct Tx<'a> {
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
 impl Tx<'_> {
-    /// `sql` prepared on this connection, from the cache or now.
     async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        let cached = match self.prepared.lock() {
-            Ok(prepared) => prepared.get(sql).cloned(),
-            Err(poisoned) => poisoned.into_inner().get(sql).cloned(),
-        };
-        if let Some(statement) = cached {
-            return Ok(statement);
-        }
-        let statement = self.tx.prepare(sql).await?;
-        let mut prepared = match self.prepared.lock() {
-            Ok(prepared) => prepared,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // Texts built with values in them would grow the cache without
-        // bound; the store's are a fixed few, so a full cache is a bug to
-        // survive, not to grow.
-        if prepared.len() < MAX_PREPARED {
-            prepared.insert(sql.to_owned(), statement.clone());
-        }
-        Ok(statement)
+        prepared(self.prepared, &self.tx, sql).await
     }
 
     pub async fn query(
@@ -238,6 +226,33 @@ impl Tx<'_> {
     pub fn inner(&self) -> &Transaction<'_> {
         &self.tx
     }
+}
+
+/// `sql` prepared on `client`'s connection, from its cache `cache` or now.
+async fn prepared(
+    cache: &Mutex<HashMap<String, Statement>>,
+    client: &impl GenericClient,
+    sql: &str,
+) -> Result<Statement, tokio_postgres::Error> {
+    let cached = match cache.lock() {
+        Ok(prepared) => prepared.get(sql).cloned(),
+        Err(poisoned) => poisoned.into_inner().get(sql).cloned(),
+    };
+    if let Some(statement) = cached {
+        return Ok(statement);
+    }
+    let statement = client.prepare(sql).await?;
+    let mut prepared = match cache.lock() {
+        Ok(prepared) => prepared,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    // Texts built with values in them would grow the cache without
+    // bound; the store's are a fixed few, so a full cache is a bug to
+    // survive, not to grow.
+    if prepared.len() < MAX_PREPARED {
+        prepared.insert(sql.to_owned(), statement.clone());
+    }
+    Ok(statement)
 }
 
 /// The most statements one connection keeps prepared.

@@ -23,6 +23,8 @@
 //!   name lock, so that two daemons cannot run under one name. A node that
 //!   dies lets both go with its connection.
 
+use super::group::{Grouper, NewOne};
+use super::group_finish::{Finished, Recorder};
 use super::pool::{Pool, Tx};
 use super::shared::DB_NOW;
 use super::{StoreError, pg_error, schema};
@@ -59,6 +61,10 @@ pub struct Queue {
     pub(super) lease_ms: Millis,
     pub(super) on_ambiguous: OnAmbiguous,
     pub(super) max_attempts: u32,
+    /// Where single enqueues wait to be stored together.
+    pub(super) enqueues: Grouper<NewOne>,
+    /// Where attempts' outcomes wait to be recorded together.
+    pub(super) finishes: Grouper<Finished>,
     /// Fired when a notification says a job fell due.
     woken: Arc<Notify>,
     /// The listening connection [`Queue::open`] made, until
@@ -81,9 +87,15 @@ impl Queue {
             let mut client = pool.get().await?;
             schema::migrate(&mut client, &database).await?;
         }
+        let node: Arc<str> = Arc::from(options.node.as_str());
         let queue = Queue {
+            enqueues: Grouper::start(pool.clone()),
+            finishes: Grouper::start(Recorder {
+                pool: pool.clone(),
+                node: node.clone(),
+            }),
             pool,
-            node: Arc::from(options.node.as_str()),
+            node,
             lease_ms,
             on_ambiguous: options.on_ambiguous,
             max_attempts: options.max_attempts,
@@ -220,15 +232,17 @@ impl Queue {
             let lease = Duration::from_millis(u64::try_from(self.lease_ms).unwrap_or(0));
             // Since when this upkeep has reached PostgreSQL without a break.
             let mut reached_since = Some(tokio::time::Instant::now());
+            let mut failing = false;
             while !*stop.borrow() {
                 tokio::select! {
                     _ = stop.changed() => continue,
                     _ = ticks.tick() => {}
                 }
                 let now = clock.wall();
-                let result = async {
+                let result: Result<(), StoreError> = async {
                     self.beat().await?;
                     self.renew().await?;
+                    self.analyze_grown().await?;
                     // After an outage every claim's lease looks run out,
                     // yet the nodes holding them live, and renew within a
                     // beat of the server's return: others' claims are taken
@@ -245,8 +259,17 @@ impl Queue {
                     Ok(())
                 }
                 .await;
-                if result.is_err() {
-                    reached_since = None;
+                match &result {
+                    Err(e) => {
+                        reached_since = None;
+                        // An outage is reported by `report`, once; any other
+                        // failure is logged here, once until upkeep works.
+                        if !e.is_unavailable() && !failing {
+                            tracing::warn!(error = %e, "the queue's upkeep failed; retrying each beat");
+                        }
+                        failing = true;
+                    }
+                    Ok(()) => failing = false,
                 }
                 report(result);
             }
