@@ -234,8 +234,10 @@ async fn a_schedule_on_three_nodes_creates_each_occurrence_once() {
 const CHAOS_JOBS: usize = 5_000;
 const CHAOS_BATCH: usize = 250;
 /// Due times are spread over this long, which bounds how fast requests
-/// come, so that each fault below lands while jobs are still being sent.
-const CHAOS_SPREAD_MS: i64 = 10_000;
+/// come, so that each fault below lands while jobs are still being sent:
+/// the kill, its recovery, the restart and the lost connections take
+/// about 10 s on a loaded machine, and sends keep up with due times.
+const CHAOS_SPREAD_MS: i64 = 25_000;
 /// `store.lease`; a dead node's jobs are back in line within it plus a beat.
 const LEASE: Duration = Duration::from_secs(2);
 /// What the test's own polling and a loaded machine add to that bound.
