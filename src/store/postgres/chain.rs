@@ -8,6 +8,7 @@
 //! follower is never left waiting on a parent that has ended.
 
 use super::deferral::{DUE_COLUMNS, read_due, set_aside, settle};
+use super::jobs::LOCK_KEYS;
 use super::pg_error;
 use super::pool::Tx;
 use crate::job::{After, LATEST, NewJob, State};
@@ -26,22 +27,39 @@ pub(super) async fn unknown_parent(
     tx: &Tx<'_>,
     jobs: &[NewJob],
 ) -> Result<Option<UnknownParent>, StoreError> {
+    let mut parents = Vec::with_capacity(jobs.len());
     for (index, job) in jobs.iter().enumerate() {
         let Some(after) = &job.after else {
+            parents.push(None);
             continue;
         };
         let earlier = |key: &str| jobs[..index].iter().any(|j| j.key.as_deref() == Some(key));
-        let refused = |full| UnknownParent {
-            index,
-            parent: after.parent.clone(),
-            full,
-        };
-        let stored = match &after.parent {
+        parents.push(match &after.parent {
             Lookup::Key(key) if earlier(key) => None,
             parent => match find(tx, parent).await? {
                 Some(id) => Some(id),
-                None => return Ok(Some(refused(false))),
+                None => {
+                    return Ok(Some(UnknownParent {
+                        index,
+                        parent: after.parent.clone(),
+                        full: false,
+                    }));
+                }
             },
+        });
+    }
+    // The children are counted under a lock on each parent, taken in one
+    // order, so that two nodes attaching to one parent at once cannot
+    // both find room for the last follow-up.
+    let stored: Vec<String> = parents.iter().flatten().map(i64::to_string).collect();
+    if !stored.is_empty() {
+        tx.execute(LOCK_KEYS, &[&stored, &PARENT_LOCK_CLASS])
+            .await
+            .map_err(pg_error("locking follow-ups' parents"))?;
+    }
+    for (index, (job, stored)) in jobs.iter().zip(parents).enumerate() {
+        let Some(after) = &job.after else {
+            continue;
         };
         // Stored children, and those earlier in this batch, that name the
         // same parent the same way.
@@ -54,11 +72,20 @@ pub(super) async fn unknown_parent(
             None => 0,
         };
         if siblings + stored_children >= MAX_CHILDREN {
-            return Ok(Some(refused(true)));
+            return Ok(Some(UnknownParent {
+                index,
+                parent: after.parent.clone(),
+                full: true,
+            }));
         }
     }
     Ok(None)
 }
+
+/// The advisory lock class of parents being counted for a new follow-up
+/// ("Coaz" in ASCII, beside the class of idempotency keys), by the id's
+/// text, as [`LOCK_KEYS`] takes keys.
+const PARENT_LOCK_CLASS: i32 = 0x436f_617a;
 
 /// How many follow-ups job `id` has, waiting or not.
 async fn children(tx: &Tx<'_>, id: i64) -> Result<i64, StoreError> {
