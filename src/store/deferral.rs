@@ -34,6 +34,44 @@ pub(super) struct Timing<'a> {
     pub due_at: Millis,
 }
 
+impl<'a> Timing<'a> {
+    /// The timing of `job`, about to be stored as `id`: due at its own
+    /// time until settled.
+    pub(super) fn of_new(id: i64, job: &'a crate::job::NewJob) -> Timing<'a> {
+        Timing {
+            id,
+            kind: job.kind,
+            timezone: job.timezone.as_deref(),
+            window: job.window.as_deref(),
+            scheduled_at: job.scheduled_at,
+            expires_at: job.expires_at,
+            due_at: job.scheduled_at,
+        }
+    }
+}
+
+/// The answer for `job`, just stored as `id`, which settling left
+/// `settled`.
+pub(super) fn enqueued(
+    id: i64,
+    job: &crate::job::NewJob,
+    settled: Settled,
+) -> crate::protocol::Enqueued {
+    let (state, due_at) = match settled {
+        Settled::Due => (State::Scheduled, Some(job.scheduled_at)),
+        Settled::Deferred(at) => (State::Scheduled, Some(at)),
+        Settled::Expired => (State::Expired, None),
+        Settled::Held => (State::Held, None),
+    };
+    crate::protocol::Enqueued {
+        id,
+        state,
+        scheduled_at: time::format(job.scheduled_at),
+        due_at: due_at.map(time::format),
+        duplicate: false,
+    }
+}
+
 /// Where settling left a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Settled {

@@ -6,14 +6,14 @@
 //! [`super::delivery`].
 
 use super::StoreError;
-use super::deferral::{self, Report, Settled, Timing};
+use super::deferral::{self, Report, Timing};
 use super::delivery::next_due;
 use super::quarantine;
 use super::view::{self, JOB_COLUMNS, Read};
 pub(super) use super::view::{omit_payload, view_bytes};
 use crate::job::{Kind, NewJob, State};
 use crate::protocol::{Enqueued, JobView};
-use crate::time::{self, Millis};
+use crate::time::Millis;
 use crate::window::Calendar;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -116,29 +116,9 @@ pub fn enqueue(
                     out.push(follow_up_answer(conn, id, state)?);
                     continue;
                 }
-                let timing = Timing {
-                    id,
-                    kind: job.kind,
-                    timezone: job.timezone.as_deref(),
-                    window: job.window.as_deref(),
-                    scheduled_at: job.scheduled_at,
-                    expires_at: job.expires_at,
-                    due_at: job.scheduled_at,
-                };
+                let timing = Timing::of_new(id, job);
                 let settled = deferral::settle(conn, calendar, &timing, now, Report::Each)?;
-                let (state, due_at) = match settled {
-                    Settled::Due => (State::Scheduled, Some(job.scheduled_at)),
-                    Settled::Deferred(at) => (State::Scheduled, Some(at)),
-                    Settled::Expired => (State::Expired, None),
-                    Settled::Held => (State::Held, None),
-                };
-                Enqueued {
-                    id,
-                    state,
-                    scheduled_at: time::format(job.scheduled_at),
-                    due_at: due_at.map(time::format),
-                    duplicate: false,
-                }
+                deferral::enqueued(id, job, settled)
             }
             (None, Some(key)) => {
                 let (id, stored, scheduled_at, due_at) = existing

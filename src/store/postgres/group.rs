@@ -24,9 +24,10 @@ use super::jobs::{KEY_LOCK_CLASS, LOCK_KEYS, WAKE_HORIZON_MS, duplicate};
 use super::pool::Pool;
 use super::queue::DUE_CHANNEL;
 use super::{StoreError, pg_error};
-use crate::job::{NewJob, State};
+use crate::job::NewJob;
 use crate::protocol::Enqueued;
-use crate::time::{self, Millis};
+use crate::store::deferral::{Settled, enqueued};
+use crate::time::Millis;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -276,13 +277,7 @@ async fn store_new(pool: &Pool, group: &[NewOne]) -> Result<Vec<Enqueued>, Store
     let mut answers = Vec::with_capacity(group.len());
     for (w, id) in group.iter().zip(ids) {
         answers.push(match (id, &w.job.key) {
-            (Some(id), _) => Enqueued {
-                id,
-                state: State::Scheduled,
-                scheduled_at: time::format(w.job.scheduled_at),
-                due_at: Some(time::format(w.job.scheduled_at)),
-                duplicate: false,
-            },
+            (Some(id), _) => enqueued(id, &w.job, Settled::Due),
             (None, Some(key)) => {
                 // The job that holds the key, as it is now.
                 let tx = client.begin().await.map_err(pg_error(during))?;

@@ -94,37 +94,24 @@ async fn record(cx: &Recorder, group: &[Finished]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Coax's words are stored bounded, so no answer can grow a row (and the
+/// views of it) without limit, however often the job is requeued.
+fn bound(text: &str) -> String {
+    view::bounded(text.to_owned(), view::MAX_TEXT_BYTES)
+}
+
+/// The reason recorded with `f`'s decision, bounded.
+fn reason(f: &Finish) -> Option<String> {
+    reason_for(&f.decision, f.status).map(|r| bound(&r))
+}
+
+/// One column of `kept`'s outcomes, for an `unnest`.
+fn column<T>(kept: &[&Finished], f: impl Fn(&Finish) -> T) -> Vec<T> {
+    kept.iter().map(|g| f(&g.finish)).collect()
+}
+
 /// Closes the attempts of `kept`.
 async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
-    // Coax's words are stored bounded, so no answer can grow a row (and
-    // the views of it) without limit, however often the job is requeued.
-    let bound = |text: &str| view::bounded(text.to_owned(), view::MAX_TEXT_BYTES);
-    let mut columns = (
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-    );
-    for g in kept {
-        let f = &g.finish;
-        let reason = reason_for(&f.decision, f.status).map(|r| bound(&r));
-        let error = f.error.as_deref().map(bound).or(reason);
-        columns.0.push(f.id);
-        columns.1.push(i64::from(f.seq));
-        columns.2.push(f.finished_at);
-        columns.3.push(f.status.map(i64::from));
-        columns.4.push(error);
-        columns.5.push(f.decision.label());
-        columns.6.push(i64::from(f.ambiguous));
-        columns
-            .7
-            .push(i64::try_from(f.latency_ms).unwrap_or(i64::MAX));
-    }
-    let (ids, seqs, finished, status, error, decision, ambiguous, latency) = columns;
     tx.execute(
         "UPDATE attempts a
          SET finished_at = u.finished_at, status = u.status, error = u.error,
@@ -134,7 +121,16 @@ async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<
               AS u (id, seq, finished_at, status, error, decision, ambiguous, latency)
          WHERE a.job_id = u.id AND a.seq = u.seq",
         &[
-            &ids, &seqs, &finished, &status, &error, &decision, &ambiguous, &latency,
+            &column(kept, |f| f.id),
+            &column(kept, |f| i64::from(f.seq)),
+            &column(kept, |f| f.finished_at),
+            &column(kept, |f| f.status.map(i64::from)),
+            &column(kept, |f| {
+                f.error.as_deref().map(bound).or_else(|| reason(f))
+            }),
+            &column(kept, |f| f.decision.label()),
+            &column(kept, |f| i64::from(f.ambiguous)),
+            &column(kept, |f| i64::try_from(f.latency_ms).unwrap_or(i64::MAX)),
         ],
     )
     .await
@@ -142,36 +138,9 @@ async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<
     Ok(())
 }
 
-/// Moves each job of `kept` to the state its outcome decided.
+/// Moves each job of `kept` to the state its outcome decided. A rejected
+/// key is not the job's fault: its attempt is given back.
 async fn move_jobs(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
-    let bound = |text: &str| view::bounded(text.to_owned(), view::MAX_TEXT_BYTES);
-    let mut columns = (
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-        Vec::with_capacity(kept.len()),
-    );
-    for g in kept {
-        let f = &g.finish;
-        columns.0.push(f.id);
-        columns.1.push(state_after(&f.decision).as_str());
-        columns.2.push(retry_at(f));
-        // A rejected key is not the job's fault: the attempt is given back.
-        columns
-            .3
-            .push(i64::from(f.decision == Decision::PauseForKey));
-        columns
-            .4
-            .push(reason_for(&f.decision, f.status).map(|r| bound(&r)));
-        columns
-            .5
-            .push(f.result.as_ref().map(|r| view::bounded_json(r.to_string())));
-        columns.6.push(f.finished_at);
-    }
-    let (ids, states, retry, give_back, reason, result, at) = columns;
     tx.execute(
         "UPDATE jobs j
          SET state = u.state, scheduled_at = coalesce(u.retry_at, j.scheduled_at),
@@ -182,7 +151,17 @@ async fn move_jobs(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), S
                      $6::text[], $7::bigint[])
               AS u (id, state, retry_at, give_back, reason, result, at)
          WHERE j.id = u.id",
-        &[&ids, &states, &retry, &give_back, &reason, &result, &at],
+        &[
+            &column(kept, |f| f.id),
+            &column(kept, |f| state_after(&f.decision).as_str()),
+            &column(kept, retry_at),
+            &column(kept, |f| i64::from(f.decision == Decision::PauseForKey)),
+            &column(kept, reason),
+            &column(kept, |f| {
+                f.result.as_ref().map(|r| view::bounded_json(r.to_string()))
+            }),
+            &column(kept, |f| f.finished_at),
+        ],
     )
     .await
     .map_err(pg_error("recording attempts"))?;

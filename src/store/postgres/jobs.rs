@@ -18,7 +18,7 @@ use super::queue::{Queue, notify_due};
 use super::{pg_error, view};
 use crate::job::{NewJob, State};
 use crate::protocol::{Enqueued, JobView};
-use crate::store::deferral::{Change, Report, Settled, Timing, judge};
+use crate::store::deferral::{Change, Report, Settled, Timing, enqueued, judge};
 use crate::store::{Lookup, Refusal, StoreError, UnknownParent};
 use crate::time::{self, Millis};
 use crate::window::{Calendar, Plan};
@@ -327,30 +327,14 @@ pub(super) async fn enqueue_in(
                     out.push(follow_up_answer(tx, id, state).await?);
                     continue;
                 }
-                let timing = Timing {
-                    id,
-                    kind: job.kind,
-                    timezone: job.timezone.as_deref(),
-                    window: job.window.as_deref(),
-                    scheduled_at: job.scheduled_at,
-                    expires_at: job.expires_at,
-                    due_at: job.scheduled_at,
-                };
+                let timing = Timing::of_new(id, job);
                 let settled = settle(tx, calendar, &timing, now, Report::Each).await?;
-                let (state, due_at) = match settled {
-                    Settled::Due => (State::Scheduled, Some(job.scheduled_at)),
-                    Settled::Deferred(at) => (State::Scheduled, Some(at)),
-                    Settled::Expired => (State::Expired, None),
-                    Settled::Held => (State::Held, None),
+                scheduled |= match settled {
+                    Settled::Due => job.scheduled_at <= now.saturating_add(WAKE_HORIZON_MS),
+                    Settled::Deferred(at) => at <= now.saturating_add(WAKE_HORIZON_MS),
+                    Settled::Expired | Settled::Held => false,
                 };
-                scheduled |= due_at.is_some_and(|at| at <= now.saturating_add(WAKE_HORIZON_MS));
-                Enqueued {
-                    id,
-                    state,
-                    scheduled_at: time::format(job.scheduled_at),
-                    due_at: due_at.map(time::format),
-                    duplicate: false,
-                }
+                enqueued(id, job, settled)
             }
             (None, Some(key)) => duplicate(tx, key, now).await?,
             (None, None) => {
@@ -374,15 +358,7 @@ pub(super) async fn enqueue_in(
 /// and its tags, and nothing else. Judged before the job has an id, which
 /// only a deferral's point in the window's spread depends on.
 fn due_as_asked(calendar: &Calendar, job: &NewJob, now: Millis) -> bool {
-    let timing = Timing {
-        id: 0,
-        kind: job.kind,
-        timezone: job.timezone.as_deref(),
-        window: job.window.as_deref(),
-        scheduled_at: job.scheduled_at,
-        expires_at: job.expires_at,
-        due_at: job.scheduled_at,
-    };
+    let timing = Timing::of_new(0, job);
     let verdict = judge(calendar, &timing, now, Report::Each);
     matches!(
         (verdict.settled, verdict.change),
