@@ -96,9 +96,7 @@ async fn record(cx: &Recorder, group: &[Finished]) -> Result<(), StoreError> {
 
 /// Closes the attempts of `kept`.
 async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
-    // Coax's words are stored bounded, so no answer can grow a row (and
-    // the views of it) without limit, however often the job is requeued.
-    let bound = |text: &str| view::bounded(text.to_owned(), view::MAX_TEXT_BYTES);
+    let bound = stored_text;
     let mut columns = (
         Vec::with_capacity(kept.len()),
         Vec::with_capacity(kept.len()),
@@ -144,7 +142,7 @@ async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<
 
 /// Moves each job of `kept` to the state its outcome decided.
 async fn move_jobs(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
-    let bound = |text: &str| view::bounded(text.to_owned(), view::MAX_TEXT_BYTES);
+    let bound = stored_text;
     let mut columns = (
         Vec::with_capacity(kept.len()),
         Vec::with_capacity(kept.len()),
@@ -246,6 +244,14 @@ fn retry_at(f: &Finish) -> Option<crate::time::Millis> {
         Decision::Retry { at, .. } => Some(*at),
         _ => None,
     }
+}
+
+/// Coax's words as stored: bounded, so no answer can grow a row (and the
+/// views of it) without limit, however often the job is requeued; and
+/// without NUL, which PostgreSQL text cannot hold (an answer with one
+/// could not be recorded, and its job stayed out until its lease ran out).
+pub(super) fn stored_text(text: &str) -> String {
+    view::bounded(text.replace('\0', "\u{FFFD}"), view::MAX_TEXT_BYTES)
 }
 
 /// Logs an outcome that is not recorded: this node's claim on its job
