@@ -185,6 +185,27 @@ async fn pg_64_single_enqueues_at_once_are_each_answered_as_stored() {
     let expected: BTreeMap<i64, BTreeSet<String>> =
         stored.iter().map(|(id, j)| (*id, tags_of(j))).collect();
     assert_eq!(listed, expected, "list shows each job once, with its tags");
+    // And each tag finds its jobs (the tag index, not the job's own list).
+    let all_tags: BTreeSet<String> = expected.values().flatten().cloned().collect();
+    assert_eq!(all_tags.len(), 6, "one mixed-N, the stored one: {all_tags:?}");
+    for tag in &all_tags {
+        let answer = daemon
+            .request(json!({"op": "list", "tag": tag, "limit": 1000}))
+            .await;
+        assert_eq!(answer["ok"], true, "{answer}");
+        let found: BTreeSet<i64> = answer["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["id"].as_i64())
+            .collect();
+        let tagged: BTreeSet<i64> = expected
+            .iter()
+            .filter(|(_, tags)| tags.contains(tag))
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(found, tagged, "list tag {tag}");
+    }
     let stats = stats(&daemon).await;
     assert_eq!(counted(&stats, "sent"), 21, "{stats}");
     assert_eq!(counted(&stats, "scheduled"), 22, "{stats}");
