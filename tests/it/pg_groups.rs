@@ -187,7 +187,11 @@ async fn pg_64_single_enqueues_at_once_are_each_answered_as_stored() {
     assert_eq!(listed, expected, "list shows each job once, with its tags");
     // And each tag finds its jobs (the tag index, not the job's own list).
     let all_tags: BTreeSet<String> = expected.values().flatten().cloned().collect();
-    assert_eq!(all_tags.len(), 6, "one mixed-N, the stored one: {all_tags:?}");
+    assert_eq!(
+        all_tags.len(),
+        6,
+        "one mixed-N, the stored one: {all_tags:?}"
+    );
     for tag in &all_tags {
         let answer = daemon
             .request(json!({"op": "list", "tag": tag, "limit": 1000}))
@@ -297,18 +301,26 @@ fn chooser() -> Chooser {
     })
 }
 
-/// Enqueues `kinds` × `per_kind` jobs due now in one batch, and waits
-/// until none is waiting or out; each job's kind and view.
-async fn send_all(daemon: &TestDaemon, kinds: &[&str], per_kind: usize) -> Vec<(String, Value)> {
+/// Enqueues `kinds` × `per_kind` jobs due now in one batch, the first
+/// `followed` of each kind with a follow-up (`[ok]`, due at its parent's
+/// send, kind `after`), and waits until none is waiting or out; each
+/// job's kind and view.
+async fn send_all(
+    daemon: &TestDaemon,
+    kinds: &[&str],
+    per_kind: usize,
+    followed: usize,
+) -> Vec<(String, Value)> {
     let mut jobs = Vec::new();
     for kind in kinds {
         for i in 0..per_kind {
-            jobs.push(sms(
-                Some(&format!("{kind}-{i}")),
-                &format!("[{kind}] {i}"),
-                "0s",
-                &[],
-            ));
+            let key = format!("{kind}-{i}");
+            jobs.push(sms(Some(&key), &format!("[{kind}] {i}"), "0s", &[]));
+            if i < followed {
+                let mut after = sms(Some(&format!("after-{key}")), "[ok] after", "0s", &[]);
+                after["after"] = json!({"key": key});
+                jobs.push(after);
+            }
         }
     }
     let answer = daemon.request(json!({"op": "enqueue", "jobs": jobs})).await;
@@ -324,7 +336,7 @@ async fn send_all(daemon: &TestDaemon, kinds: &[&str], per_kind: usize) -> Vec<(
         let view = wait_until(&format!("job {id} to end"), PATIENCE, || async {
             let view = daemon.get(*id).await;
             let state = view["state"].as_str().unwrap_or_default().to_owned();
-            (!["scheduled", "sending"].contains(&state.as_str())).then_some(view)
+            (!["scheduled", "sending", "waiting"].contains(&state.as_str())).then_some(view)
         })
         .await;
         let kind = job["key"].as_str().and_then(|k| k.split('-').next());
@@ -348,9 +360,14 @@ async fn pg_outcomes_recorded_in_groups_leave_each_job_as_coax_answered() {
     coax.set_chooser(chooser());
     let daemon = one_node(&coax, "[dispatch]\nconcurrency = 16").await;
     let kinds = ["ok", "refuse", "pause", "reject", "flaky", "down"];
-    let done = send_all(&daemon, &kinds, 8).await;
+    let done = send_all(&daemon, &kinds, 8, 2).await;
     for (kind, view) in &done {
+        // A follow-up goes out once its parent is sent, and is cancelled
+        // when its parent ends otherwise.
+        let parent = view["key"].as_str().and_then(|k| k.split('-').nth(1));
         let (state, history): (&str, &[&str]) = match kind.as_str() {
+            "after" if matches!(parent, Some("ok" | "flaky")) => ("sent", &["sent"]),
+            "after" => ("cancelled", &[]),
             "ok" => ("sent", &["sent"]),
             "refuse" | "reject" => ("failed", &["failed"]),
             "pause" => ("skipped", &["skipped"]),
@@ -367,13 +384,15 @@ async fn pg_outcomes_recorded_in_groups_leave_each_job_as_coax_answered() {
         }
     }
     let stats = stats(&daemon).await;
-    assert_eq!(counted(&stats, "sent"), 16, "{stats}");
+    assert_eq!(counted(&stats, "sent"), 16 + 4, "{stats}");
     assert_eq!(counted(&stats, "failed"), 24, "{stats}");
     assert_eq!(counted(&stats, "skipped"), 8, "{stats}");
-    assert_eq!(counted(&stats, "scheduled") + counted(&stats, "sending"), 0);
+    assert_eq!(counted(&stats, "cancelled"), 8, "{stats}");
+    let left = ["scheduled", "sending", "waiting", "held"].map(|s| counted(&stats, s));
+    assert_eq!(left, [0; 4], "{stats}");
     assert_eq!(
         coax.requests().len(),
-        8 * (4 + 2 + 3),
+        8 * (4 + 2 + 3) + 4,
         "one request per attempt"
     );
     daemon.stop().await;
@@ -388,7 +407,7 @@ async fn pg_a_coax_answer_with_a_nul_is_recorded_and_its_group_too() {
     let coax = CoaxStub::start().await;
     coax.set_chooser(chooser());
     let daemon = one_node(&coax, "[dispatch]\nconcurrency = 16").await;
-    let done = send_all(&daemon, &["ok", "nul"], 12).await;
+    let done = send_all(&daemon, &["ok", "nul"], 12, 0).await;
     for (kind, view) in &done {
         if kind == "ok" {
             assert_eq!(view["state"], "sent", "{view}");
