@@ -645,3 +645,50 @@ async fn pg_two_nodes_cannot_both_attach_a_parents_last_follow_up() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Two nodes, each grouping its own enqueues: one key sent to both at
+/// once by many clients is stored once, and every answer names that job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_one_key_sent_to_two_nodes_grouping_at_once_is_stored_once() {
+    let coax = CoaxStub::start().await;
+    let url = new_database().await;
+    let config = |name: &str| node_config(&coax.base_url(), name, "");
+    let a = start_node(&url, "node-a", &config("node-a")).await;
+    let b = start_node(&url, "node-b", &config("node-b")).await;
+    for round in 0..4 {
+        let mut requests = Vec::new();
+        for i in 0..32 {
+            let node = if i % 2 == 0 { &a } else { &b };
+            // Half race for the key; the others fill the groups around them.
+            let job = if i % 4 < 2 {
+                sms(Some(&format!("shared-{round}")), &format!("{i}"), "1h", &[])
+            } else {
+                sms(Some(&format!("own-{round}-{i}")), "own", "1h", &[])
+            };
+            requests.push((node.socket.clone(), enqueue(&job)));
+        }
+        let answers = at_once(requests).await;
+        let shared: Vec<&Value> = answers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 < 2)
+            .map(|(_, a)| a)
+            .collect();
+        for answer in &answers {
+            assert_eq!(answer["ok"], true, "round {round}: {answer}");
+        }
+        let stored: Vec<&&Value> = shared.iter().filter(|a| a["duplicate"] == false).collect();
+        assert_eq!(stored.len(), 1, "round {round}: {shared:#?}");
+        for answer in &shared {
+            assert_eq!(answer["id"], stored[0]["id"], "round {round}: {shared:#?}");
+        }
+        let own = answers.iter().enumerate().filter(|(i, _)| i % 4 >= 2);
+        assert!(own.clone().all(|(_, a)| a["duplicate"] == false));
+        let ids: BTreeSet<i64> = own.filter_map(|(_, a)| a["id"].as_i64()).collect();
+        assert_eq!(ids.len(), 16, "round {round}");
+    }
+    let stats = stats(&b).await;
+    assert_eq!(counted(&stats, "scheduled"), 4 * 17, "{stats}");
+    a.stop().await;
+    b.stop().await;
+}
