@@ -626,6 +626,10 @@ fn validate_key(value: Option<&Value>) -> Result<Option<String>, JobError> {
             "key",
             format!("keys starting with {RESERVED_PREFIX:?} are kept for recurring sends"),
         )),
+        // PostgreSQL text cannot hold NUL: refused on both stores alike.
+        Some(Value::String(s)) if s.contains('\0') => {
+            Err(JobError::new("key", "must not contain NUL (\\u0000)"))
+        }
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_KEY_LEN => Ok(Some(s.clone())),
         Some(Value::String(_)) => Err(JobError::new(
             "key",

@@ -27,6 +27,7 @@ mod outage;
 mod outcomes;
 mod paging;
 mod pg_delivery;
+mod pg_groups;
 mod pg_jobs;
 mod pg_schedules;
 mod postgres;

@@ -176,9 +176,8 @@ impl Queue {
             lost_claim(f);
             return Ok(());
         }
-        // Coax's words are stored bounded, so no answer can grow a row (and
-        // the views of it) without limit, however often the job is requeued.
-        let bound = |text: &str| view::bounded(text.to_owned(), view::MAX_TEXT_BYTES);
+        // Coax's words are stored bounded and without NUL.
+        let bound = super::group_finish::stored_text;
         let reason = reason_for(&f.decision, f.status).map(|r| bound(&r));
         let error = f.error.as_deref().map(bound);
         tx.execute(

@@ -94,15 +94,17 @@ async fn record(cx: &Recorder, group: &[Finished]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Coax's words are stored bounded, so no answer can grow a row (and the
-/// views of it) without limit, however often the job is requeued.
-fn bound(text: &str) -> String {
-    view::bounded(text.to_owned(), view::MAX_TEXT_BYTES)
+/// Coax's words as stored: bounded, so no answer can grow a row (and the
+/// views of it) without limit, however often the job is requeued; and
+/// without NUL, which PostgreSQL text cannot hold (an answer with one
+/// could not be recorded, and its job stayed out until its lease ran out).
+pub(super) fn stored_text(text: &str) -> String {
+    view::bounded(text.replace('\0', "\u{FFFD}"), view::MAX_TEXT_BYTES)
 }
 
 /// The reason recorded with `f`'s decision, bounded.
 fn reason(f: &Finish) -> Option<String> {
-    reason_for(&f.decision, f.status).map(|r| bound(&r))
+    reason_for(&f.decision, f.status).map(|r| stored_text(&r))
 }
 
 /// One column of `kept`'s outcomes, for an `unnest`.
@@ -126,7 +128,7 @@ async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<
             &column(kept, |f| f.finished_at),
             &column(kept, |f| f.status.map(i64::from)),
             &column(kept, |f| {
-                f.error.as_deref().map(bound).or_else(|| reason(f))
+                f.error.as_deref().map(stored_text).or_else(|| reason(f))
             }),
             &column(kept, |f| f.decision.label()),
             &column(kept, |f| i64::from(f.ambiguous)),

@@ -45,7 +45,12 @@ pub(super) async fn put_pause(
              SET until_at = excluded.until_at, reason = excluded.reason, node = excluded.node
              WHERE pauses.until_at < excluded.until_at"
         ),
-        &[&kind.as_str(), &left, &reason, &node],
+        &[
+            &kind.as_str(),
+            &left,
+            &super::group_finish::stored_text(reason),
+            &node,
+        ],
     )
     .await
     .map_err(pg_error("sharing a pause with the other nodes"))?;
