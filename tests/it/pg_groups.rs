@@ -696,3 +696,19 @@ async fn pg_one_key_sent_to_two_nodes_grouping_at_once_is_stored_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// No stored key holds a NUL (PostgreSQL text cannot): a `get` by such a
+/// key was answered `internal` ("PostgreSQL failure while reading a
+/// job"); it finds no job, as on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_get_by_a_key_with_a_nul_finds_no_job() {
+    let coax = CoaxStub::start().await;
+    let daemon = one_node(&coax, "").await;
+    daemon.enqueue(sms(Some("a"), "x", "1h", &[])).await;
+    let answer = daemon.request(json!({"op": "get", "key": "a\u{0}"})).await;
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_found", "{answer}");
+    let found = daemon.request(json!({"op": "get", "key": "a"})).await;
+    assert_eq!(found["ok"], true, "{found}");
+    daemon.stop().await;
+}
