@@ -64,6 +64,13 @@ impl Queue {
         now: Millis,
     ) -> Result<Option<JobView>, StoreError> {
         let during = "reading a job";
+        // PostgreSQL text cannot hold NUL, so no stored key has one (and
+        // the server would refuse the statement).
+        if let Lookup::Key(key) = &lookup
+            && key.contains('\0')
+        {
+            return Ok(None);
+        }
         let mut client = self.pool.get().await?;
         // One snapshot for the job, its history and its children: at READ
         // COMMITTED each statement would see the commits made before it,
