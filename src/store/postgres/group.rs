@@ -21,7 +21,7 @@
 //! mostly its round trip and flush, not its rows.
 
 use super::jobs::{KEY_LOCK_CLASS, LOCK_KEYS, WAKE_HORIZON_MS, duplicate};
-use super::pool::Pool;
+use super::pool::{Pool, Pooled};
 use super::queue::DUE_CHANNEL;
 use super::{StoreError, pg_error};
 use crate::job::NewJob;
@@ -84,10 +84,13 @@ pub(super) trait Grouped: Send + Sync + Sized + 'static {
     type Context: Clone + Send + Sync + 'static;
 
     /// Stores `group` in one transaction: the answer for each, in order.
+    /// `Err` means nothing was stored, so the items may be stored again;
+    /// an item's own `Err` means its answer could not be read once the
+    /// group had committed, so it must not be.
     fn store(
         cx: &Self::Context,
         group: &[Self],
-    ) -> impl Future<Output = Result<Vec<Self::Answer>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Result<Self::Answer, StoreError>>, StoreError>> + Send;
 }
 
 /// An item waiting for its group.
@@ -153,7 +156,7 @@ async fn write<T: Grouped>(cx: T::Context, mut taken: mpsc::Receiver<Waiting<T>>
             Ok(stored) => {
                 for (answer, stored) in answers.into_iter().zip(stored) {
                     // The caller may have gone; its item is stored all the same.
-                    let _ = answer.send(Ok(stored));
+                    let _ = answer.send(stored);
                 }
             }
             // Out of reach: alone, each would fail the same way.
@@ -165,7 +168,7 @@ async fn write<T: Grouped>(cx: T::Context, mut taken: mpsc::Receiver<Waiting<T>>
             Err(_) => {
                 for (item, answer) in items.iter().zip(answers) {
                     let alone = T::store(&cx, std::slice::from_ref(item)).await;
-                    let alone = alone.and_then(|mut a| a.pop().ok_or(StoreError::Closed));
+                    let alone = alone.and_then(|mut a| a.pop().unwrap_or(Err(StoreError::Closed)));
                     let _ = answer.send(alone);
                 }
             }
@@ -183,7 +186,10 @@ impl Grouped for NewOne {
     type Answer = Enqueued;
     type Context = Pool;
 
-    async fn store(pool: &Pool, group: &[NewOne]) -> Result<Vec<Enqueued>, StoreError> {
+    async fn store(
+        pool: &Pool,
+        group: &[NewOne],
+    ) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
         store_new(pool, group).await
     }
 }
@@ -194,7 +200,10 @@ impl Grouped for NewOne {
 /// the group costs one round trip and the commit's flush: the commit
 /// follows the insert on the server whatever the insert's fate, and
 /// commits nothing if the insert failed.
-async fn store_new(pool: &Pool, group: &[NewOne]) -> Result<Vec<Enqueued>, StoreError> {
+async fn store_new(
+    pool: &Pool,
+    group: &[NewOne],
+) -> Result<Vec<Result<Enqueued, StoreError>>, StoreError> {
     let during = "enqueueing";
     let mut client = pool.get().await?;
     let keys: Vec<&str> = group.iter().filter_map(|w| w.job.key.as_deref()).collect();
@@ -264,35 +273,47 @@ async fn store_new(pool: &Pool, group: &[NewOne]) -> Result<Vec<Enqueued>, Store
     locked.map_err(pg_error("locking idempotency keys"))?;
     let rows = stored.map_err(pg_error(during))?;
     committed.map_err(pg_error(during))?;
+    // Committed: from here on a failure is an item's, never the group's,
+    // or the writer would store the group's jobs again.
     let mut ids = vec![None; group.len()];
     for row in rows {
-        let (place, id): (i64, i64) = (
-            row.try_get(0).map_err(pg_error(during))?,
-            row.try_get(1).map_err(pg_error(during))?,
-        );
-        if let Some(slot) = usize::try_from(place - 1).ok().and_then(|i| ids.get_mut(i)) {
-            *slot = Some(id);
+        let read = || -> Result<(i64, i64), tokio_postgres::Error> {
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        };
+        match read() {
+            Ok((place, id)) => {
+                if let Some(slot) = usize::try_from(place - 1).ok().and_then(|i| ids.get_mut(i)) {
+                    *slot = Some(Ok(id));
+                }
+            }
+            Err(e) => {
+                let e = pg_error(during)(e);
+                return Ok(group.iter().map(|_| Err(e.clone())).collect());
+            }
         }
     }
     let mut answers = Vec::with_capacity(group.len());
     for (w, id) in group.iter().zip(ids) {
         answers.push(match (id, &w.job.key) {
-            (Some(id), _) => enqueued(id, &w.job, Settled::Due),
-            (None, Some(key)) => {
-                // The job that holds the key, as it is now.
-                let tx = client.begin().await.map_err(pg_error(during))?;
-                let held = duplicate(&tx, key, w.now).await?;
-                tx.commit().await.map_err(pg_error(during))?;
-                held
-            }
+            (Some(Ok(id)), _) => Ok(enqueued(id, &w.job, Settled::Due)),
+            (Some(Err(e)), _) => Err(e),
+            (None, Some(key)) => held(&mut client, key, w.now).await,
             // Only a key can be taken.
-            (None, None) => {
-                return Err(StoreError::Postgres {
-                    during,
-                    detail: "a job without a key was not stored".to_owned(),
-                });
-            }
+            (None, None) => Err(StoreError::Postgres {
+                during,
+                detail: "a job without a key was not stored".to_owned(),
+            }),
         });
     }
     Ok(answers)
+}
+
+/// The answer for a job whose key `key` was taken: the job that holds it,
+/// as it is now.
+async fn held(client: &mut Pooled, key: &str, now: Millis) -> Result<Enqueued, StoreError> {
+    let during = "looking up a duplicate key";
+    let tx = client.begin().await.map_err(pg_error(during))?;
+    let held = duplicate(&tx, key, now).await?;
+    tx.commit().await.map_err(pg_error(during))?;
+    Ok(held)
 }

@@ -40,9 +40,12 @@ impl Grouped for Finished {
     type Answer = ();
     type Context = Recorder;
 
-    async fn store(cx: &Recorder, group: &[Finished]) -> Result<Vec<()>, StoreError> {
+    async fn store(
+        cx: &Recorder,
+        group: &[Finished],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         record(cx, group).await?;
-        Ok(vec![(); group.len()])
+        Ok(group.iter().map(|_| Ok(())).collect())
     }
 }
 

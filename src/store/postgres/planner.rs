@@ -28,7 +28,9 @@ const WATCHED: [&str; 2] = ["jobs", "attempts"];
 const SLACK_PAGES: i64 = 64;
 
 impl Queue {
-    /// Analyzes each watched table that has outgrown its statistics.
+    /// Analyzes each watched table that has outgrown its statistics, of
+    /// those this role may analyze (only the owner may: another role's
+    /// ANALYZE warns and does nothing, and would be tried each beat).
     pub(super) async fn analyze_grown(&self) -> Result<(), StoreError> {
         let during = "refreshing the planner's statistics";
         let mut client = self.pool.get().await?;
@@ -37,6 +39,7 @@ impl Queue {
                 "SELECT c.relname::text
                  FROM pg_class c
                  WHERE c.oid IN (SELECT to_regclass(t) FROM unnest($2::text[]) AS t)
+                   AND pg_has_role(c.relowner, 'USAGE')
                    AND pg_relation_size(c.oid) / current_setting('block_size')::bigint
                        > 2 * greatest(c.relpages, 0)::bigint + $1::bigint",
                 &[&SLACK_PAGES, &WATCHED.as_slice()],
