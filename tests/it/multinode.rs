@@ -375,7 +375,18 @@ async fn chaos_three_nodes_a_kill_a_restart_and_lost_connections_lose_nothing() 
     coax.wait_for_requests(seen + 100, Duration::from_secs(60))
         .await;
 
-    // n1 loses every connection it has.
+    // n1 loses every connection it has, once it has reconnected since the
+    // restart (the other nodes may have sent the 100 before it did).
+    let superuser = cluster.superuser("postgres").await;
+    wait_until("n1 to reconnect", PATIENCE, || async {
+        let n1 = crate::helpers::postgres::count(
+            &superuser,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'n1'",
+        )
+        .await;
+        (n1 > 0).then_some(())
+    })
+    .await;
     let seen = coax.requests().len();
     let terminated = crate::helpers::postgres::count(
         &cluster.superuser("postgres").await,
