@@ -644,7 +644,7 @@ impl Store {
         let _timed = crate::metrics::store_call("finish");
         let calendar = self.calendar.clone();
         if let Backend::Postgres(q) = &self.backend {
-            return self.observed(q.finish(calendar.get(), &finish, None).await);
+            return self.observed(q.finish(calendar.get(), finish, None).await);
         }
         self.call(move |c| delivery::finish(c, &calendar.get(), &finish))
             .await

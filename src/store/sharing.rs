@@ -95,7 +95,7 @@ impl Store {
                 let _timed = crate::metrics::store_call("finish");
                 let left = self.clock.mono().until(share.until);
                 let pause = (share.kind, left, share.reason);
-                self.observed(q.finish(self.calendar.get(), &finish, Some(pause)).await)
+                self.observed(q.finish(self.calendar.get(), finish, Some(pause)).await)
             }
             _ => self.finish(finish).await,
         }

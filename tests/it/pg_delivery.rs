@@ -9,6 +9,7 @@
 //! task, on the wall clock, is the thing under test).
 
 use crate::helpers::backend::new_database;
+use crate::helpers::logs::Logs;
 use crate::helpers::postgres::PASSWORD;
 use crate::helpers::wait_until;
 use coax_scheduler::config::{Config, OnAmbiguous, PostgresConfig};
@@ -17,8 +18,7 @@ use coax_scheduler::store::postgres::{Queue, connect};
 use coax_scheduler::store::{Finish, Options, Store};
 use coax_scheduler::window::Calendar;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
 
@@ -141,36 +141,6 @@ fn sent(id: i64, seq: u32, at: i64) -> Finish {
         latency_ms: 5,
         result: None,
         decision: Decision::Sent,
-    }
-}
-
-/// Log lines written while a test runs, on its thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned()
-    }
-
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || logs.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-}
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("logs").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -361,7 +331,7 @@ async fn pg_a_finish_after_the_lease_was_lost_records_nothing() {
     assert_eq!((second.len(), second[0].seq), (1, 2));
 
     // Node a's answer for attempt 1 comes back late.
-    a.finish(calendar.clone().into(), &sent(id, 1, later + 2), None)
+    a.finish(calendar.clone().into(), sent(id, 1, later + 2), None)
         .await
         .expect("a late finish is not an error");
     assert_eq!(
@@ -381,7 +351,7 @@ async fn pg_a_finish_after_the_lease_was_lost_records_nothing() {
     );
 
     // Node b's own answer is recorded.
-    b.finish(calendar.clone().into(), &sent(id, 2, later + 3), None)
+    b.finish(calendar.clone().into(), sent(id, 2, later + 3), None)
         .await
         .expect("finish");
     assert_eq!(job(&client, id).await.0, "sent");
@@ -445,7 +415,7 @@ async fn pg_counts_stay_right_through_enqueue_claim_finish_and_prune() {
                 reason: "refused".into(),
             };
         }
-        a.finish(calendar.clone().into(), &finish, None)
+        a.finish(calendar.clone().into(), finish, None)
             .await
             .expect("finish");
     }

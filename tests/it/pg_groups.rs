@@ -11,6 +11,7 @@
 use crate::helpers::backend::new_database;
 use crate::helpers::coax::{Chooser, CoaxStub, Recorded, Reply};
 use crate::helpers::daemon::TestDaemon;
+use crate::helpers::logs::Logs;
 use crate::helpers::nodes::{all_jobs, node_config, start_node};
 use crate::helpers::postgres::{PASSWORD, PgCluster, count};
 use crate::helpers::{PATIENCE, wait_until};
@@ -24,7 +25,6 @@ use coax_scheduler::time;
 use coax_scheduler::window::Calendar;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 
@@ -425,21 +425,6 @@ async fn pg_a_coax_answer_with_a_nul_is_recorded_and_its_group_too() {
     daemon.stop().await;
 }
 
-/// Log lines written while a test runs, on its thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("logs").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A queue as node `name` on `cluster`'s database, holding what may
 /// have been sent.
 async fn queue(cluster: &PgCluster, name: &str) -> Queue {
@@ -459,15 +444,7 @@ async fn queue(cluster: &PgCluster, name: &str) -> Queue {
 #[tokio::test]
 async fn pg_a_group_of_outcomes_with_one_lost_claim_records_the_others() {
     let logs = Logs::default();
-    let _logging = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer({
-                let logs = logs.clone();
-                move || logs.clone()
-            })
-            .with_ansi(false)
-            .finish(),
-    );
+    let _logging = logs.install();
     let cluster = PgCluster::start().await;
     let (a, b) = (
         queue(&cluster, "node-a").await,
@@ -517,7 +494,9 @@ async fn pg_a_group_of_outcomes_with_one_lost_claim_records_the_others() {
             decision: Decision::Sent,
         })
         .collect();
-    let finishing = finishes.iter().map(|f| a.finish(calendar.clone(), f, None));
+    let finishing = finishes
+        .iter()
+        .map(|f| a.finish(calendar.clone(), f.clone(), None));
     for done in futures_util::future::join_all(finishing).await {
         done.expect("a finish, lost or not, is not an error");
     }
@@ -537,7 +516,7 @@ async fn pg_a_group_of_outcomes_with_one_lost_claim_records_the_others() {
         assert_eq!(decision.as_deref(), Some(expected), "job {}", j.id);
         assert_eq!(node.as_deref(), Some("node-a"), "job {}", j.id);
     }
-    let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    let text = logs.text();
     let warned: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("lost its claim"))

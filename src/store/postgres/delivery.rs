@@ -11,17 +11,16 @@
 
 use super::deferral::settle;
 use super::delivery_rows::{DUE_COLUMNS, followers_move_on, quarantine, read_due};
-use super::group_finish::{Finished, lost_claim};
+use super::group_finish::{Finished, Recorder, record};
 use super::pg_error;
 use super::pool::Tx;
 use super::queue::{Queue, notify_due};
 use super::shared::DB_NOW;
 use crate::config::OnAmbiguous;
 use crate::job::State;
-use crate::policy::Decision;
 use crate::store::deferral::{Report, Settled};
-use crate::store::delivery::{MAX_OVERDUE_COUNT, reason_for, state_after};
-use crate::store::{Claimed, ClaimedJob, Finish, PauseKind, Recovered, StoreError, view};
+use crate::store::delivery::MAX_OVERDUE_COUNT;
+use crate::store::{Claimed, ClaimedJob, Finish, PauseKind, Recovered, StoreError};
 use crate::time::Millis;
 use crate::window::Calendar;
 use std::sync::Arc;
@@ -141,103 +140,25 @@ impl Queue {
     pub async fn finish(
         &self,
         calendar: Arc<Calendar>,
-        f: &Finish,
+        f: Finish,
         share: Option<(PauseKind, Duration, &str)>,
     ) -> Result<(), StoreError> {
         let Some(share) = share else {
             let finished = Finished {
-                finish: f.clone(),
+                finish: f,
                 calendar,
             };
             return self.finishes.store(finished).await;
         };
-        let during = "recording an attempt";
-        let mut client = self.pool.get().await?;
-        let tx = client.begin().await.map_err(pg_error(during))?;
-        super::shared::put_pause(&tx, share, &self.node).await?;
-        let seq = i64::from(f.seq);
-        // Locked first, so that a recovery by another node cannot move the
-        // job between this check and the writes below.
-        let ours: bool = tx
-            .query_opt(
-                "SELECT coalesce(state = 'sending' AND node = $2
-                        AND EXISTS (SELECT 1 FROM attempts
-                                    WHERE job_id = $1 AND seq = $3 AND finished_at IS NULL),
-                        false)
-                 FROM jobs WHERE id = $1 FOR UPDATE",
-                &[&f.id, &&*self.node, &seq],
-            )
-            .await
-            .map_err(pg_error(during))?
-            .is_some_and(|r| r.get(0));
-        if !ours {
-            // The pause stands: Coax said it, whoever's claim the job is.
-            tx.commit().await.map_err(pg_error(during))?;
-            lost_claim(f);
-            return Ok(());
-        }
-        // Coax's words are stored bounded and without NUL.
-        let bound = super::group_finish::stored_text;
-        let reason = reason_for(&f.decision, f.status).map(|r| bound(&r));
-        let error = f.error.as_deref().map(bound);
-        tx.execute(
-            "UPDATE attempts SET finished_at = $3, status = $4, error = $5, decision = $6,
-                    ambiguous = $7, latency_ms = $8
-             WHERE job_id = $1 AND seq = $2",
-            &[
-                &f.id,
-                &seq,
-                &f.finished_at,
-                &f.status.map(i64::from),
-                &error.as_deref().or(reason.as_deref()),
-                &f.decision.label(),
-                &i64::from(f.ambiguous),
-                &i64::try_from(f.latency_ms).unwrap_or(i64::MAX),
-            ],
-        )
-        .await
-        .map_err(pg_error(during))?;
-
-        let retry_at = match &f.decision {
-            Decision::Retry { at, .. } => Some(*at),
-            _ => None,
+        let recorder = Recorder {
+            pool: self.pool.clone(),
+            node: self.node.clone(),
         };
-        // A rejected key is not the job's fault: the attempt is given back.
-        let give_back = f.decision == Decision::PauseForKey;
-        let result = f.result.as_ref().map(|r| view::bounded_json(r.to_string()));
-        let state = state_after(&f.decision);
-        tx.execute(
-            "UPDATE jobs SET state = $2, scheduled_at = coalesce($3, scheduled_at),
-                    attempts = attempts - $4, last_error = coalesce($5, last_error),
-                    result = coalesce($6, result), updated_at = $7,
-                    node = NULL, lease_until = NULL
-             WHERE id = $1",
-            &[
-                &f.id,
-                &state.as_str(),
-                &retry_at,
-                &i64::from(give_back),
-                &reason,
-                &result,
-                &f.finished_at,
-            ],
-        )
-        .await
-        .map_err(pg_error(during))?;
-        // A job given back by a key pause is scheduled again too, and may
-        // have come back after its window shut. Other nodes hear of it:
-        // it is due again.
-        if (retry_at.is_some() || give_back)
-            && let Some(Settled::Due | Settled::Deferred(_)) =
-                settle_row(&tx, &calendar, f.id, f.finished_at).await?
-        {
-            notify_due(&tx).await?;
-        }
-        // Its followers move on in this same transaction; a send's time is
-        // the end of the attempt that sent it.
-        let at = f.finished_at;
-        followers_move_on(&tx, &calendar, f.id, state, at, at).await?;
-        tx.commit().await.map_err(pg_error(during))
+        let one = [Finished {
+            finish: f,
+            calendar,
+        }];
+        record(&recorder, &one, Some(share)).await
     }
 
     /// Extends the lease of every job this node has in `sending`, by the

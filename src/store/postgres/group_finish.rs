@@ -12,16 +12,17 @@
 use super::delivery::settle_row;
 use super::group::Grouped;
 use super::pg_error;
-use super::pool::Pool;
+use super::pool::{Pool, Tx};
 use super::queue::notify_due;
 use crate::job::State;
 use crate::policy::Decision;
 use crate::store::deferral::Settled;
 use crate::store::delivery::{reason_for, state_after};
-use crate::store::{Finish, StoreError, view};
+use crate::store::{Finish, PauseKind, StoreError, view};
 use crate::window::Calendar;
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// An attempt's outcome to record, with the calendar of the moment.
 pub(super) struct Finished {
@@ -44,16 +45,42 @@ impl Grouped for Finished {
         cx: &Recorder,
         group: &[Finished],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        record(cx, group).await?;
+        record(cx, group, None).await?;
         Ok(group.iter().map(|_| Ok(())).collect())
     }
 }
 
-/// Records `group` in one transaction.
-async fn record(cx: &Recorder, group: &[Finished]) -> Result<(), StoreError> {
+/// Records `group` in one transaction; with `share`, puts that pause in
+/// force for every node in the same transaction (see `super::shared`),
+/// whoever's claim the jobs are: Coax said it.
+pub(super) async fn record(
+    cx: &Recorder,
+    group: &[Finished],
+    share: Option<(PauseKind, Duration, &str)>,
+) -> Result<(), StoreError> {
     let during = "recording attempts";
     let mut client = cx.pool.get().await?;
     let tx = client.begin().await.map_err(pg_error(during))?;
+    if let Some(share) = share {
+        super::shared::put_pause(&tx, share, &cx.node).await?;
+    }
+    let lost = record_in(&tx, &cx.node, group).await?;
+    tx.commit().await.map_err(pg_error(during))?;
+    for g in lost {
+        lost_claim(&g.finish);
+    }
+    Ok(())
+}
+
+/// Records `group` inside `tx`, as node `node`: the outcomes whose claim
+/// was lost, which it leaves alone, for the caller to log once `tx` has
+/// committed.
+async fn record_in<'g>(
+    tx: &Tx<'_>,
+    node: &str,
+    group: &'g [Finished],
+) -> Result<Vec<&'g Finished>, StoreError> {
+    let during = "recording attempts";
     let ids: Vec<i64> = group.iter().map(|g| g.finish.id).collect();
     let seqs: Vec<i64> = group.iter().map(|g| i64::from(g.finish.seq)).collect();
     // Locked first, in one order, so that a recovery by another node
@@ -69,7 +96,7 @@ async fn record(cx: &Recorder, group: &[Finished]) -> Result<(), StoreError> {
              FROM jobs j JOIN unnest($1::bigint[], $2::bigint[]) AS u (id, seq) ON u.id = j.id
              ORDER BY j.id
              FOR UPDATE OF j",
-            &[&ids, &seqs, &&*cx.node],
+            &[&ids, &seqs, &node],
         )
         .await
         .map_err(pg_error(during))?;
@@ -86,15 +113,11 @@ async fn record(cx: &Recorder, group: &[Finished]) -> Result<(), StoreError> {
     let (kept, lost): (Vec<&Finished>, Vec<&Finished>) =
         group.iter().partition(|g| ours.contains(&g.finish.id));
     if !kept.is_empty() {
-        close_attempts(&tx, &kept).await?;
-        move_jobs(&tx, &kept).await?;
-        move_on(&tx, &kept).await?;
+        close_attempts(tx, &kept).await?;
+        move_jobs(tx, &kept).await?;
+        move_on(tx, &kept).await?;
     }
-    tx.commit().await.map_err(pg_error(during))?;
-    for g in lost {
-        lost_claim(&g.finish);
-    }
-    Ok(())
+    Ok(lost)
 }
 
 /// Coax's words as stored: bounded, so no answer can grow a row (and the
@@ -116,7 +139,7 @@ fn column<T>(kept: &[&Finished], f: impl Fn(&Finish) -> T) -> Vec<T> {
 }
 
 /// Closes the attempts of `kept`.
-async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
+async fn close_attempts(tx: &Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE attempts a
          SET finished_at = u.finished_at, status = u.status, error = u.error,
@@ -145,7 +168,7 @@ async fn close_attempts(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<
 
 /// Moves each job of `kept` to the state its outcome decided. A rejected
 /// key is not the job's fault: its attempt is given back.
-async fn move_jobs(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
+async fn move_jobs(tx: &Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE jobs j
          SET state = u.state, scheduled_at = coalesce(u.retry_at, j.scheduled_at),
@@ -177,7 +200,7 @@ async fn move_jobs(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), S
 /// key pause, is settled against its window (it may have come back after
 /// it shut), and the other nodes hear it is due again; the followers of a
 /// job that has them move on, a send's time being the end of its attempt.
-async fn move_on(tx: &super::pool::Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
+async fn move_on(tx: &Tx<'_>, kept: &[&Finished]) -> Result<(), StoreError> {
     let mut due_again = false;
     for g in kept {
         let f = &g.finish;
@@ -234,7 +257,7 @@ fn retry_at(f: &Finish) -> Option<crate::time::Millis> {
 
 /// Logs an outcome that is not recorded: this node's claim on its job
 /// was lost (its lease ran out) before the answer came.
-pub(super) fn lost_claim(f: &Finish) {
+fn lost_claim(f: &Finish) {
     let decision = f.decision.label();
     tracing::warn!(
         job_id = f.id,

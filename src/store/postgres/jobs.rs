@@ -32,19 +32,15 @@ impl Queue {
     pub async fn enqueue(
         &self,
         calendar: &Calendar,
-        jobs: Vec<NewJob>,
+        mut jobs: Vec<NewJob>,
         check_parents: bool,
         now: Millis,
     ) -> Result<Result<Vec<Enqueued>, UnknownParent>, StoreError> {
         let during = "enqueueing";
-        if let [job] = jobs.as_slice()
-            && job.after.is_none()
-            && due_as_asked(calendar, job, now)
-        {
-            let one = NewOne {
-                job: job.clone(),
-                now,
-            };
+        let alone = matches!(jobs.as_slice(),
+            [job] if job.after.is_none() && due_as_asked(calendar, job, now));
+        if alone && let Some(job) = jobs.pop() {
+            let one = NewOne { job, now };
             return Ok(Ok(vec![self.enqueues.store(one).await?]));
         }
         let mut client = self.pool.get().await?;

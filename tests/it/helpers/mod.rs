@@ -6,6 +6,7 @@ pub mod backend;
 pub mod coax;
 pub mod command;
 pub mod daemon;
+pub mod logs;
 pub mod nodes;
 pub mod postgres;
 
